@@ -1,0 +1,76 @@
+"""``flask pgtq ...`` commands.  Each is a thin shell over importable code."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from .exceptions import PgTqError
+
+pgtq_cli = AppGroup("pgtq", help="The flask_pgtq task queue.")
+
+
+def _extension():  # type: ignore[no-untyped-def]
+    bound = current_app.extensions.get("pgtq")
+    if bound is None:
+        raise click.ClickException("this app has no PgTq extension: call PgTq(app)")
+    return bound.extension
+
+
+@pgtq_cli.command("init-db")
+def init_db() -> None:
+    """Create or upgrade the queue's tables (safe to run again)."""
+    try:
+        applied = _extension().init_db()
+    except PgTqError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if applied:
+        click.echo(f"applied migrations: {', '.join(str(v) for v in applied)}")
+    else:
+        click.echo("schema is up to date")
+
+
+@pgtq_cli.command("worker")
+@click.option("--queue", "-q", "queues", multiple=True, help="Queue to serve (repeatable).")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Handler threads.")
+@click.option("--burst", is_flag=True, help="Run what is ready, then exit.")
+@click.option(
+    "--max-tasks", type=click.IntRange(min=1), help="Exit after this many tasks (between tasks)."
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
+def worker_command(
+    queues: tuple[str, ...],
+    concurrency: int | None,
+    burst: bool,
+    max_tasks: int | None,
+    log_level: str,
+) -> None:
+    """Run a worker inside the app context until SIGTERM or SIGINT."""
+    from . import worker
+
+    logger = logging.getLogger("flask_pgtq")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(log_level.upper())
+    try:
+        code = worker.main_loop(
+            _extension(),
+            queues=queues or None,
+            concurrency=concurrency,
+            burst=burst,
+            max_tasks=max_tasks,
+        )
+    except PgTqError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)

@@ -1,0 +1,167 @@
+"""Settings: every ``PGTQ_*`` key, its default and its validation.
+
+Read once, when the extension is set up; nothing reads the Flask config later.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .exceptions import ConfigurationError, InvalidName
+
+#: Queue and task names: printable, no spaces or quotes, at most this long.
+MAX_NAME_LENGTH = 200
+_NAME = re.compile(r"^[A-Za-z0-9_.:\-/@]+$")
+
+_DSN_EXAMPLE = (
+    'a libpq connection string, e.g. "postgresql://user@localhost/mydb" '
+    'or "dbname=mydb user=postgres host=localhost"'
+)
+
+
+def validate_name(value: Any, what: str) -> str:
+    """Return *value* if it is a valid queue or task name, else raise :class:`InvalidName`.
+
+    Allowed: 1 to :data:`MAX_NAME_LENGTH` characters from ``A-Z a-z 0-9 _ . : - / @``.
+    Names are always passed to SQL as parameters; this check keeps logs,
+    CLI output and the dashboard readable and unambiguous.
+    """
+    if not isinstance(value, str):
+        raise InvalidName(f"{what} must be a string, not {type(value).__name__}")
+    if not value:
+        raise InvalidName(f"{what} must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidName(f"{what} is longer than {MAX_NAME_LENGTH} characters")
+    if not _NAME.match(value):
+        raise InvalidName(
+            f"{what} {value[:60]!r} may only hold letters, digits and _ . : - / @"
+        )
+    return value
+
+
+def parse_dsn(dsn: Any, key: str = "PGTQ_DSN") -> dict[str, str]:
+    """Parse a libpq DSN (URI or ``key=value``), raising an error that names *key*.
+
+    The DSN itself is never quoted in the error: it may hold a password.
+    """
+    if dsn is None or dsn == "":
+        raise ConfigurationError(f"{key} is not set. Set it to {_DSN_EXAMPLE}.")
+    if not isinstance(dsn, str):
+        raise ConfigurationError(f"{key} must be a string: {_DSN_EXAMPLE}.")
+    from psycopg2.extensions import parse_dsn as libpq_parse
+
+    try:
+        return libpq_parse(dsn)
+    except Exception:
+        raise ConfigurationError(
+            f"{key} is not a valid connection string. Set it to {_DSN_EXAMPLE}."
+        ) from None
+
+
+def redact_dsn(dsn: str) -> str:
+    """*dsn* with its password replaced by ``***``, for display."""
+    try:
+        params = parse_dsn(dsn)
+    except ConfigurationError:
+        return "<invalid DSN>"
+    if "password" in params:
+        params["password"] = "***"
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+def _positive(value: Any, key: str, *, number: type = float, zero: bool = False) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{key} must be a number, not {value!r}")
+    if value < 0 or (value == 0 and not zero):
+        raise ConfigurationError(f"{key} must be {'>= 0' if zero else '> 0'}, not {value!r}")
+    return number(value)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings for one app (or one standalone queue).
+
+    Attribute names are the config keys without the ``PGTQ_`` prefix, in
+    lower case.  Build one with :meth:`from_mapping`.
+    """
+
+    #: libpq connection string of the queue's database.  Required.
+    dsn: str = field(repr=False)
+    #: Connection string for LISTEN, when ``dsn`` goes through a pooler such
+    #: as PgBouncer in transaction mode.  Defaults to ``dsn``.
+    listen_dsn: str | None = field(default=None, repr=False)
+    #: Use LISTEN/NOTIFY to wake workers.  Polling always runs as well.
+    listen: bool = True
+    #: Queue used by handlers that name none.
+    queue: str = "default"
+    #: Attempts a task gets, counting the first, unless the handler says otherwise.
+    max_attempts: int = 3
+    #: Seconds before the first retry; doubled for each further attempt.
+    retry_backoff: float = 2.0
+    #: Upper bound, in seconds, of the delay between attempts.
+    retry_backoff_max: float = 600.0
+    #: Seconds a worker waits for news before it polls the table anyway.
+    poll_interval: float = 1.0
+    #: Seconds a worker's claim on its tasks lasts without a heartbeat.
+    #: A killed worker's tasks run again about this long after it died.
+    lease: float = 30.0
+    #: Seconds between heartbeats; must be well below ``lease``.
+    heartbeat_interval: float = 5.0
+    #: Seconds a stopping worker lets running tasks finish before it
+    #: releases them back to the queue.
+    shutdown_grace: float = 30.0
+    #: Handler threads per worker process.
+    concurrency: int = 1
+    #: Largest accepted size, in bytes, of a task's JSON arguments.
+    max_payload_bytes: int = 1_000_000
+    #: Most pooled connections per process (per app).
+    pool_size: int = 10
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], prefix: str = "PGTQ_") -> Config:
+        """Read ``PGTQ_*`` keys from *values* (a Flask config or any mapping).
+
+        Unknown ``PGTQ_*`` keys are an error, so a typo does not go unnoticed.
+        """
+        known = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if not key.startswith(prefix):
+                continue
+            name = key[len(prefix):].lower()
+            if name not in known:
+                raise ConfigurationError(f"unknown setting {key}")
+            kwargs[name] = value
+        if "dsn" not in kwargs:
+            raise ConfigurationError(f"{prefix}DSN is not set. Set it to {_DSN_EXAMPLE}.")
+        return cls(**kwargs)
+
+    def __post_init__(self) -> None:
+        parse_dsn(self.dsn, "PGTQ_DSN")
+        if self.listen_dsn is not None:
+            parse_dsn(self.listen_dsn, "PGTQ_LISTEN_DSN")
+        validate_name(self.queue, "PGTQ_QUEUE")
+        if not isinstance(self.listen, bool):
+            raise ConfigurationError("PGTQ_LISTEN must be True or False")
+        set_ = object.__setattr__
+        set_(self, "max_attempts", _positive(self.max_attempts, "PGTQ_MAX_ATTEMPTS", number=int))
+        for name in ("retry_backoff", "retry_backoff_max"):
+            set_(self, name, _positive(getattr(self, name), f"PGTQ_{name.upper()}", zero=True))
+        for name in ("poll_interval", "lease", "heartbeat_interval"):
+            set_(self, name, _positive(getattr(self, name), f"PGTQ_{name.upper()}"))
+        set_(self, "shutdown_grace", _positive(self.shutdown_grace, "PGTQ_SHUTDOWN_GRACE", zero=True))
+        for name in ("concurrency", "max_payload_bytes", "pool_size"):
+            set_(self, name, _positive(getattr(self, name), f"PGTQ_{name.upper()}", number=int))
+        if self.heartbeat_interval * 2 > self.lease:
+            raise ConfigurationError(
+                "PGTQ_HEARTBEAT_INTERVAL must be at most half of PGTQ_LEASE "
+                f"(got {self.heartbeat_interval} and {self.lease})"
+            )
+
+    @property
+    def effective_listen_dsn(self) -> str:
+        """The DSN LISTEN connects to."""
+        return self.listen_dsn or self.dsn

@@ -1,0 +1,165 @@
+"""Connections: a fork-safe pool, and the one place driver errors are translated.
+
+A connection is lent to one thread for one block (:meth:`Database.connection`)
+and never shared.  A pool notices when it is used in a forked child and
+starts afresh there, leaving the parent's sockets untouched: closing them in
+the child would end the parent's sessions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from .config import parse_dsn
+from .exceptions import DatabaseError, DatabaseUnavailable, SchemaNotReady
+
+try:
+    import psycopg2
+    import psycopg2.errors
+    import psycopg2.extensions
+    import psycopg2.pool
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "flask_pgtq needs the psycopg2 driver. Install it with "
+        "'pip install \"flask_pgtq[binary]\"' (a wheel, no compiler needed) or "
+        "'pip install \"flask_pgtq[c]\"' (builds against the system libpq)."
+    ) from exc
+
+log = logging.getLogger("flask_pgtq")
+
+#: Connections of pools abandoned in a forked child.  They are kept
+#: referenced, never closed: closing would end the parent's sessions.
+_orphans: list[Any] = []
+
+_UNAVAILABLE = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+def _scrub(message: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    return message.strip()
+
+
+def translate(exc: BaseException, secrets: tuple[str, ...] = ()) -> DatabaseError:
+    """The :class:`DatabaseError` to raise for a psycopg2 error."""
+    message = _scrub(str(exc), secrets) or type(exc).__name__
+    if isinstance(exc, psycopg2.errors.UndefinedTable | psycopg2.errors.UndefinedFunction):
+        return SchemaNotReady(
+            "the flask_pgtq tables are missing or out of date: "
+            "run 'flask pgtq init-db' (or PgTq.init_db()). "
+            f"The database said: {message}"
+        )
+    if isinstance(exc, psycopg2.errors.AdminShutdown | psycopg2.errors.CannotConnectNow):
+        return DatabaseUnavailable(message)
+    if isinstance(exc, _UNAVAILABLE):
+        return DatabaseUnavailable(message)
+    return DatabaseError(message)
+
+
+def is_driver_error(exc: BaseException) -> bool:
+    return isinstance(exc, psycopg2.Error)
+
+
+class Database:
+    """A pool of connections to one database, safe across ``fork()`` and threads.
+
+    :param dsn: libpq connection string.
+    :param max_connections: most connections open at once in this process;
+        a caller waits when all are lent.
+    :param application_name: shown in ``pg_stat_activity``.
+    """
+
+    def __init__(
+        self, dsn: str, *, max_connections: int = 10, application_name: str = "flask_pgtq"
+    ) -> None:
+        params = parse_dsn(dsn)
+        self._secrets = (params.get("password", ""),)
+        self._dsn = dsn
+        self._application_name = params.get("application_name", application_name)
+        self._max = max_connections
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def __repr__(self) -> str:
+        return f"<Database pid={self._pid} max_connections={self._max}>"
+
+    def connect(self, **options: Any) -> Any:
+        """Open a new connection that the caller owns and closes.
+
+        Autocommit is on: one statement is one round trip.  Errors are
+        translated to :class:`DatabaseError`.
+        """
+        try:
+            conn = psycopg2.connect(
+                self._dsn, application_name=self._application_name, **options
+            )
+        except psycopg2.Error as exc:
+            raise translate(exc, self._secrets) from None
+        conn.autocommit = True
+        return conn
+
+    def _current_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
+        with self._lock:
+            if self._pid != os.getpid():
+                if self._pool is not None:
+                    # Forked: keep the parent's connections alive and unused.
+                    _orphans.extend(self._pool._pool)
+                    _orphans.extend(self._pool._used.values())
+                self._pool = psycopg2.pool.ThreadedConnectionPool(
+                    0, self._max, self._dsn, application_name=self._application_name
+                )
+                self._slots = threading.BoundedSemaphore(self._max)
+                self._pid = os.getpid()
+            return self._pool
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        """Lend a pooled autocommit connection to this thread for the block.
+
+        A connection that broke is discarded, not returned to the pool.
+        Driver errors raised in the block come out as :class:`DatabaseError`.
+        """
+        pool = self._current_pool()
+        slots = self._slots
+        slots.acquire()
+        conn = None
+        try:
+            try:
+                conn = pool.getconn()
+                conn.autocommit = True
+            except psycopg2.Error as exc:
+                raise translate(exc, self._secrets) from None
+            try:
+                yield conn
+            except psycopg2.Error as exc:
+                raise translate(exc, self._secrets) from exc
+        finally:
+            if conn is not None:
+                broken = conn.closed or conn.status != psycopg2.extensions.STATUS_READY
+                if not broken:
+                    status = conn.get_transaction_status()
+                    broken = status != psycopg2.extensions.TRANSACTION_STATUS_IDLE
+                    if status == psycopg2.extensions.TRANSACTION_STATUS_INTRANS:
+                        # A block left a transaction open: roll it back.
+                        with contextlib.suppress(psycopg2.Error):
+                            conn.rollback()
+                            broken = False
+                if pool is self._pool:
+                    pool.putconn(conn, close=broken)
+            slots.release()
+
+    def close(self) -> None:
+        """Close every idle pooled connection of this process."""
+        with self._lock:
+            if self._pool is not None and self._pid == os.getpid():
+                self._pool.closeall()
+            self._pool = None
+            self._pid = -1

@@ -1,0 +1,85 @@
+"""Exceptions.
+
+Every error flask_pgtq raises derives from :class:`PgTqError`.  Driver errors
+are wrapped at one boundary (:mod:`flask_pgtq.connection`) with
+``raise ... from exc``.  :class:`Retry` and :class:`Cancel` are raised by
+handlers to steer their own task.
+"""
+
+from __future__ import annotations
+
+
+class PgTqError(Exception):
+    """Base class of every flask_pgtq error."""
+
+
+class ConfigurationError(PgTqError, ValueError):
+    """A ``PGTQ_*`` setting or a handler option is missing or invalid."""
+
+
+class DatabaseError(PgTqError):
+    """The database reported an error.  The message never holds the password."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be reached, or the connection broke."""
+
+
+class SchemaNotReady(DatabaseError):
+    """The tables are missing or older than this version of flask_pgtq."""
+
+
+class UnknownTask(PgTqError, LookupError):
+    """No handler is registered under this task name."""
+
+
+class TaskNotFound(PgTqError, LookupError):
+    """No task with this id exists."""
+
+
+class DuplicateHandler(PgTqError, ValueError):
+    """Another handler is already registered under this task name."""
+
+
+class InvalidName(PgTqError, ValueError):
+    """A queue or task name is empty, too long or has forbidden characters."""
+
+
+class ArgumentsNotSerializable(PgTqError, TypeError):
+    """A task argument is not JSON-serialisable.  Nothing was stored."""
+
+
+class PayloadTooLarge(PgTqError, ValueError):
+    """The JSON arguments are larger than ``PGTQ_MAX_PAYLOAD_BYTES``."""
+
+
+class NotClaimed(PgTqError):
+    """The task is not held by this caller (it was never claimed, or the lease was lost)."""
+
+
+class Retry(PgTqError):
+    """Raise in a handler to run the task again later.
+
+    The attempt counts against ``max_attempts``; when none are left the task
+    fails.
+
+    :param delay: seconds to wait before the next attempt; ``None`` uses the
+        handler's exponential backoff.
+    :param reason: recorded as the task's error text.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason
+
+
+class Cancel(PgTqError):
+    """Raise in a handler to stop the task for good: it ends ``cancelled``.
+
+    :param reason: recorded as the task's error text.
+    """
+
+    def __init__(self, reason: str = "cancelled by handler") -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,275 @@
+"""The Flask extension: :class:`PgTq`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, overload
+
+from . import signals
+from .config import Config, redact_dsn, validate_name
+from .connection import Database
+from .exceptions import ConfigurationError, DuplicateHandler, UnknownTask
+from .handler import Handler, PushOptions, encode_arguments
+from .queue import TaskStore, new_owner_id
+from .runner import Runner
+from .task import Task
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass
+class Bound:
+    """What one app (or one standalone queue) uses: settings, pool, core, runner."""
+
+    config: Config
+    db: Database
+    store: TaskStore
+    runner: Runner
+    extension: PgTq
+    #: Lease owner for tasks this process claims with pop().
+    pop_owner: str | None = None
+
+    @classmethod
+    def build(cls, extension: PgTq, config: Config, app: Any) -> Bound:
+        db = Database(config.dsn, max_connections=config.pool_size)
+        store = TaskStore(config, db)
+        runner = Runner(config, store, extension._handlers, app, app or extension)
+        store.backend = runner
+        return cls(config, db, store, runner, extension)
+
+
+class PgTq:
+    """A PostgreSQL task queue for Flask.
+
+    With an app (or later :meth:`init_app`), settings come from the app's
+    ``PGTQ_*`` config keys and every operation works on the current app.
+    Without Flask, pass ``dsn=`` (and any setting by its lower-case name)::
+
+        q = PgTq(dsn="dbname=q user=postgres", queue="test_queue")
+
+    :param app: a Flask app to set up now.
+    :param dsn: a libpq connection string, for standalone use without Flask.
+    :param settings: other settings for standalone use, e.g. ``queue="emails"``.
+    """
+
+    def __init__(self, app: Any = None, *, dsn: str | None = None, **settings: Any) -> None:
+        self._handlers: dict[str, Handler[Any, Any]] = {}
+        self._standalone: Bound | None = None
+        if dsn is not None:
+            if app is not None:
+                raise ConfigurationError("pass either an app or dsn=..., not both")
+            config = Config.from_mapping(
+                {"PGTQ_DSN": dsn, **{f"PGTQ_{k.upper()}": v for k, v in settings.items()}}
+            )
+            self._standalone = Bound.build(self, config, None)
+        elif settings:
+            raise ConfigurationError(
+                "settings as keyword arguments are for standalone use with dsn=...; "
+                "with Flask, set PGTQ_* keys in app.config"
+            )
+        if app is not None:
+            self.init_app(app)
+
+    def __repr__(self) -> str:
+        if self._standalone is not None:
+            return f"<PgTq standalone {redact_dsn(self._standalone.config.dsn)!r}>"
+        return f"<PgTq handlers={len(self._handlers)}>"
+
+    def init_app(self, app: Any) -> None:
+        """Set up *app*: read and validate its ``PGTQ_*`` config, register the
+        ``flask pgtq`` commands.  No connection is made here."""
+        if self._standalone is not None:
+            raise ConfigurationError("a standalone PgTq(dsn=...) cannot be added to an app")
+        if "pgtq" in app.extensions:
+            raise RuntimeError(
+                "a PgTq extension is already registered on this app; create only one "
+                "PgTq per app"
+            )
+        config = Config.from_mapping(app.config)
+        app.extensions["pgtq"] = Bound.build(self, config, app)
+        from .cli import pgtq_cli
+
+        app.cli.add_command(pgtq_cli)
+
+    # -- the state for the current app ---------------------------------------
+
+    def _bound(self) -> Bound:
+        if self._standalone is not None:
+            return self._standalone
+        from flask import current_app, has_app_context
+
+        if not has_app_context():
+            raise RuntimeError(
+                "Working outside of application context: flask_pgtq needs the app to "
+                "find its database. Call this in a request or CLI command, or inside "
+                "'with app.app_context():'."
+            )
+        bound = current_app.extensions.get("pgtq")
+        if bound is None or bound.extension is not self:
+            raise RuntimeError(
+                "this PgTq is not registered on the current app: call q.init_app(app)"
+            )
+        return bound  # type: ignore[no-any-return]
+
+    @property
+    def config(self) -> Config:
+        """The settings of the current app (or of the standalone queue)."""
+        return self._bound().config
+
+    # -- handlers -----------------------------------------------------------
+
+    @overload
+    def handler(self, func: Callable[P, R], /) -> Handler[P, R]: ...
+
+    @overload
+    def handler(
+        self,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        priority: int = 0,
+        retry_backoff: float | None = None,
+    ) -> Callable[[Callable[P, R]], Handler[P, R]]: ...
+
+    def handler(
+        self,
+        func: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        priority: int = 0,
+        retry_backoff: float | None = None,
+    ) -> Any:
+        """Register a function as a task handler.
+
+        :param name: task name stored with each task; default the function's
+            ``__name__``.  Must be unique in this extension.
+        :param queue: queue its tasks go to; default ``PGTQ_QUEUE``.
+        :param max_attempts: attempts, counting the first; default
+            ``PGTQ_MAX_ATTEMPTS``.
+        :param priority: default priority of its tasks; higher runs first.
+        :param retry_backoff: seconds before the first retry (doubled each
+            time); default ``PGTQ_RETRY_BACKOFF``.
+        :raises DuplicateHandler: the name is taken.
+        """
+
+        def decorate(fn: Callable[P, R]) -> Handler[P, R]:
+            task_name = fn.__name__ if name is None else name
+            if task_name in self._handlers:
+                raise DuplicateHandler(
+                    f"a handler named {task_name!r} is already registered "
+                    f"({self._handlers[task_name].func!r}); pass name=... to tell them apart"
+                )
+            h: Handler[P, R] = Handler(
+                self,
+                fn,
+                name=task_name,
+                queue=queue,
+                priority=priority,
+                max_attempts=max_attempts,
+                retry_backoff=retry_backoff,
+            )
+            self._handlers[task_name] = h
+            return h
+
+        if func is not None:
+            return decorate(func)
+        return decorate
+
+    @property
+    def handlers(self) -> Mapping[str, Handler[Any, Any]]:
+        """Registered handlers by task name (read-only view)."""
+        return dict(self._handlers)
+
+    # -- producing ----------------------------------------------------------
+
+    def push(self, name: str, /, *args: Any, **kwargs: Any) -> Task:
+        """Push a task by name: the producer need not import the handler.
+
+        A name with no handler registered here is an :class:`UnknownTask`
+        error; register it (or use a producer that imports it).
+        """
+        handler = self._handlers.get(name)
+        if handler is None:
+            raise UnknownTask(
+                f"no handler is registered for task name {name!r}; known: "
+                f"{', '.join(sorted(self._handlers)) or 'none'}"
+            )
+        return self._push(name, args, kwargs, handler.defaults)
+
+    def _push(
+        self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], options: PushOptions
+    ) -> Task:
+        bound = self._bound()
+        config = bound.config
+        args_json, kwargs_json = encode_arguments(name, args, kwargs, config.max_payload_bytes)
+        task = bound.store.push(
+            name,
+            args_json,
+            kwargs_json,
+            queue=options.queue or config.queue,
+            priority=options.priority or 0,
+            max_attempts=options.max_attempts or config.max_attempts,
+            delay=options.delay,
+            run_at=options.eta,
+        )
+        signals.send(signals.task_pushed, bound.runner.sender, task=task)
+        return task
+
+    # -- consuming ----------------------------------------------------------
+
+    def pop(self, queues: str | Iterable[str] | None = None) -> Task | None:
+        """Claim the next ready task (highest priority, then oldest) or return ``None``.
+
+        The claim is leased to this process for ``PGTQ_LEASE`` seconds: call
+        :meth:`Task.run` on it (which keeps the lease while it runs) before
+        then, or a worker rescues it.
+
+        :param queues: a queue name or several; default ``PGTQ_QUEUE``.
+        """
+        bound = self._bound()
+        names = _queue_list(queues, bound.config.queue)
+        if bound.pop_owner is None:
+            bound.pop_owner = new_owner_id()
+        bound.store.register_owner(bound.pop_owner)
+        for name in names:
+            tasks = bound.store.claim(bound.pop_owner, name, 1)
+            if tasks:
+                return tasks[0]
+        return None
+
+    def get_task(self, task_id: int) -> Task:
+        """A fresh copy of the task from the database.
+
+        :raises TaskNotFound: no such task.
+        """
+        return self._bound().store.get(task_id)
+
+    # -- schema -------------------------------------------------------------
+
+    def init_db(self) -> list[int]:
+        """Create or upgrade the tables (what ``flask pgtq init-db`` runs).
+
+        :return: the migration versions applied (empty when up to date).
+        """
+        from . import schema
+
+        bound = self._bound()
+        with bound.db.connection() as conn:
+            return schema.upgrade(conn)
+
+
+def _queue_list(queues: str | Iterable[str] | None, default: str) -> list[str]:
+    if queues is None:
+        return [default]
+    if isinstance(queues, str):
+        queues = [queues]
+    names = [validate_name(q, "queue") for q in queues]
+    if not names:
+        raise ConfigurationError("give at least one queue")
+    return list(dict.fromkeys(names))

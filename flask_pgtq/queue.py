@@ -1,0 +1,185 @@
+"""The queue core: every state change of a task, as one named SQL statement.
+
+Knows nothing about Flask or handlers.  Each method borrows a pooled
+connection for one statement (autocommit: one round trip, committed before it
+returns) and gives back :class:`~flask_pgtq.task.Task` objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from . import queries
+from .config import Config
+from .connection import Database
+from .exceptions import TaskNotFound
+from .task import State, Task
+
+
+@dataclass
+class Outcome:
+    """What one attempt came to, ready to be recorded.
+
+    :param state: ``succeeded``, ``failed``, ``cancelled``, or ``queued`` for a retry.
+    :param result: the return value, already encoded as JSON text.
+    :param delay: seconds before the retry, when ``state`` is ``queued``.
+    """
+
+    task: Task
+    state: State
+    result: str | None = None
+    error: str | None = None
+    delay: float = 0.0
+    duration: float = 0.0
+    exception: BaseException | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.task.id,
+            "attempt": self.task.attempts,
+            "state": self.state.value,
+            "result": self.result,
+            "error": self.error,
+            "delay": self.delay,
+        }
+
+
+def new_owner_id() -> str:
+    """A fresh id for a worker (or a process that pops)."""
+    return str(uuid.uuid4())
+
+
+class TaskStore:
+    """Task state transitions against one database.
+
+    :param config: validated settings.
+    :param db: the connection pool.
+    :param backend: what tasks read from this store are bound to, so that
+        :meth:`Task.refresh` and :meth:`Task.run` work.
+    """
+
+    def __init__(self, config: Config, db: Database, backend: Any = None) -> None:
+        self.config = config
+        self.db = db
+        self.backend = backend
+
+    def _rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        with self.db.connection() as conn, conn.cursor() as cur:
+            cur.execute(queries.get(name), params)
+            if cur.description is None:
+                return []
+            columns = [d.name for d in cur.description]
+            return [dict(zip(columns, row)) for row in cur.fetchall()]
+
+    def _tasks(self, name: str, params: dict[str, Any]) -> list[Task]:
+        return [Task.from_row(row, self.backend) for row in self._rows(name, params)]
+
+    # -- producing ---------------------------------------------------------
+
+    def push(
+        self,
+        name: str,
+        args_json: str,
+        kwargs_json: str,
+        *,
+        queue: str,
+        priority: int = 0,
+        max_attempts: int,
+        delay: float = 0.0,
+        run_at: datetime | None = None,
+    ) -> Task:
+        """Insert one task whose arguments are already validated JSON text."""
+        (task,) = self._tasks(
+            "push_task",
+            {
+                "queue": queue,
+                "name": name,
+                "args": args_json,
+                "kwargs": kwargs_json,
+                "priority": priority,
+                "max_attempts": max_attempts,
+                "delay": delay,
+                "run_at": run_at,
+            },
+        )
+        return task
+
+    def get(self, task_id: int) -> Task:
+        """The task with this id, fresh from the database."""
+        tasks = self._tasks("get_task", {"id": task_id})
+        if not tasks:
+            raise TaskNotFound(f"no task with id {task_id}")
+        return tasks[0]
+
+    # -- consuming ---------------------------------------------------------
+
+    def register_owner(
+        self, owner: str, *, queues: Sequence[str] = (), concurrency: int = 0
+    ) -> None:
+        """Create or renew the lease row of *owner* (a worker or a popping process)."""
+        self._rows(
+            "register_owner",
+            {
+                "owner": owner,
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "queues": list(queues),
+                "concurrency": concurrency,
+                "lease": self.config.lease,
+            },
+        )
+
+    def heartbeat(self, owner: str) -> bool:
+        """Renew *owner*'s lease.  ``False`` when the row is gone: the lease
+        was lost and the owner's tasks were (or will be) rescued."""
+        return bool(self._rows("heartbeat", {"owner": owner, "lease": self.config.lease}))
+
+    def unregister_owner(self, owner: str) -> None:
+        self._rows("unregister_owner", {"owner": owner})
+
+    def claim(self, owner: str, queue: str, limit: int) -> list[Task]:
+        """Claim up to *limit* ready tasks of *queue* for *owner*, best first."""
+        tasks = self._tasks("claim_tasks", {"owner": owner, "queue": queue, "limit": limit})
+        tasks.sort(key=lambda t: (-t.priority, t.run_at, t.id))
+        return tasks
+
+    def finish(self, owner: str, outcomes: Iterable[Outcome]) -> set[int]:
+        """Record outcomes in one statement.
+
+        :return: the ids whose outcome was recorded; any other id had been
+            taken from *owner* (lease lost) and was left untouched.
+        """
+        batch = [o.as_json() for o in outcomes]
+        if not batch:
+            return set()
+        rows = self._rows("finish_tasks", {"owner": owner, "outcomes": json.dumps(batch)})
+        return {row["id"] for row in rows}
+
+    def release(self, owner: str, task_ids: Sequence[int]) -> list[int]:
+        """Put *owner*'s running tasks back in the queue at once, uncounted."""
+        if not task_ids:
+            return []
+        rows = self._rows("release_tasks", {"owner": owner, "ids": list(task_ids)})
+        return list(rows[0]["array"]) if rows else []
+
+    def rescue(self) -> list[dict[str, Any]]:
+        """Requeue (or fail) tasks whose owner's lease expired.
+
+        :return: one row per rescued task: ``id``, ``name``, ``queue``,
+            ``state``, ``attempts``.
+        """
+        return self._rows(
+            "rescue_tasks",
+            {
+                "lease": self.config.lease,
+                "backoff": self.config.retry_backoff,
+                "backoff_max": self.config.retry_backoff_max,
+            },
+        )

@@ -1,0 +1,270 @@
+"""Running one task: look up its handler, call it in a fresh app context,
+turn what happened into an :class:`~flask_pgtq.queue.Outcome`, record it and
+announce it.  Shared by the worker and :meth:`Task.run`.
+
+Like the rest of the core this module does not import Flask: an app, when
+there is one, is passed in and only its ``app_context()`` is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import random
+import threading
+import time
+import traceback
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from . import signals
+from .config import Config
+from .exceptions import Cancel, NotClaimed, Retry
+from .queue import Outcome, TaskStore
+from .task import State, Task
+
+if TYPE_CHECKING:
+    from .handler import Handler
+
+log = logging.getLogger("flask_pgtq")
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Seconds to wait after failed attempt number *attempt* (1-based).
+
+    Exponential (``base * 2**(attempt-1)``, at most *cap*) with jitter: a
+    uniform draw from the upper half, so retries of tasks that failed
+    together spread out.
+    """
+    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    return ceiling * random.uniform(0.5, 1.0)
+
+
+class Runner:
+    """Runs tasks for one app (or one standalone queue).
+
+    :param config: settings.
+    :param store: the queue core.
+    :param handlers: registered handlers by task name.
+    :param app: the Flask app whose context each task runs in, or ``None``.
+    :param sender: the sender of signals (the app, or the extension).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: TaskStore,
+        handlers: Mapping[str, Handler[Any, Any]],
+        app: Any,
+        sender: Any,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.handlers = handlers
+        self.app = app
+        self.sender = sender
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        """A fresh app context (or nothing, without an app)."""
+        if self.app is None:
+            return contextlib.nullcontext()
+        return self.app.app_context()  # type: ignore[no-any-return]
+
+    def get(self, task_id: int) -> Task:
+        return self.store.get(task_id)
+
+    # -- one attempt -------------------------------------------------------
+
+    def execute(self, task: Task) -> Outcome:
+        """Run *task*'s handler once and say what came of it.  Never raises
+        for anything the handler does."""
+        handler = self.handlers.get(task.name)
+        if handler is None:
+            return Outcome(
+                task,
+                State.FAILED,
+                error=f"no handler is registered for task name {task.name!r} in this "
+                "worker; it is failed without retry (check the worker imports the "
+                "module that defines it)",
+            )
+        try:
+            inspect.signature(handler.func).bind(*task.args, **task.kwargs)
+        except TypeError as exc:
+            return Outcome(
+                task,
+                State.FAILED,
+                error=f"arguments do not match the signature of handler {task.name!r}: "
+                f"{exc}; failed without retry",
+            )
+        started = time.perf_counter()
+        try:
+            with self.context():
+                signals.send(signals.task_started, self.sender, task=task)
+                value = handler.func(*task.args, **task.kwargs)
+        except Retry as exc:
+            return self._retry_or_fail(
+                task, handler, f"Retry: {exc.reason}", exc, started, delay=exc.delay
+            )
+        except Cancel as exc:
+            return Outcome(
+                task,
+                State.CANCELLED,
+                error=exc.reason,
+                duration=time.perf_counter() - started,
+                exception=exc,
+            )
+        except BaseException as exc:  # noqa: BLE001 - a handler's failure is data
+            return self._retry_or_fail(task, handler, traceback.format_exc(), exc, started)
+        duration = time.perf_counter() - started
+        try:
+            result = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            return Outcome(
+                task,
+                State.FAILED,
+                error=f"the return value of handler {task.name!r} is not JSON-serialisable "
+                f"({type(value).__name__}): {exc}; failed without retry",
+                duration=duration,
+                exception=exc,
+            )
+        return Outcome(task, State.SUCCEEDED, result=result, duration=duration)
+
+    def _retry_or_fail(
+        self,
+        task: Task,
+        handler: Handler[Any, Any],
+        error: str,
+        exc: BaseException,
+        started: float,
+        *,
+        delay: float | None = None,
+    ) -> Outcome:
+        duration = time.perf_counter() - started
+        if task.attempts >= task.max_attempts:
+            return Outcome(task, State.FAILED, error=error, duration=duration, exception=exc)
+        if delay is None:
+            base = self.config.retry_backoff
+            if handler.retry_backoff is not None:
+                base = handler.retry_backoff
+            delay = backoff_delay(task.attempts, base, self.config.retry_backoff_max)
+        return Outcome(
+            task, State.QUEUED, error=error, delay=delay, duration=duration, exception=exc
+        )
+
+    # -- recording ---------------------------------------------------------
+
+    def record(self, owner: str, outcomes: Iterable[Outcome]) -> set[int]:
+        """Record *outcomes* in one statement, then log and signal each.
+
+        An outcome whose task was taken from *owner* (lease lost) is logged
+        as such and not announced.
+
+        :return: the ids recorded.
+        """
+        outcomes = list(outcomes)
+        accepted = self.store.finish(owner, outcomes)
+        for outcome in outcomes:
+            if outcome.task.id in accepted:
+                self.announce(outcome)
+            else:
+                log.warning(
+                    "lease lost: task %s (%s) attempt %s finished as %s on worker %s, "
+                    "but the task had been rescued; this outcome is discarded",
+                    outcome.task.id,
+                    outcome.task.name,
+                    outcome.task.attempts,
+                    outcome.state.value,
+                    owner,
+                )
+        return accepted
+
+    def announce(self, outcome: Outcome) -> None:
+        """Log one line and send the signal for a recorded outcome."""
+        task = outcome.task
+        task.state = outcome.state
+        task.error = outcome.error
+        level = logging.INFO if outcome.state is State.SUCCEEDED else logging.WARNING
+        if log.isEnabledFor(level):
+            word = "retrying" if outcome.state is State.QUEUED else outcome.state.value
+            log.log(
+                level,
+                "task %s %s queue=%s attempt=%s/%s %s in %.3fs%s",
+                task.id,
+                task.name,
+                task.queue,
+                task.attempts,
+                task.max_attempts,
+                word,
+                outcome.duration,
+                f" (next attempt in {outcome.delay:.1f}s)" if outcome.state is State.QUEUED else "",
+                extra={
+                    "task_id": task.id,
+                    "task_name": task.name,
+                    "queue": task.queue,
+                    "attempt": task.attempts,
+                    "outcome": word,
+                    "duration": outcome.duration,
+                },
+            )
+        with self.context():
+            if outcome.state is State.SUCCEEDED:
+                result = json.loads(outcome.result) if outcome.result is not None else None
+                task.result = result
+                signals.send(
+                    signals.task_succeeded,
+                    self.sender,
+                    task=task,
+                    result=result,
+                    duration=outcome.duration,
+                )
+            elif outcome.state is State.QUEUED:
+                signals.send(
+                    signals.task_retrying,
+                    self.sender,
+                    task=task,
+                    error=outcome.error,
+                    delay=outcome.delay,
+                )
+            elif outcome.state is State.FAILED:
+                signals.send(signals.task_failed, self.sender, task=task, error=outcome.error)
+            else:
+                signals.send(signals.task_cancelled, self.sender, task=task, reason=outcome.error)
+
+    # -- a task claimed with pop() -----------------------------------------
+
+    def run_claimed(self, task: Task) -> Task:
+        """Run a task claimed by :meth:`PgTq.pop` and record its outcome.
+
+        The owner's lease is renewed while the handler runs.
+
+        :raises NotClaimed: the task is not running under a lease (never
+            claimed, already finished, or rescued after the lease ran out).
+        """
+        owner = task.locked_by
+        if task.state is not State.RUNNING or owner is None:
+            raise NotClaimed(f"task {task.id} is {task.state.value}, not claimed; pop() it first")
+        stop = threading.Event()
+        beat = threading.Thread(
+            target=self._keep_lease, args=(owner, stop), name="pgtq-lease", daemon=True
+        )
+        beat.start()
+        try:
+            outcome = self.execute(task)
+        finally:
+            stop.set()
+            beat.join()
+        if task.id not in self.record(owner, [outcome]):
+            raise NotClaimed(
+                f"task {task.id} was rescued by a worker after its lease ran out; "
+                "this outcome was discarded"
+            )
+        return task.refresh()
+
+    def _keep_lease(self, owner: str, stop: threading.Event) -> None:
+        while not stop.wait(self.config.heartbeat_interval):
+            try:
+                self.store.heartbeat(owner)
+            except Exception:
+                log.warning("could not renew the lease of %s", owner, exc_info=True)

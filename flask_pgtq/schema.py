@@ -1,0 +1,96 @@
+"""Numbered, forward-only migrations.
+
+Migrations live in ``sql/migrations/NNNN_description.sql``.  :func:`upgrade`
+applies the missing ones in a single transaction under an advisory lock, so
+any number of processes may run it at once; the applied versions are recorded
+in ``pgtq_schema_version``.  A released migration is never edited.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from . import queries
+
+_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+@cache
+def migrations() -> tuple[Migration, ...]:
+    """All migrations shipped with this version, oldest first."""
+    folder = resources.files("flask_pgtq").joinpath("sql/migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = _FILE.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise RuntimeError(f"migration {expected:04d} is missing")
+    return tuple(found)
+
+
+def latest_version() -> int:
+    """The schema version this code needs."""
+    return migrations()[-1].version
+
+
+def current_version(conn: Any) -> int:
+    """The version applied in the database of *conn*; 0 when there is none.
+
+    Runs one read-only statement and leaves the transaction state as found
+    on an autocommit connection.
+    """
+    with conn.cursor() as cur:
+        cur.execute(queries.get("version_table_exists"))
+        if not cur.fetchone()[0]:
+            return 0
+        cur.execute(queries.get("schema_version"))
+        return int(cur.fetchone()[0])
+
+
+def upgrade(conn: Any) -> list[int]:
+    """Apply every missing migration on *conn* (a psycopg2 connection).
+
+    Safe to run concurrently: the first caller takes an advisory transaction
+    lock, the others wait and then find nothing to do.
+
+    :return: the versions applied by this call (empty when up to date).
+    """
+    autocommit = conn.autocommit
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            cur.execute(queries.get("migration_lock"))
+            cur.execute(queries.get("create_version_table"))
+            cur.execute(queries.get("applied_versions"))
+            applied = {row[0] for row in cur.fetchall()}
+            done = []
+            for migration in migrations():
+                if migration.version in applied:
+                    continue
+                cur.execute(migration.sql)
+                cur.execute(
+                    queries.get("record_version"),
+                    {"version": migration.version, "name": migration.name},
+                )
+                done.append(migration.version)
+        conn.commit()
+        return done
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.autocommit = autocommit

@@ -1,0 +1,71 @@
+"""Signals, sent with `blinker <https://blinker.readthedocs.io>`_.
+
+The sender is the Flask app (the :class:`~flask_pgtq.PgTq` object when used
+without Flask).  Payloads are keyword arguments.  Task signals fire after
+the state they announce is committed.  A receiver that raises is logged and
+changes nothing: the task's outcome is already recorded.
+
+Connect a receiver like any blinker signal::
+
+    from flask_pgtq import signals
+
+    @signals.task_failed.connect_via(app)
+    def alert(app, task, **extra):
+        ...
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from blinker import Namespace
+
+log = logging.getLogger("flask_pgtq")
+
+_signals = Namespace()
+
+#: A task was stored.  Payload: ``task``.  Fires after the insert commits
+#: (for a push inside a caller's transaction: after the insert, before that
+#: transaction commits).
+task_pushed = _signals.signal("task-pushed")
+
+#: A worker (or :meth:`Task.run`) is about to run a claimed task.
+#: Payload: ``task``.  Sent in the thread that runs the handler, inside the
+#: task's app context.
+task_started = _signals.signal("task-started")
+
+#: A task's handler returned and the result is stored.
+#: Payload: ``task``, ``result`` (the return value), ``duration`` (seconds).
+task_succeeded = _signals.signal("task-succeeded")
+
+#: An attempt failed and another one is scheduled.  Payload: ``task``,
+#: ``error`` (traceback text), ``delay`` (seconds until the next attempt).
+task_retrying = _signals.signal("task-retrying")
+
+#: A task failed for good (attempts exhausted or not retryable).
+#: Payload: ``task``, ``error`` (traceback text).
+task_failed = _signals.signal("task-failed")
+
+#: A task was cancelled (by its handler raising :class:`~flask_pgtq.Cancel`).
+#: Payload: ``task``, ``reason``.
+task_cancelled = _signals.signal("task-cancelled")
+
+#: A worker registered itself and is about to claim tasks.
+#: Payload: ``worker_id``, ``queues``, ``concurrency``.
+worker_started = _signals.signal("worker-started")
+
+#: A worker got a stop request (signal, ``--burst`` done, ``--max-tasks``
+#: reached) and stops claiming.  Payload: ``worker_id``, ``reason``.
+worker_stopping = _signals.signal("worker-stopping")
+
+
+def send(signal: Any, sender: Any, **payload: Any) -> None:
+    """Send *signal* to each receiver, logging (never raising) their errors."""
+    if not signal.receivers:
+        return
+    for receiver in signal.receivers_for(sender):
+        try:
+            receiver(sender, **payload)
+        except Exception:
+            log.exception("receiver %r of signal %r raised; ignored", receiver, signal.name)

@@ -1,0 +1,143 @@
+-- Every statement flask_pgtq runs, by name.  Loaded by flask_pgtq.queries.
+
+-- name: version_table_exists
+SELECT to_regclass('pgtq_schema_version') IS NOT NULL;
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM pgtq_schema_version;
+
+-- name: migration_lock
+-- Key: the bytes of "pgtq" as an integer.  Released at commit or rollback.
+SELECT pg_advisory_xact_lock(1885828209);
+
+-- name: create_version_table
+CREATE TABLE IF NOT EXISTS pgtq_schema_version (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: applied_versions
+SELECT version FROM pgtq_schema_version;
+
+-- name: record_version
+INSERT INTO pgtq_schema_version (version, name) VALUES (%(version)s, %(name)s);
+
+-- name: push_task
+INSERT INTO pgtq_tasks (queue, name, args, kwargs, priority, max_attempts, run_at)
+VALUES (
+    %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s, %(max_attempts)s,
+    coalesce(%(run_at)s, now() + %(delay)s * interval '1 second')
+)
+RETURNING *;
+
+-- name: get_task
+SELECT * FROM pgtq_tasks WHERE id = %(id)s;
+
+-- name: claim_tasks
+-- Highest priority first, then oldest.  Committed before any handler runs.
+WITH picked AS (
+    SELECT id
+    FROM pgtq_tasks
+    WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now()
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE pgtq_tasks AS t
+SET state = 'running',
+    attempts = t.attempts + 1,
+    locked_by = %(owner)s,
+    started_at = now(),
+    finished_at = NULL
+FROM picked
+WHERE t.id = picked.id
+RETURNING t.*;
+
+-- name: finish_tasks
+-- Record outcomes, fenced on (id, attempt, owner, running): an owner that lost
+-- its lease updates nothing.  Outcomes come as one JSON array:
+-- [{"id", "attempt", "state", "result" (JSON text), "error", "delay"}].
+WITH outcome AS (
+    SELECT *
+    FROM jsonb_to_recordset(%(outcomes)s::jsonb)
+        AS o(id bigint, attempt integer, state text, result text, error text, delay float8)
+)
+UPDATE pgtq_tasks AS t
+SET state = o.state,
+    result = o.result::jsonb,
+    error = o.error,
+    locked_by = NULL,
+    run_at = CASE WHEN o.state = 'queued'
+                  THEN now() + o.delay * interval '1 second' ELSE t.run_at END,
+    finished_at = CASE WHEN o.state = 'queued' THEN NULL ELSE now() END
+FROM outcome AS o
+WHERE t.id = o.id
+  AND t.attempts = o.attempt
+  AND t.locked_by = %(owner)s
+  AND t.state = 'running'
+RETURNING t.id, t.state, t.run_at;
+
+-- name: release_tasks
+-- Give tasks back at once (worker shutdown).  The interrupted attempt is not
+-- counted.  Listening workers are woken.
+WITH released AS (
+    UPDATE pgtq_tasks
+    SET state = 'queued', attempts = attempts - 1, locked_by = NULL,
+        run_at = now(), started_at = NULL
+    WHERE id = ANY(%(ids)s) AND locked_by = %(owner)s AND state = 'running'
+    RETURNING id, queue
+), woken AS (
+    SELECT pg_notify('pgtq', q.queue) FROM (SELECT DISTINCT queue FROM released) AS q
+)
+SELECT (SELECT count(*) FROM woken), array(SELECT id FROM released);
+
+-- name: register_owner
+INSERT INTO pgtq_workers (id, hostname, pid, queues, concurrency, lease_expires_at)
+VALUES (
+    %(owner)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s,
+    now() + %(lease)s * interval '1 second'
+)
+ON CONFLICT (id) DO UPDATE
+SET heartbeat_at = now(), lease_expires_at = EXCLUDED.lease_expires_at;
+
+-- name: heartbeat
+UPDATE pgtq_workers
+SET heartbeat_at = now(), lease_expires_at = now() + %(lease)s * interval '1 second'
+WHERE id = %(owner)s
+RETURNING id;
+
+-- name: unregister_owner
+DELETE FROM pgtq_workers WHERE id = %(owner)s;
+
+-- name: rescue_tasks
+-- Tasks whose owner's lease ran out go back to the queue with backoff, or
+-- fail when no attempt is left.  Safe to run from every worker at once.
+WITH expired AS (
+    DELETE FROM pgtq_workers WHERE lease_expires_at < now() RETURNING id
+), lost AS (
+    SELECT t.id
+    FROM pgtq_tasks AS t
+    WHERE t.state = 'running'
+      -- Claimed at least one lease ago: a claim racing with this statement
+      -- (by an owner registered after its snapshot) is never taken.
+      AND t.started_at <= now() - %(lease)s * interval '1 second'
+      AND NOT EXISTS (
+          SELECT 1 FROM pgtq_workers AS w
+          WHERE w.id = t.locked_by AND w.lease_expires_at >= now()
+      )
+    FOR UPDATE OF t SKIP LOCKED
+)
+UPDATE pgtq_tasks AS t
+SET state = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
+    error = 'lease expired: the worker running attempt ' || t.attempts
+            || ' stopped sending heartbeats (killed, frozen or cut off)',
+    locked_by = NULL,
+    run_at = CASE WHEN t.attempts >= t.max_attempts THEN t.run_at
+             ELSE now() + least(%(backoff_max)s,
+                                %(backoff)s * power(2, greatest(t.attempts - 1, 0)))
+                          * (0.5 + random() / 2) * interval '1 second' END,
+    finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() ELSE NULL END
+FROM lost
+WHERE t.id = lost.id
+RETURNING t.id, t.name, t.queue, t.state, t.attempts, (SELECT count(*) FROM expired) AS expired;

@@ -1,0 +1,104 @@
+"""The :class:`Task` value object and its states.  No I/O happens here:
+methods that need the database delegate to the queue the task came from.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Backend(Protocol):
+        def get(self, task_id: int) -> Task: ...
+        def run_claimed(self, task: Task) -> Task: ...
+
+
+class State(str, enum.Enum):
+    """Where a task is in its life.  Compares equal to its string value."""
+
+    #: Waiting to run; ``run_at`` may lie in the future (a delay or a retry).
+    QUEUED = "queued"
+    #: Claimed by a worker, which holds a lease on it.
+    RUNNING = "running"
+    #: The handler returned; ``result`` holds its return value.
+    SUCCEEDED = "succeeded"
+    #: Attempts exhausted or not retryable; ``error`` holds the last traceback.
+    FAILED = "failed"
+    #: Cancelled before or while running.
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_final(self) -> bool:
+        return self in (State.SUCCEEDED, State.FAILED, State.CANCELLED)
+
+
+@dataclass(eq=False)
+class Task:
+    """One task, as read from the database.
+
+    The row is the truth: a :class:`Task` is a snapshot of it, refreshed by
+    :meth:`refresh`.  Two tasks compare equal when their ids are equal.
+    """
+
+    id: int
+    name: str
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    state: State
+    priority: int = 0
+    attempts: int = 0
+    max_attempts: int = 1
+    run_at: datetime | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    locked_by: str | None = None
+    result: Any = None
+    error: str | None = None
+    _backend: Backend | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], backend: Backend | None = None) -> Task:
+        """Build a task from a ``pgtq_tasks`` row (a column-name mapping)."""
+        values = {name: row[name] for name in _COLUMNS if name in row}
+        values["state"] = State(values["state"])
+        if values.get("locked_by") is not None:
+            values["locked_by"] = str(values["locked_by"])
+        return cls(**values, _backend=backend)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Task) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def _require_backend(self) -> Backend:
+        if self._backend is None:
+            raise RuntimeError("this Task is not bound to a queue")
+        return self._backend
+
+    def refresh(self) -> Task:
+        """Reload every field from the database and return ``self``."""
+        fresh = self._require_backend().get(self.id)
+        for name in _COLUMNS:
+            setattr(self, name, getattr(fresh, name))
+        return self
+
+    def run(self) -> Task:
+        """Run a task claimed with :meth:`PgTq.pop` in this thread and record
+        its outcome exactly as a worker would (success, retry, failure).
+
+        :return: ``self``, refreshed with the recorded outcome.
+        """
+        return self._require_backend().run_claimed(self)
+
+
+_COLUMNS = tuple(f.name for f in fields(Task) if not f.name.startswith("_"))

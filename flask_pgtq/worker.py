@@ -1,0 +1,441 @@
+"""The worker: claims tasks, runs them in handler threads, records outcomes.
+
+One main thread talks to the database: it claims as many tasks as there are
+free handler threads in one statement per queue, records finished attempts
+in one statement per batch, and rescues tasks of dead workers.  A heartbeat
+thread renews this worker's lease whatever the handlers do.  Between rounds
+the main thread sleeps in ``select()`` on a LISTEN connection (woken by new
+tasks) and a pipe (woken by finished tasks and signals); polling every
+``PGTQ_POLL_INTERVAL`` seconds is the correctness path, LISTEN only a hint.
+
+Database outages never end the worker: every step retries with capped,
+jittered backoff, and the LISTEN connection is rebuilt and health-checked.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import random
+import select
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from queue import SimpleQueue
+from typing import Any
+
+from . import schema, signals
+from .connection import Database, is_driver_error
+from .exceptions import DatabaseError, SchemaNotReady
+from .queue import Outcome, new_owner_id
+from .runner import Runner
+from .task import Task
+
+log = logging.getLogger("flask_pgtq.worker")
+
+#: Reconnect backoff: first delay and cap, in seconds (jittered).
+BACKOFF_FIRST = 0.05
+BACKOFF_CAP = 1.0
+#: Seconds between health checks of an idle LISTEN connection.
+LISTEN_CHECK_INTERVAL = 5.0
+
+
+class Worker:
+    """One worker process's loop.  Build it with :func:`main_loop` or the CLI.
+
+    :param runner: runs and records tasks for one app.
+    :param queues: queue names to serve; claimed in turn, so a flood in one
+        does not starve the others.
+    :param concurrency: handler threads.
+    :param burst: exit once nothing is ready (and nothing runs).
+    :param max_tasks: exit after this many tasks (between tasks).
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        queues: Iterable[str],
+        concurrency: int,
+        burst: bool = False,
+        max_tasks: int | None = None,
+    ) -> None:
+        self.runner = runner
+        self.store = runner.store
+        self.config = runner.config
+        self.queues = list(queues)
+        self.concurrency = concurrency
+        self.burst = burst
+        self.max_tasks = max_tasks
+        self.id = new_owner_id()
+        self.claimed = 0
+        self.stop_requests = 0
+        self.stop_reason: str | None = None
+        self._running: dict[int, Task] = {}
+        self._finished: collections.deque[Outcome] = collections.deque()
+        self._inbox: SimpleQueue[Task | None] = SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._listener: Any = None
+        self._listener_checked = 0.0
+        self._listen_db = Database(self.config.effective_listen_dsn, max_connections=1)
+        self._next_listen_try = 0.0
+        self._failures = 0
+        self._turn = 0
+        self._heartbeat_stop = threading.Event()
+
+    # -- public -------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; return the exit code (0 on a clean stop)."""
+        previous = self._install_signal_handlers()
+        try:
+            if not self._start():
+                return 0
+            try:
+                self._loop()
+            finally:
+                self._shutdown()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        return 0
+
+    def stop(self, reason: str = "stop requested") -> None:
+        """Ask the worker to stop (thread-safe).  A second call stops at once."""
+        self.stop_requests += 1
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._wake()
+
+    # -- start and stop -----------------------------------------------------
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(
+                signum, lambda n, _frame: self.stop(f"signal {signal.Signals(n).name}")
+            )
+        return previous
+
+    def _start(self) -> bool:
+        """Check the schema and register, waiting for the database if needed."""
+        while not self.stop_requests:
+            try:
+                with self.store.db.connection() as conn:
+                    version = schema.current_version(conn)
+                if version < schema.latest_version():
+                    raise SchemaNotReady(
+                        f"the database has flask_pgtq schema version {version}, this "
+                        f"code needs {schema.latest_version()}: run 'flask pgtq init-db'"
+                    )
+                self.store.register_owner(
+                    self.id, queues=self.queues, concurrency=self.concurrency
+                )
+                break
+            except SchemaNotReady:
+                raise
+            except DatabaseError as exc:
+                self._backoff("starting", exc)
+        if self.stop_requests:
+            return False
+        for n in range(self.concurrency):
+            thread = threading.Thread(
+                target=self._handle, name=f"pgtq-handler-{n}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        threading.Thread(target=self._heartbeat, name="pgtq-heartbeat", daemon=True).start()
+        log.info(
+            "worker %s started: queues=%s concurrency=%s pid=%s",
+            self.id,
+            ",".join(self.queues),
+            self.concurrency,
+            os.getpid(),
+        )
+        with self.runner.context():
+            signals.send(
+                signals.worker_started,
+                self.runner.sender,
+                worker_id=self.id,
+                queues=list(self.queues),
+                concurrency=self.concurrency,
+            )
+        return True
+
+    def _shutdown(self) -> None:
+        reason = self.stop_reason or "stopped"
+        log.info("worker %s stopping (%s)", self.id, reason)
+        with self.runner.context():
+            signals.send(
+                signals.worker_stopping, self.runner.sender, worker_id=self.id, reason=reason
+            )
+        deadline = time.monotonic() + self.config.shutdown_grace
+        while self._running and self.stop_requests < 2 and time.monotonic() < deadline:
+            try:
+                self._flush()
+            except DatabaseError as exc:
+                self._backoff("recording outcomes", exc)
+                continue
+            if self._running:
+                self._wait(min(0.5, max(0.0, deadline - time.monotonic())), listen=False)
+        with contextlib.suppress(DatabaseError):
+            self._flush()
+        if self._running:
+            ids = list(self._running)
+            try:
+                released = self.store.release(self.id, ids)
+                log.warning(
+                    "worker %s released %d unfinished task(s) back to the queue: %s",
+                    self.id,
+                    len(released),
+                    released,
+                )
+            except DatabaseError as exc:
+                log.error(
+                    "worker %s could not release tasks %s (%s); they run again once "
+                    "its lease expires",
+                    self.id,
+                    ids,
+                    exc,
+                )
+        self._heartbeat_stop.set()
+        for _ in self._threads:
+            self._inbox.put(None)
+        try:
+            self.store.unregister_owner(self.id)
+        except DatabaseError:
+            log.warning("worker %s could not unregister; its row expires with its lease", self.id)
+        self._close_listener()
+        log.info("worker %s stopped", self.id)
+
+    # -- the loop -------------------------------------------------------------
+
+    def _loop(self) -> None:
+        next_rescue = 0.0
+        while not self.stop_requests:
+            try:
+                self._flush()
+                now = time.monotonic()
+                if now >= next_rescue:
+                    self._rescue()
+                    next_rescue = now + self.config.heartbeat_interval * random.uniform(0.8, 1.2)
+                self._ensure_listener()
+                got = self._claim()
+                self._failures = 0
+            except DatabaseError as exc:
+                self._backoff("working", exc)
+                continue
+            if not self._running and not self._finished and not got:
+                if self.burst:
+                    self.stop("burst: nothing left to run")
+                    break
+                if self.max_tasks is not None and self.claimed >= self.max_tasks:
+                    self.stop(f"max tasks ({self.max_tasks}) reached")
+                    break
+            # Finished tasks, new tasks and signals all end the wait early.
+            self._wait(self.config.poll_interval)
+
+    def _claim(self) -> int:
+        """Claim tasks into free handler threads; return how many."""
+        free = self.concurrency - len(self._running)
+        if self.max_tasks is not None:
+            free = min(free, self.max_tasks - self.claimed)
+        if free <= 0:
+            return 0
+        got = 0
+        count = len(self.queues)
+        start = self._turn
+        self._turn = (self._turn + 1) % count
+        for i in range(count):
+            queue = self.queues[(start + i) % count]
+            tasks = self.store.claim(self.id, queue, free - got)
+            for task in tasks:
+                self._running[task.id] = task
+                self._inbox.put(task)
+            got += len(tasks)
+            if got >= free:
+                break
+        self.claimed += got
+        return got
+
+    def _flush(self) -> None:
+        """Record finished attempts in one statement."""
+        if not self._finished:
+            return
+        batch = []
+        while self._finished:
+            batch.append(self._finished.popleft())
+        try:
+            self.runner.record(self.id, batch)
+        except BaseException:
+            self._finished.extendleft(reversed(batch))
+            raise
+        for outcome in batch:
+            self._running.pop(outcome.task.id, None)
+
+    def _rescue(self) -> None:
+        for row in self.store.rescue():
+            log.warning(
+                "rescued task %s (%s) of queue %s after attempt %s: its worker's lease "
+                "expired; now %s",
+                row["id"],
+                row["name"],
+                row["queue"],
+                row["attempts"],
+                row["state"],
+            )
+
+    # -- threads --------------------------------------------------------------
+
+    def _handle(self) -> None:
+        """A handler thread: run tasks from the inbox, hand outcomes back."""
+        while True:
+            task = self._inbox.get()
+            if task is None:
+                return
+            outcome = self.runner.execute(task)
+            self._finished.append(outcome)
+            self._wake()
+
+    def _heartbeat(self) -> None:
+        while not self._heartbeat_stop.wait(self.config.heartbeat_interval):
+            try:
+                if not self.store.heartbeat(self.id):
+                    log.warning(
+                        "worker %s lost its lease (it was presumed dead); its running "
+                        "tasks were rescued and their outcomes will be discarded; "
+                        "registering again",
+                        self.id,
+                    )
+                    self.store.register_owner(
+                        self.id, queues=self.queues, concurrency=self.concurrency
+                    )
+            except DatabaseError as exc:
+                log.warning("worker %s heartbeat failed: %s", self.id, exc)
+
+    # -- waiting --------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"\0")
+
+    def _wait(self, timeout: float, *, listen: bool = True) -> None:
+        """Sleep until woken (new task, finished task, signal) or *timeout*."""
+        fds = [self._wake_r]
+        if listen and self._listener is not None:
+            fds.append(self._listener.fileno())
+        try:
+            ready, _, _ = select.select(fds, [], [], timeout)
+        except (OSError, ValueError):
+            ready = []
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_r, 4096):
+                    pass
+        if self._listener is not None and (len(fds) > 1 and fds[1] in ready):
+            self._drain_notifications()
+        elif not ready and self._listener is not None:
+            self._check_listener()
+
+    def _ensure_listener(self) -> None:
+        if not self.config.listen or self._listener is not None:
+            return
+        if time.monotonic() < self._next_listen_try:
+            return
+        try:
+            conn = self._listen_db.connect(
+                keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3
+            )
+            with conn.cursor() as cur:
+                cur.execute("LISTEN pgtq")
+        except DatabaseError as exc:
+            self._next_listen_try = time.monotonic() + BACKOFF_CAP * random.uniform(0.5, 1)
+            log.warning("worker %s cannot LISTEN (%s); polling until it can", self.id, exc)
+            return
+        self._listener = conn
+        self._listener_checked = time.monotonic()
+
+    def _drain_notifications(self) -> None:
+        try:
+            self._listener.poll()
+            self._listener.notifies.clear()
+        except Exception as exc:
+            if not is_driver_error(exc):
+                raise
+            log.warning("worker %s lost its LISTEN connection (%s); reconnecting", self.id, exc)
+            self._close_listener()
+
+    def _check_listener(self) -> None:
+        if time.monotonic() - self._listener_checked < LISTEN_CHECK_INTERVAL:
+            return
+        self._listener_checked = time.monotonic()
+        try:
+            with self._listener.cursor() as cur:
+                cur.execute("SELECT 1")
+            self._listener.notifies.clear()
+        except Exception as exc:
+            if not is_driver_error(exc):
+                raise
+            log.warning("worker %s LISTEN connection failed its check (%s)", self.id, exc)
+            self._close_listener()
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                self._listener.close()
+            self._listener = None
+
+    def _backoff(self, doing: str, exc: BaseException) -> None:
+        self._failures += 1
+        delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (self._failures - 1))
+        delay *= random.uniform(0.5, 1.0)
+        log.warning(
+            "worker %s: database error while %s (%s); retrying in %.2fs",
+            self.id,
+            doing,
+            exc,
+            delay,
+        )
+        self._wait(delay, listen=False)
+
+
+def main_loop(
+    q: Any,
+    *,
+    queues: Iterable[str] | None = None,
+    concurrency: int | None = None,
+    burst: bool = False,
+    max_tasks: int | None = None,
+) -> int:
+    """Run a worker for *q* (a :class:`~flask_pgtq.PgTq`) in this process.
+
+    With Flask, call it inside the app context (``flask pgtq worker`` does);
+    standalone, just call it.  Returns when stopped (SIGTERM/SIGINT, or
+    ``burst``/``max_tasks``) with exit code 0.
+
+    :param queues: queues to serve; default ``PGTQ_QUEUE``.
+    :param concurrency: handler threads; default ``PGTQ_CONCURRENCY``.
+    :param burst: run what is ready, then return.
+    :param max_tasks: return after this many tasks.
+    """
+    from .extension import _queue_list
+
+    bound = q._bound()
+    worker = Worker(
+        bound.runner,
+        queues=_queue_list(queues, bound.config.queue),
+        concurrency=concurrency or bound.config.concurrency,
+        burst=burst,
+        max_tasks=max_tasks,
+    )
+    return worker.run()

@@ -1,0 +1,28 @@
+from setuptools import find_packages
+from setuptools import setup
+
+setup(
+    name="flask_pgtq",
+    version="0.1.0.dev0",
+    description="A background task queue for Flask whose only infrastructure is PostgreSQL.",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="BSD-3-Clause",
+    packages=find_packages(include=["flask_pgtq", "flask_pgtq.*"]),
+    package_data={"flask_pgtq": ["py.typed", "sql/*.sql", "sql/migrations/*.sql"]},
+    python_requires=">=3.11",
+    install_requires=["Flask>=2.3", "blinker>=1.6"],
+    extras_require={
+        # The driver is an extra so that users pick the build: "binary" is a
+        # wheel that needs no compiler or libpq; "c" builds against the system
+        # libpq (what the psycopg2 authors recommend for production).
+        "binary": ["psycopg2-binary>=2.9"],
+        "c": ["psycopg2>=2.9"],
+        "test": ["pytest>=7", "psycopg2-binary>=2.9"],
+    },
+    classifiers=[
+        "Framework :: Flask",
+        "Programming Language :: Python :: 3",
+        "Topic :: System :: Distributed Computing",
+    ],
+)
