@@ -18,6 +18,7 @@ from .exceptions import TaskNotFound as TaskNotFound
 from .exceptions import UnknownTask as UnknownTask
 from .extension import PgTq as PgTq
 from .handler import Handler as Handler
+from .runner import current_task as current_task
 from .task import State as State
 from .task import Task as Task
 

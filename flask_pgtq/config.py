@@ -152,7 +152,8 @@ class Config:
             set_(self, name, _positive(getattr(self, name), f"PGTQ_{name.upper()}", zero=True))
         for name in ("poll_interval", "lease", "heartbeat_interval"):
             set_(self, name, _positive(getattr(self, name), f"PGTQ_{name.upper()}"))
-        set_(self, "shutdown_grace", _positive(self.shutdown_grace, "PGTQ_SHUTDOWN_GRACE", zero=True))
+        grace = _positive(self.shutdown_grace, "PGTQ_SHUTDOWN_GRACE", zero=True)
+        set_(self, "shutdown_grace", grace)
         for name in ("concurrency", "max_payload_bytes", "pool_size"):
             set_(self, name, _positive(getattr(self, name), f"PGTQ_{name.upper()}", number=int))
         if self.heartbeat_interval * 2 > self.lease:

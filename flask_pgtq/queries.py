@@ -17,7 +17,7 @@ def parse(text: str) -> dict[str, str]:
     """Split a file of named blocks into ``{name: sql}``."""
     parts = _NAME.split(text)
     queries: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2]):
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in queries:
             raise ValueError(f"query {name!r} is defined twice")
         queries[name] = body.strip()

@@ -76,7 +76,7 @@ class TaskStore:
             if cur.description is None:
                 return []
             columns = [d.name for d in cur.description]
-            return [dict(zip(columns, row)) for row in cur.fetchall()]
+            return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
 
     def _tasks(self, name: str, params: dict[str, Any]) -> list[Task]:
         return [Task.from_row(row, self.backend) for row in self._rows(name, params)]

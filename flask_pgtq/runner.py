@@ -9,6 +9,7 @@ there is one, is passed in and only its ``app_context()`` is used.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 import json
 import logging
@@ -17,7 +18,9 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+
+from werkzeug.local import LocalProxy
 
 from . import signals
 from .config import Config
@@ -29,6 +32,16 @@ if TYPE_CHECKING:
     from .handler import Handler
 
 log = logging.getLogger("flask_pgtq")
+
+_current_task: contextvars.ContextVar[Task] = contextvars.ContextVar("pgtq_current_task")
+
+#: The task whose handler is running in this thread (a proxy to a
+#: :class:`~flask_pgtq.Task`).  Outside a handler, using it raises
+#: :class:`RuntimeError`.
+current_task: Task = cast(
+    Task,
+    LocalProxy(_current_task, unbound_message="not inside a flask_pgtq task handler"),
+)
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
@@ -99,6 +112,7 @@ class Runner:
                 f"{exc}; failed without retry",
             )
         started = time.perf_counter()
+        token = _current_task.set(task)
         try:
             with self.context():
                 signals.send(signals.task_started, self.sender, task=task)
@@ -117,6 +131,8 @@ class Runner:
             )
         except BaseException as exc:  # noqa: BLE001 - a handler's failure is data
             return self._retry_or_fail(task, handler, traceback.format_exc(), exc, started)
+        finally:
+            _current_task.reset(token)
         duration = time.perf_counter() - started
         try:
             result = json.dumps(value, allow_nan=False, separators=(",", ":"))

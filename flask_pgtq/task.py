@@ -17,7 +17,7 @@ if TYPE_CHECKING:
         def run_claimed(self, task: Task) -> Task: ...
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     """Where a task is in its life.  Compares equal to its string value."""
 
     #: Waiting to run; ``run_at`` may lie in the future (a delay or a retry).

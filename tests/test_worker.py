@@ -1,0 +1,215 @@
+"""Worker lifecycle, with real ``flask pgtq worker`` processes."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+
+from flask_pgtq import State
+from tests import worker_app
+from tests.helpers import poll_until, sql_all, sql_one
+from tests.worker_app import add, flaky, mark, probe_context, slow
+from tests.workers import runs, runs_table, start_worker  # noqa: F401
+
+
+@pytest.fixture
+def app(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
+    """The workers' app, on the test database, with an app context pushed."""
+    monkeypatch.setenv("PGTQ_TEST_APP_DSN", dsn)
+    app = worker_app.create_app()
+    with app.app_context():
+        yield app
+
+
+def state_of(dsn: str, task_id: int) -> str:
+    return sql_one(dsn, "SELECT state FROM pgtq_tasks WHERE id = %s", (task_id,))[0]
+
+
+def wait_for_state(dsn: str, task_id: int, state: str, timeout: float = 20.0) -> None:
+    poll_until(
+        lambda: state_of(dsn, task_id) == state,
+        timeout,
+        0.02,
+        f"task {task_id} to be {state}",
+    )
+
+
+@pytest.mark.slow
+def test_three_workers_drain_1000_tasks_each_exactly_once(app, dsn, start_worker):
+    ids = [mark.push(f"t{i}").id for i in range(1000)]
+    workers = [start_worker("--concurrency", "2") for _ in range(3)]
+
+    poll_until(
+        lambda: sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE state = 'succeeded'")[0]
+        == 1000,
+        timeout=120,
+        interval=0.1,
+        message="all 1000 tasks to succeed",
+    )
+    executions = collections.Counter(row["task_id"] for row in runs(dsn))
+    assert set(executions) == set(ids)
+    assert set(executions.values()) == {1}, "a task ran more than once"
+    pids = {row["pid"] for row in runs(dsn)}
+    assert pids <= {w.pid for w in workers}
+    assert len(pids) > 1, "the work was not shared"
+    assert sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE attempts <> 1")[0] == 0
+    for w in workers:
+        w.terminate()
+    assert [w.wait() for w in workers] == [0, 0, 0]
+
+
+def test_result_is_stored_and_read_back(app, dsn, start_worker):
+    task = add.push(2, 3)
+    start_worker()
+    wait_for_state(dsn, task.id, "succeeded")
+    fresh = worker_app.q.get_task(task.id)
+    assert fresh.state is State.SUCCEEDED
+    assert fresh.result == 5
+    assert fresh.attempts == 1
+    assert fresh.started_at <= fresh.finished_at
+
+
+def test_killed_worker_task_runs_again_on_another(app, dsn, start_worker):
+    first = start_worker()
+    task = slow.push(1.0, "victim")
+    poll_until(lambda: runs(dsn, "victim"), 10, 0.02, "the task to start")
+    first.kill()
+    assert state_of(dsn, task.id) == "running"
+
+    killed_at = time.monotonic()
+    second = start_worker()
+    wait_for_state(dsn, task.id, "succeeded", timeout=30)
+    # Lease 3 s, heartbeat 0.5 s: rescued within the lease plus a few seconds.
+    assert time.monotonic() - killed_at < 3.0 + 5.0
+
+    events = [(r["pid"], r["attempt"], r["event"]) for r in runs(dsn, "victim")]
+    assert events[0] == (first.pid, 1, "started")
+    assert (second.pid, 2, "finished") in events
+    assert (first.pid, 1, "finished") not in events
+    fresh = worker_app.q.get_task(task.id)
+    assert fresh.attempts == 2
+
+
+def test_sigterm_lets_the_running_task_finish(app, dsn, start_worker):
+    worker = start_worker()
+    task = slow.push(1.5, "graceful")
+    poll_until(lambda: runs(dsn, "graceful"), 10, 0.02, "the task to start")
+    worker.terminate()
+    assert worker.wait() == 0
+    assert state_of(dsn, task.id) == "succeeded"
+    assert [r["event"] for r in runs(dsn, "graceful")] == ["started", "finished"]
+    assert sql_one(dsn, "SELECT count(*) FROM pgtq_workers")[0] == 0
+
+
+def test_tasks_left_after_the_grace_period_are_released_at_once(app, dsn, start_worker):
+    worker = start_worker(settings={"PGTQ_SHUTDOWN_GRACE": 0.5})
+    task = slow.push(30, "too-long")
+    poll_until(lambda: runs(dsn, "too-long"), 10, 0.02, "the task to start")
+    stopped = time.monotonic()
+    worker.terminate()
+    assert worker.wait(10) == 0
+    assert time.monotonic() - stopped < 5
+    state, attempts, locked_by = sql_one(
+        dsn, "SELECT state, attempts, locked_by FROM pgtq_tasks WHERE id = %s", (task.id,)
+    )
+    # Back in the queue now (not after the lease), the interrupted attempt uncounted.
+    assert (state, attempts, locked_by) == ("queued", 0, None)
+    assert "released 1 unfinished task" in worker.output()
+
+
+def test_a_second_signal_stops_at_once(app, dsn, start_worker):
+    worker = start_worker(settings={"PGTQ_SHUTDOWN_GRACE": 60})
+    task = slow.push(60, "stubborn")
+    poll_until(lambda: runs(dsn, "stubborn"), 10, 0.02, "the task to start")
+    worker.terminate()
+    poll_until(lambda: "stopping" in worker.output(), 10, 0.02, "the worker to stop claiming")
+    worker.send(signal.SIGINT)
+    assert worker.wait(10) == 0
+    assert state_of(dsn, task.id) == "queued"
+
+
+def test_retries_then_success_in_a_worker(app, dsn, start_worker):
+    task = flaky.push(2, "flaky")
+    start_worker()
+    wait_for_state(dsn, task.id, "succeeded")
+    assert [r["attempt"] for r in runs(dsn, "flaky")] == [1, 2, 3]
+    assert worker_app.q.get_task(task.id).result == 3
+
+
+def test_each_task_gets_a_fresh_app_context_and_teardown(app, dsn, start_worker):
+    tasks = [probe_context.push(f"ctx{i}") for i in range(5)]
+    worker = start_worker("--burst")
+    assert worker.wait() == 0
+    for task in tasks:
+        assert state_of(dsn, task.id) == "succeeded", worker_app.q.get_task(task.id).error
+    teardowns = [r["tag"] for r in runs(dsn) if r["event"] == "teardown"]
+    assert sorted(teardowns) == sorted(f"ctx{i}" for i in range(5))
+
+
+def test_unknown_task_name_fails_and_the_worker_goes_on(app, dsn, start_worker):
+    (bogus,) = sql_one(
+        dsn,
+        "INSERT INTO pgtq_tasks (queue, name) VALUES ('default', 'os.system') RETURNING id",
+    )
+    good = mark.push("after-bogus")
+    worker = start_worker("--burst")
+    assert worker.wait() == 0
+    failed = worker_app.q.get_task(bogus)
+    assert failed.state is State.FAILED
+    assert failed.attempts == 1
+    assert "no handler is registered for task name 'os.system'" in failed.error
+    assert state_of(dsn, good.id) == "succeeded"
+
+
+def test_notify_wakes_an_idle_worker_long_before_the_poll(app, dsn, start_worker):
+    start_worker(settings={"PGTQ_POLL_INTERVAL": 30.0})
+    # The worker has polled once and now sleeps on LISTEN.
+    pushed = time.monotonic()
+    task = mark.push("wake-up")
+    wait_for_state(dsn, task.id, "succeeded", timeout=10)
+    assert time.monotonic() - pushed < 5, "the task waited for the poll, not NOTIFY"
+
+
+def test_polling_alone_runs_tasks_when_listen_is_off(app, dsn, start_worker):
+    start_worker(settings={"PGTQ_LISTEN": False, "PGTQ_POLL_INTERVAL": 0.2})
+    task = mark.push("polled")
+    wait_for_state(dsn, task.id, "succeeded", timeout=10)
+
+
+def test_burst_runs_what_is_ready_and_exits(app, dsn, start_worker):
+    tasks = [mark.push(f"b{i}") for i in range(10)]
+    later = mark.options(delay=3600).push("later")
+    worker = start_worker("--burst", "--concurrency", "3", ready=False)
+    assert worker.wait() == 0
+    assert all(state_of(dsn, t.id) == "succeeded" for t in tasks)
+    assert state_of(dsn, later.id) == "queued"
+
+
+def test_max_tasks_exits_between_tasks(app, dsn, start_worker):
+    for i in range(5):
+        mark.push(f"m{i}")
+    worker = start_worker("--max-tasks", "2", ready=False)
+    assert worker.wait() == 0
+    states = collections.Counter(row[0] for row in sql_all(dsn, "SELECT state FROM pgtq_tasks"))
+    assert states == {"succeeded": 2, "queued": 3}
+
+
+def test_worker_serves_only_its_queues(app, dsn, start_worker):
+    mine = mark.options(queue="mine").push("mine")
+    other = mark.options(queue="other").push("other")
+    worker = start_worker("--queue", "mine", "--burst", ready=False)
+    assert worker.wait() == 0
+    assert state_of(dsn, mine.id) == "succeeded"
+    assert state_of(dsn, other.id) == "queued"
+
+
+def test_worker_refuses_to_start_on_an_old_schema(dsn, start_worker):
+    sql_one(dsn, "DELETE FROM pgtq_schema_version RETURNING version")
+    worker = start_worker(ready=False)
+    assert worker.wait() != 0
+    assert "flask pgtq init-db" in worker.output()

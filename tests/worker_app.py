@@ -1,0 +1,107 @@
+"""The app that worker subprocesses of the tests run::
+
+    flask --app tests.worker_app pgtq worker
+
+``PGTQ_TEST_APP_DSN`` names the test's database; ``PGTQ_TEST_APP_SETTINGS``
+holds extra ``PGTQ_*`` settings as JSON.  Handlers write what they did to the
+table ``test_runs`` (see :data:`RUNS_TABLE`), so tests can count executions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import psycopg2
+from flask import Flask, current_app, g
+
+from flask_pgtq import Cancel, PgTq, Retry, current_task
+
+RUNS_TABLE = """
+CREATE TABLE IF NOT EXISTS test_runs (
+    id        bigserial PRIMARY KEY,
+    task_id   bigint,
+    attempt   integer,
+    pid       integer,
+    tag       text,
+    event     text NOT NULL DEFAULT 'ran',
+    at        timestamptz NOT NULL DEFAULT clock_timestamp()
+)
+"""
+
+q = PgTq()
+
+
+def record(tag: str, event: str = "ran") -> None:
+    """Write a row to test_runs for the current task."""
+    with psycopg2.connect(current_app.config["PGTQ_DSN"]) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO test_runs (task_id, attempt, pid, tag, event) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            (current_task.id, current_task.attempts, os.getpid(), tag, event),
+        )
+    conn.close()
+
+
+@q.handler()
+def mark(tag: str) -> str:
+    record(tag)
+    return tag
+
+
+@q.handler()
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@q.handler()
+def slow(seconds: float, tag: str) -> str:
+    """Record a start, sleep, record the end."""
+    record(tag, "started")
+    time.sleep(seconds)
+    record(tag, "finished")
+    return tag
+
+
+@q.handler(max_attempts=4)
+def flaky(failures: int, tag: str) -> int:
+    """Fail the first *failures* attempts, then succeed."""
+    record(tag)
+    if current_task.attempts <= failures:
+        raise RuntimeError(f"failing attempt {current_task.attempts}")
+    return current_task.attempts
+
+
+@q.handler()
+def retry_later(delay: float) -> None:
+    raise Retry(delay=delay, reason="not yet")
+
+
+@q.handler()
+def give_up(reason: str) -> None:
+    raise Cancel(reason)
+
+
+@q.handler()
+def probe_context(tag: str) -> str:
+    """Prove each task gets a fresh app context: g starts empty."""
+    assert "seen" not in g, "g leaked from another task"
+    g.seen = tag
+    g.tag = tag
+    return tag
+
+
+def create_app() -> Flask:
+    app = Flask(__name__)
+    app.config["PGTQ_DSN"] = os.environ["PGTQ_TEST_APP_DSN"]
+    app.config.update(json.loads(os.environ.get("PGTQ_TEST_APP_SETTINGS", "{}")))
+    q.init_app(app)
+
+    @app.teardown_appcontext
+    def note_teardown(exc: BaseException | None) -> None:
+        tag = g.pop("tag", None)
+        if tag is not None:
+            record(tag, "teardown")
+
+    return app
