@@ -10,15 +10,16 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from .exceptions import PgTqError
+from .extension import PgTq
 
 pgtq_cli = AppGroup("pgtq", help="The flask_pgtq task queue.")
 
 
-def _extension():  # type: ignore[no-untyped-def]
-    bound = current_app.extensions.get("pgtq")
-    if bound is None:
+def _extension() -> PgTq:
+    extension = current_app.extensions.get("pgtq")
+    if extension is None:
         raise click.ClickException("this app has no PgTq extension: call PgTq(app)")
-    return bound.extension
+    return extension  # type: ignore[no-any-return]
 
 
 @pgtq_cli.command("init-db")

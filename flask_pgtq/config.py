@@ -5,6 +5,7 @@ Read once, when the extension is set up; nothing reads the Flask config later.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -14,7 +15,7 @@ from .exceptions import ConfigurationError, InvalidName
 
 #: Queue and task names: printable, no spaces or quotes, at most this long.
 MAX_NAME_LENGTH = 200
-_NAME = re.compile(r"^[A-Za-z0-9_.:\-/@]+$")
+_NAME = re.compile(r"[A-Za-z0-9_.:\-/@]+")
 
 _DSN_EXAMPLE = (
     'a libpq connection string, e.g. "postgresql://user@localhost/mydb" '
@@ -35,7 +36,7 @@ def validate_name(value: Any, what: str) -> str:
         raise InvalidName(f"{what} must not be empty")
     if len(value) > MAX_NAME_LENGTH:
         raise InvalidName(f"{what} is longer than {MAX_NAME_LENGTH} characters")
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise InvalidName(
             f"{what} {value[:60]!r} may only hold letters, digits and _ . : - / @"
         )
@@ -75,6 +76,10 @@ def redact_dsn(dsn: str) -> str:
 def _positive(value: Any, key: str, *, number: type = float, zero: bool = False) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"{key} must be a number, not {value!r}")
+    if number is int and not float(value).is_integer():
+        raise ConfigurationError(f"{key} must be a whole number, not {value!r}")
+    if not math.isfinite(value):
+        raise ConfigurationError(f"{key} must be a finite number, not {value!r}")
     if value < 0 or (value == 0 and not zero):
         raise ConfigurationError(f"{key} must be {'>= 0' if zero else '> 0'}, not {value!r}")
     return number(value)

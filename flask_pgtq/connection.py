@@ -1,7 +1,10 @@
 """Connections: a fork-safe pool, and the one place driver errors are translated.
 
 A connection is lent to one thread for one block (:meth:`Database.connection`)
-and never shared.  A pool notices when it is used in a forked child and
+and never shared.  (psycopg2's own pools close every connection given back
+beyond ``minconn`` and open ``minconn`` eagerly, so a push would pay for a
+new connection each time; this pool keeps idle connections, opens them
+lazily and waits instead of failing when all are lent.)  A pool notices when it is used in a forked child and
 starts afresh there, leaving the parent's sockets untouched: closing them in
 the child would end the parent's sessions.
 """
@@ -22,7 +25,6 @@ try:
     import psycopg2
     import psycopg2.errors
     import psycopg2.extensions
-    import psycopg2.pool
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         "flask_pgtq needs the psycopg2 driver. Install it with "
@@ -84,8 +86,8 @@ class Database:
         self._application_name = params.get("application_name", application_name)
         self._max = max_connections
         self._lock = threading.Lock()
-        self._pid = -1
-        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
+        self._pid = os.getpid()
+        self._idle: list[Any] = []
         self._slots = threading.BoundedSemaphore(max_connections)
 
     def __repr__(self) -> str:
@@ -106,60 +108,62 @@ class Database:
         conn.autocommit = True
         return conn
 
-    def _current_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
+    def _idle_list(self) -> list[Any]:
+        """This process's idle connections; starts afresh after a fork."""
         with self._lock:
             if self._pid != os.getpid():
-                if self._pool is not None:
-                    # Forked: keep the parent's connections alive and unused.
-                    _orphans.extend(self._pool._pool)
-                    _orphans.extend(self._pool._used.values())
-                self._pool = psycopg2.pool.ThreadedConnectionPool(
-                    0, self._max, self._dsn, application_name=self._application_name
-                )
+                # Forked: keep the parent's connections alive and unused.
+                _orphans.extend(self._idle)
+                self._idle = []
                 self._slots = threading.BoundedSemaphore(self._max)
                 self._pid = os.getpid()
-            return self._pool
+            return self._idle
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Any]:
         """Lend a pooled autocommit connection to this thread for the block.
 
-        A connection that broke is discarded, not returned to the pool.
-        Driver errors raised in the block come out as :class:`DatabaseError`.
+        At most ``max_connections`` are lent at once; further callers wait.
+        A connection that broke, or was left inside a transaction, is closed
+        rather than returned.  Driver errors raised in the block come out as
+        :class:`DatabaseError`.
         """
-        pool = self._current_pool()
+        idle = self._idle_list()
         slots = self._slots
         slots.acquire()
         conn = None
         try:
-            try:
-                conn = pool.getconn()
-                conn.autocommit = True
-            except psycopg2.Error as exc:
-                raise translate(exc, self._secrets) from None
+            with self._lock:
+                if idle:
+                    conn = idle.pop()
+            if conn is None:
+                conn = self.connect()
             try:
                 yield conn
             except psycopg2.Error as exc:
                 raise translate(exc, self._secrets) from exc
         finally:
             if conn is not None:
-                broken = conn.closed or conn.status != psycopg2.extensions.STATUS_READY
-                if not broken:
-                    status = conn.get_transaction_status()
-                    broken = status != psycopg2.extensions.TRANSACTION_STATUS_IDLE
-                    if status == psycopg2.extensions.TRANSACTION_STATUS_INTRANS:
-                        # A block left a transaction open: roll it back.
-                        with contextlib.suppress(psycopg2.Error):
-                            conn.rollback()
-                            broken = False
-                if pool is self._pool:
-                    pool.putconn(conn, close=broken)
+                self._give_back(conn, idle)
             slots.release()
+
+    def _give_back(self, conn: Any, idle: list[Any]) -> None:
+        reusable = (
+            not conn.closed
+            and conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        )
+        if reusable and idle is self._idle:
+            with self._lock:
+                idle.append(conn)
+        elif idle is self._idle:
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
 
     def close(self) -> None:
         """Close every idle pooled connection of this process."""
         with self._lock:
-            if self._pool is not None and self._pid == os.getpid():
-                self._pool.closeall()
-            self._pool = None
-            self._pid = -1
+            if self._pid == os.getpid():
+                for conn in self._idle:
+                    with contextlib.suppress(psycopg2.Error):
+                        conn.close()
+            self._idle = []

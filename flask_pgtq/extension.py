@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
+from weakref import WeakKeyDictionary
 
 from . import signals
 from .config import Config, redact_dsn, validate_name
@@ -57,6 +58,9 @@ class PgTq:
     def __init__(self, app: Any = None, *, dsn: str | None = None, **settings: Any) -> None:
         self._handlers: dict[str, Handler[Any, Any]] = {}
         self._standalone: Bound | None = None
+        #: Per-app state, keyed by app (as Flask-SQLAlchemy keeps its engines):
+        #: the extension object itself holds no app.
+        self._apps: WeakKeyDictionary[Any, Bound] = WeakKeyDictionary()
         if dsn is not None:
             if app is not None:
                 raise ConfigurationError("pass either an app or dsn=..., not both")
@@ -88,7 +92,8 @@ class PgTq:
                 "PgTq per app"
             )
         config = Config.from_mapping(app.config)
-        app.extensions["pgtq"] = Bound.build(self, config, app)
+        self._apps[app] = Bound.build(self, config, app)
+        app.extensions["pgtq"] = self
         from .cli import pgtq_cli
 
         app.cli.add_command(pgtq_cli)
@@ -106,12 +111,12 @@ class PgTq:
                 "find its database. Call this in a request or CLI command, or inside "
                 "'with app.app_context():'."
             )
-        bound = current_app.extensions.get("pgtq")
-        if bound is None or bound.extension is not self:
+        bound = self._apps.get(current_app._get_current_object())  # type: ignore[attr-defined]
+        if bound is None:
             raise RuntimeError(
                 "this PgTq is not registered on the current app: call q.init_app(app)"
             )
-        return bound  # type: ignore[no-any-return]
+        return bound
 
     @property
     def config(self) -> Config:

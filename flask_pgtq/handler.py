@@ -101,6 +101,8 @@ def encode_arguments(
     try:
         args_json = json.dumps(list(args), allow_nan=False, separators=(",", ":"))
         kwargs_json = json.dumps(dict(kwargs), allow_nan=False, separators=(",", ":"))
+        _check_keys(args)
+        _check_keys(kwargs)
     except (TypeError, ValueError) as exc:
         raise ArgumentsNotSerializable(_which_argument(name, args, kwargs, exc)) from exc
     size = len(args_json.encode()) + len(kwargs_json.encode())
@@ -113,6 +115,19 @@ def encode_arguments(
     return args_json, kwargs_json
 
 
+def _check_keys(value: Any) -> None:
+    """Refuse dict keys that JSON would silently turn into strings
+    (``{1: "a"}`` would come back as ``{"1": "a"}``)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"dict keys must be strings, not {type(key).__name__} {key!r}")
+            _check_keys(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_keys(item)
+
+
 def _which_argument(
     name: str, args: Sequence[Any], kwargs: Mapping[str, Any], exc: Exception
 ) -> str:
@@ -123,6 +138,7 @@ def _which_argument(
             continue
         try:
             json.dumps(value, allow_nan=False)
+            _check_keys(value)
         except (TypeError, ValueError) as inner:
             return (
                 f"{label} of task {name!r} is not JSON-serialisable "
