@@ -59,10 +59,12 @@ def worker_command(
     from . import worker
 
     logger = logging.getLogger("flask_pgtq")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
+    added = None
+    if not logger.handlers and not logging.getLogger().handlers:
+        added = logging.StreamHandler(sys.stderr)
+        added.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(added)
+    level = logger.level
     logger.setLevel(log_level.upper())
     try:
         code = worker.main_loop(
@@ -74,4 +76,8 @@ def worker_command(
         )
     except PgTqError as exc:
         raise click.ClickException(str(exc)) from exc
+    finally:
+        logger.setLevel(level)
+        if added is not None:
+            logger.removeHandler(added)
     sys.exit(code)

@@ -41,7 +41,7 @@ class DuplicateHandler(PgTqError, ValueError):
     """Another handler is already registered under this task name."""
 
 
-class InvalidName(PgTqError, ValueError):
+class InvalidName(ConfigurationError):
     """A queue or task name is empty, too long or has forbidden characters."""
 
 

@@ -1,6 +1,7 @@
-"""Named SQL, loaded from ``sql/queries.sql``.
+"""Named SQL, loaded from the ``sql/*.sql`` files (migrations aside).
 
-A block starts with ``-- name: some_name`` and runs to the next one.
+A block starts with ``-- name: some_name`` and runs to the next one.  Names
+are unique across all files.
 Parameters are written ``%(name)s``; identifiers never come from users.
 """
 
@@ -26,8 +27,16 @@ def parse(text: str) -> dict[str, str]:
 
 @cache
 def _all() -> dict[str, str]:
-    text = resources.files("flask_pgtq").joinpath("sql/queries.sql").read_text("utf-8")
-    return parse(text)
+    queries: dict[str, str] = {}
+    folder = resources.files("flask_pgtq").joinpath("sql")
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        for name, body in parse(entry.read_text("utf-8")).items():
+            if name in queries:
+                raise ValueError(f"query {name!r} is defined in two files")
+            queries[name] = body
+    return queries
 
 
 def get(name: str) -> str:

@@ -178,7 +178,6 @@ class TaskStore:
         return self._rows(
             "rescue_tasks",
             {
-                "lease": self.config.lease,
                 "backoff": self.config.retry_backoff,
                 "backoff_max": self.config.retry_backoff_max,
             },

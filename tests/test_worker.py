@@ -143,7 +143,7 @@ def test_retries_then_success_in_a_worker(app, dsn, start_worker):
 
 def test_each_task_gets_a_fresh_app_context_and_teardown(app, dsn, start_worker):
     tasks = [probe_context.push(f"ctx{i}") for i in range(5)]
-    worker = start_worker("--burst")
+    worker = start_worker("--burst", ready=False)
     assert worker.wait() == 0
     for task in tasks:
         assert state_of(dsn, task.id) == "succeeded", worker_app.q.get_task(task.id).error
@@ -157,7 +157,7 @@ def test_unknown_task_name_fails_and_the_worker_goes_on(app, dsn, start_worker):
         "INSERT INTO pgtq_tasks (queue, name) VALUES ('default', 'os.system') RETURNING id",
     )
     good = mark.push("after-bogus")
-    worker = start_worker("--burst")
+    worker = start_worker("--burst", ready=False)
     assert worker.wait() == 0
     failed = worker_app.q.get_task(bogus)
     assert failed.state is State.FAILED

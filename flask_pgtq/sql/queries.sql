@@ -119,9 +119,10 @@ WITH expired AS (
     SELECT t.id
     FROM pgtq_tasks AS t
     WHERE t.state = 'running'
-      -- Claimed at least one lease ago: a claim racing with this statement
-      -- (by an owner registered after its snapshot) is never taken.
-      AND t.started_at <= now() - %(lease)s * interval '1 second'
+      -- An owner registers (and commits) before it claims, so a task claimed
+      -- by an owner this statement's snapshot cannot see was claimed after
+      -- this statement began: skip recent claims, whatever their owner.
+      AND t.started_at < now() - interval '1 second'
       AND NOT EXISTS (
           SELECT 1 FROM pgtq_workers AS w
           WHERE w.id = t.locked_by AND w.lease_expires_at >= now()
