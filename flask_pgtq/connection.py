@@ -4,9 +4,11 @@ A connection is lent to one thread for one block (:meth:`Database.connection`)
 and never shared.  (psycopg2's own pools close every connection given back
 beyond ``minconn`` and open ``minconn`` eagerly, so a push would pay for a
 new connection each time; this pool keeps idle connections, opens them
-lazily and waits instead of failing when all are lent.)  A pool notices when it is used in a forked child and
-starts afresh there, leaving the parent's sockets untouched: closing them in
-the child would end the parent's sessions.
+lazily and waits instead of failing when all are lent.)
+
+A pool notices when it is used in a forked child and starts afresh there,
+leaving the parent's sockets untouched: closing them in the child would end
+the parent's sessions.
 """
 
 from __future__ import annotations

@@ -37,6 +37,9 @@ from psycopg2 import sql
 
 from flask_pgtq import schema
 
+#: Fixtures for real worker processes: ``start_worker``, ``runs_table``.
+pytest_plugins = ["tests.workers"]
+
 #: Names the PostgreSQL server to test against instead of a throwaway one.
 DSN_VARIABLE = "PGTQ_TEST_DSN"
 

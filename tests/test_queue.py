@@ -178,8 +178,12 @@ def test_unknown_names_and_bad_signatures_fail_without_retry(q: PgTq, dsn: str) 
     def two(a: int, b: int) -> int:
         return a + b
 
-    sql_one(dsn, "INSERT INTO pgtq_tasks (queue, name, max_attempts) VALUES ('default', 'builtins.eval', 5) RETURNING id")
-    sql_one(dsn, "INSERT INTO pgtq_tasks (queue, name, args, max_attempts) VALUES ('default', 'two', '[1]', 5) RETURNING id")
+    insert = (
+        "INSERT INTO pgtq_tasks (queue, name, args, max_attempts) "
+        "VALUES ('default', %s, %s, 5) RETURNING id"
+    )
+    sql_one(dsn, insert, ("builtins.eval", "[]"))
+    sql_one(dsn, insert, ("two", "[1]"))
     unknown = q.pop().run()
     assert unknown.state is State.FAILED
     assert "no handler is registered for task name 'builtins.eval'" in unknown.error

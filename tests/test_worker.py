@@ -14,7 +14,7 @@ from flask_pgtq import State
 from tests import worker_app
 from tests.helpers import poll_until, sql_all, sql_one
 from tests.worker_app import add, flaky, mark, probe_context, slow
-from tests.workers import runs, runs_table, start_worker  # noqa: F401
+from tests.workers import runs
 
 
 @pytest.fixture

@@ -1,8 +1,7 @@
 """Real worker processes for lifecycle tests.
 
-Import the ``start_worker`` fixture into a test module to use it::
-
-    from tests.workers import start_worker  # noqa: F401
+A pytest plugin (loaded by ``conftest.py``): tests ask for the
+``start_worker`` fixture.
 """
 
 from __future__ import annotations
@@ -144,7 +143,9 @@ def start_worker(
     """
     started: list[WorkerProcess] = []
 
-    def start(*args: str, settings: dict[str, Any] | None = None, ready: bool = True) -> WorkerProcess:
+    def start(
+        *args: str, settings: dict[str, Any] | None = None, ready: bool = True
+    ) -> WorkerProcess:
         worker = WorkerProcess(runs_table, list(args), settings or {})
         started.append(worker)
         if ready:
