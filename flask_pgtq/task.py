@@ -63,6 +63,12 @@ class Task:
     locked_by: str | None = None
     result: Any = None
     error: str | None = None
+    #: What the handler last reported with :func:`~flask_pgtq.set_progress`.
+    progress: Any = None
+    #: One entry per attempt that did not succeed (oldest first): ``attempt``,
+    #: ``state``, ``worker``, ``started_at``, ``finished_at``, ``error``.
+    history: list[dict[str, Any]] = field(default_factory=list)
+    cancel_requested_at: datetime | None = None
     _backend: Backend | None = field(default=None, repr=False)
 
     @classmethod

@@ -132,6 +132,12 @@ def test_failures_retry_with_backoff_then_fail_with_the_traceback(q: PgTq, dsn: 
     assert task.attempts == 3
     assert "ValueError: broken on purpose" in task.error
     assert task.finished_at is not None
+    assert [(h["attempt"], h["state"]) for h in task.history] == [
+        (1, "queued"),
+        (2, "queued"),
+        (3, "failed"),
+    ]
+    assert all("broken on purpose" in h["error"] for h in task.history)
     assert q.pop() is None
 
 
@@ -239,6 +245,7 @@ def test_expired_lease_is_rescued_and_the_stale_outcome_is_rejected(
     final = q.get_task(stale.id)
     assert final.state is State.SUCCEEDED
     assert final.result == "attempt 2"
+    assert [(h["attempt"], h["state"]) for h in final.history] == [(1, "lost")]
     assert final.attempts == 2
     assert ran == [2, 1]
 

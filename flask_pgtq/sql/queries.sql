@@ -67,6 +67,11 @@ UPDATE pgtq_tasks AS t
 SET state = o.state,
     result = o.result::jsonb,
     error = o.error,
+    history = CASE WHEN o.state = 'succeeded' THEN t.history
+              ELSE t.history || jsonb_build_object(
+                  'attempt', t.attempts, 'state', o.state, 'worker', t.locked_by,
+                  'started_at', t.started_at, 'finished_at', now(), 'error', o.error)
+              END,
     locked_by = NULL,
     run_at = CASE WHEN o.state = 'queued'
                   THEN now() + o.delay * interval '1 second' ELSE t.run_at END,
@@ -133,6 +138,10 @@ UPDATE pgtq_tasks AS t
 SET state = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
     error = 'lease expired: the worker running attempt ' || t.attempts
             || ' stopped sending heartbeats (killed, frozen or cut off)',
+    history = t.history || jsonb_build_object(
+        'attempt', t.attempts, 'state', 'lost', 'worker', t.locked_by,
+        'started_at', t.started_at, 'finished_at', now(),
+        'error', 'lease expired: the worker stopped sending heartbeats'),
     locked_by = NULL,
     run_at = CASE WHEN t.attempts >= t.max_attempts THEN t.run_at
              ELSE now() + least(%(backoff_max)s,

@@ -18,6 +18,13 @@ CREATE TABLE pgtq_tasks (
     locked_by        uuid,
     result           jsonb,
     error            text,
+    -- What a running handler reported (flask_pgtq.current_task).
+    progress         jsonb,
+    -- One entry per attempt that did not succeed: attempt, state, worker,
+    -- started_at, finished_at, error.  Successes append nothing.
+    history          jsonb       NOT NULL DEFAULT '[]',
+    -- Set by cancel() on a running task; the worker stops the handler.
+    cancel_requested_at timestamptz,
     CONSTRAINT pgtq_tasks_state_check
         CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
     CONSTRAINT pgtq_tasks_attempts_check CHECK (attempts >= 0 AND max_attempts >= 1)
