@@ -43,6 +43,11 @@ def init_db() -> None:
     "--max-tasks", type=click.IntRange(min=1), help="Exit after this many tasks (between tasks)."
 )
 @click.option(
+    "--max-memory",
+    type=click.FloatRange(min=1),
+    help="Exit (between tasks) once resident memory exceeds this many MiB.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -53,6 +58,7 @@ def worker_command(
     concurrency: int | None,
     burst: bool,
     max_tasks: int | None,
+    max_memory: float | None,
     log_level: str,
 ) -> None:
     """Run a worker inside the app context until SIGTERM or SIGINT."""
@@ -73,6 +79,7 @@ def worker_command(
             concurrency=concurrency,
             burst=burst,
             max_tasks=max_tasks,
+            max_memory_mb=max_memory,
         )
     except PgTqError as exc:
         raise click.ClickException(str(exc)) from exc

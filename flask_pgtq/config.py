@@ -9,6 +9,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from typing import Any
 
 from .exceptions import ConfigurationError, InvalidName
@@ -124,6 +125,15 @@ class Config:
     max_payload_bytes: int = 1_000_000
     #: Most pooled connections per process (per app).
     pool_size: int = 10
+    #: Seconds succeeded tasks are kept after they finish, then deleted by
+    #: the workers; ``None`` keeps them forever.  A number or a timedelta.
+    keep_succeeded: float | None = 7 * 24 * 3600.0
+    #: Seconds failed and cancelled tasks are kept; ``None``: forever.
+    keep_failed: float | None = None
+    #: Seconds between a worker's retention passes.
+    prune_interval: float = 60.0
+    #: Most rows one retention statement deletes.
+    prune_batch: int = 500
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], prefix: str = "PGTQ_") -> Config:
@@ -159,7 +169,15 @@ class Config:
             set_(self, name, _positive(getattr(self, name), f"PGTQ_{name.upper()}"))
         grace = _positive(self.shutdown_grace, "PGTQ_SHUTDOWN_GRACE", zero=True)
         set_(self, "shutdown_grace", grace)
-        for name in ("concurrency", "max_payload_bytes", "pool_size"):
+        for name in ("keep_succeeded", "keep_failed"):
+            value = getattr(self, name)
+            if isinstance(value, timedelta):
+                value = value.total_seconds()
+            if value is not None:
+                value = _positive(value, f"PGTQ_{name.upper()}", zero=True)
+            set_(self, name, value)
+        set_(self, "prune_interval", _positive(self.prune_interval, "PGTQ_PRUNE_INTERVAL"))
+        for name in ("concurrency", "max_payload_bytes", "pool_size", "prune_batch"):
             set_(self, name, _positive(getattr(self, name), f"PGTQ_{name.upper()}", number=int))
         if self.heartbeat_interval * 2 > self.lease:
             raise ConfigurationError(

@@ -76,7 +76,8 @@ class Database:
     :param dsn: libpq connection string.
     :param max_connections: most connections open at once in this process;
         a caller waits when all are lent.
-    :param application_name: shown in ``pg_stat_activity``.
+    :param application_name: shown in ``pg_stat_activity``, followed by
+        ``:<pid>`` of the connecting process (unless the DSN sets one).
     """
 
     def __init__(
@@ -85,7 +86,8 @@ class Database:
         params = parse_dsn(dsn)
         self._secrets = (params.get("password", ""),)
         self._dsn = dsn
-        self._application_name = params.get("application_name", application_name)
+        self._application_name = params.get("application_name")
+        self._role = application_name
         self._max = max_connections
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -102,9 +104,8 @@ class Database:
         translated to :class:`DatabaseError`.
         """
         try:
-            conn = psycopg2.connect(
-                self._dsn, application_name=self._application_name, **options
-            )
+            name = self._application_name or f"{self._role}:{os.getpid()}"
+            conn = psycopg2.connect(self._dsn, application_name=name, **options)
         except psycopg2.Error as exc:
             raise translate(exc, self._secrets) from None
         conn.autocommit = True

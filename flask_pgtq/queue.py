@@ -182,3 +182,22 @@ class TaskStore:
                 "backoff_max": self.config.retry_backoff_max,
             },
         )
+
+    def prune(self) -> int:
+        """Delete finished tasks past their retention, one batch per state
+        group; return how many were deleted."""
+        deleted = 0
+        config = self.config
+        for states, keep in (
+            (["succeeded"], config.keep_succeeded),
+            (["failed", "cancelled"], config.keep_failed),
+        ):
+            if keep is None:
+                continue
+            with self.db.connection() as conn, conn.cursor() as cur:
+                cur.execute(
+                    queries.get("prune_tasks"),
+                    {"states": states, "keep": keep, "batch": config.prune_batch},
+                )
+                deleted += cur.rowcount
+        return deleted

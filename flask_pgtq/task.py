@@ -39,7 +39,7 @@ class State(enum.StrEnum):
         return self in (State.SUCCEEDED, State.FAILED, State.CANCELLED)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Task:
     """One task, as read from the database.
 
@@ -79,6 +79,13 @@ class Task:
         if values.get("locked_by") is not None:
             values["locked_by"] = str(values["locked_by"])
         return cls(**values, _backend=backend)
+
+    def __repr__(self) -> str:
+        # No argument values or results: they may hold personal data.
+        return (
+            f"<Task {self.id} {self.name!r} queue={self.queue!r} state={self.state.value} "
+            f"attempts={self.attempts}/{self.max_attempts}>"
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Task) and other.id == self.id

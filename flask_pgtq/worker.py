@@ -52,6 +52,8 @@ class Worker:
     :param concurrency: handler threads.
     :param burst: exit once nothing is ready (and nothing runs).
     :param max_tasks: exit after this many tasks (between tasks).
+    :param max_memory_mb: exit (between tasks) once the process's resident
+        memory exceeds this many MiB.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class Worker:
         concurrency: int,
         burst: bool = False,
         max_tasks: int | None = None,
+        max_memory_mb: float | None = None,
     ) -> None:
         self.runner = runner
         self.store = runner.store
@@ -70,6 +73,7 @@ class Worker:
         self.concurrency = concurrency
         self.burst = burst
         self.max_tasks = max_tasks
+        self.max_memory_mb = max_memory_mb
         self.id = new_owner_id()
         self.claimed = 0
         self.stop_requests = 0
@@ -83,7 +87,11 @@ class Worker:
         os.set_blocking(self._wake_w, False)
         self._listener: Any = None
         self._listener_checked = 0.0
-        self._listen_db = Database(self.config.effective_listen_dsn, max_connections=1)
+        self._listen_db = Database(
+            self.config.effective_listen_dsn,
+            max_connections=1,
+            application_name="flask_pgtq-listen",
+        )
         self._next_listen_try = 0.0
         self._failures = 0
         self._turn = 0
@@ -222,13 +230,19 @@ class Worker:
 
     def _loop(self) -> None:
         next_rescue = 0.0
+        next_prune = time.monotonic() + self.config.prune_interval * random.uniform(0, 1)
         while not self.stop_requests:
             try:
                 self._flush()
+                if self._over_memory():
+                    break
                 now = time.monotonic()
                 if now >= next_rescue:
                     self._rescue()
                     next_rescue = now + self.config.heartbeat_interval * random.uniform(0.8, 1.2)
+                if now >= next_prune:
+                    self._prune()
+                    next_prune = now + self.config.prune_interval * random.uniform(0.8, 1.2)
                 self._ensure_listener()
                 got = self._claim()
                 self._failures = 0
@@ -282,6 +296,26 @@ class Worker:
             raise
         for outcome in batch:
             self._running.pop(outcome.task.id, None)
+
+    def _over_memory(self) -> bool:
+        if self.max_memory_mb is None:
+            return False
+        used = resident_memory_mb()
+        if used <= self.max_memory_mb:
+            return False
+        self.stop(f"memory ceiling: {used:.0f} MiB > {self.max_memory_mb:.0f} MiB")
+        return True
+
+    def _prune(self, most_batches: int = 20) -> None:
+        """Retention: delete a few small batches of old finished tasks."""
+        total = 0
+        for _ in range(most_batches):
+            deleted = self.store.prune()
+            total += deleted
+            if deleted < self.config.prune_batch:
+                break
+        if total:
+            log.info("worker %s deleted %d finished task(s) past retention", self.id, total)
 
     def _rescue(self) -> None:
         for row in self.store.rescue():
@@ -409,6 +443,18 @@ class Worker:
         self._wait(delay, listen=False)
 
 
+def resident_memory_mb() -> float:
+    """This process's resident memory in MiB (peak RSS where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            pages = int(statm.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main_loop(
     q: Any,
     *,
@@ -416,6 +462,7 @@ def main_loop(
     concurrency: int | None = None,
     burst: bool = False,
     max_tasks: int | None = None,
+    max_memory_mb: float | None = None,
 ) -> int:
     """Run a worker for *q* (a :class:`~flask_pgtq.PgTq`) in this process.
 
@@ -427,6 +474,8 @@ def main_loop(
     :param concurrency: handler threads; default ``PGTQ_CONCURRENCY``.
     :param burst: run what is ready, then return.
     :param max_tasks: return after this many tasks.
+    :param max_memory_mb: return (between tasks) once resident memory
+        exceeds this many MiB; let a process manager start a fresh worker.
     """
     from .extension import _queue_list
 
@@ -437,5 +486,6 @@ def main_loop(
         concurrency=concurrency or bound.config.concurrency,
         burst=burst,
         max_tasks=max_tasks,
+        max_memory_mb=max_memory_mb,
     )
     return worker.run()

@@ -151,3 +151,20 @@ SET state = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' E
 FROM lost
 WHERE t.id = lost.id
 RETURNING t.id, t.name, t.queue, t.state, t.attempts, (SELECT count(*) FROM expired) AS expired;
+
+-- name: prune_tasks
+-- Retention: delete one small batch of tasks that finished in one of
+-- %(states)s longer than %(keep)s seconds ago.
+WITH doomed AS (
+    SELECT id
+    FROM pgtq_tasks
+    WHERE state = ANY(%(states)s)
+      AND finished_at IS NOT NULL
+      AND finished_at < now() - %(keep)s * interval '1 second'
+    ORDER BY state, finished_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM pgtq_tasks AS t
+USING doomed
+WHERE t.id = doomed.id;

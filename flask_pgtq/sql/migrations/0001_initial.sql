@@ -38,6 +38,10 @@ CREATE INDEX pgtq_tasks_ready ON pgtq_tasks (queue, priority DESC, run_at, id)
 CREATE INDEX pgtq_tasks_running ON pgtq_tasks (locked_by)
     WHERE state = 'running';
 
+-- Retention deletes the oldest finished tasks of one state at a time.
+CREATE INDEX pgtq_tasks_finished ON pgtq_tasks (state, finished_at)
+    WHERE finished_at IS NOT NULL;
+
 -- One row per live worker process.  A task's lease is its worker's lease:
 -- the heartbeat writes this row, never the hot task rows.
 CREATE TABLE pgtq_workers (
