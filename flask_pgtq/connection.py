@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -136,9 +137,7 @@ class Database:
         slots.acquire()
         conn = None
         try:
-            with self._lock:
-                if idle:
-                    conn = idle.pop()
+            conn = self._take_idle(idle)
             if conn is None:
                 conn = self.connect()
             try:
@@ -149,6 +148,31 @@ class Database:
             if conn is not None:
                 self._give_back(conn, idle)
             slots.release()
+
+    def _take_idle(self, idle: list[Any]) -> Any:
+        """An idle connection that is still alive, or ``None``.
+
+        ``poll()`` reads without blocking: a connection the server closed
+        (restart, ``pg_terminate_backend``) fails here and is dropped, so
+        callers don't pay one error per stale pooled connection.
+        """
+        while True:
+            with self._lock:
+                if not idle:
+                    return None
+                conn = idle.pop()
+            try:
+                # The server's goodbye (a FATAL message) and the end of the
+                # stream may need a read each.
+                for _ in range(3):
+                    conn.poll()
+                    if not select.select([conn], [], [], 0)[0]:
+                        break
+                conn.notifies.clear()
+                return conn
+            except psycopg2.Error:
+                with contextlib.suppress(psycopg2.Error):
+                    conn.close()
 
     def _give_back(self, conn: Any, idle: list[Any]) -> None:
         reusable = (

@@ -66,7 +66,9 @@ class Task:
     #: What the handler last reported with :func:`~flask_pgtq.set_progress`.
     progress: Any = None
     #: One entry per attempt that did not succeed (oldest first): ``attempt``,
-    #: ``state``, ``worker``, ``started_at``, ``finished_at``, ``error``.
+    #: ``state`` (``queued`` for a retry, ``failed``, ``cancelled``, or ``lost``
+    #: when its worker died), ``worker``, ``started_at``, ``finished_at``,
+    #: ``error``.
     history: list[dict[str, Any]] = field(default_factory=list)
     cancel_requested_at: datetime | None = None
     _backend: Backend | None = field(default=None, repr=False)

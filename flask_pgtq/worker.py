@@ -257,7 +257,11 @@ class Worker:
                     self.stop(f"max tasks ({self.max_tasks}) reached")
                     break
             # Finished tasks, new tasks and signals all end the wait early.
-            self._wait(self.config.poll_interval)
+            timeout = self.config.poll_interval
+            if self.config.listen and self._listener is None:
+                # No LISTEN yet: wake up in time to try again.
+                timeout = min(timeout, max(0.0, self._next_listen_try - time.monotonic()))
+            self._wait(timeout)
 
     def _claim(self) -> int:
         """Claim tasks into free handler threads; return how many."""

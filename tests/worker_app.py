@@ -92,6 +92,36 @@ def probe_context(tag: str) -> str:
     return tag
 
 
+@q.handler(max_attempts=3)
+def crash(how: str) -> None:
+    """A poison task: kill the worker process, or exhaust memory."""
+    record(how)
+    if how == "exit":
+        os._exit(13)
+    elif how == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)
+    elif how == "memory":
+        hog = bytearray(2**40)  # 1 TiB: refused by the kernel, MemoryError
+        del hog
+
+
+@q.handler()
+def cut_own_connections(tag: str) -> str:
+    """Terminate this worker's queue connections, then return: the outcome
+    must still be recorded (over a new connection)."""
+    record(tag)
+    with psycopg2.connect(current_app.config["PGTQ_DSN"]) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name LIKE %s",
+            (f"flask_pgtq%:{os.getpid()}",),
+        )
+    conn.close()
+    return tag
+
+
 def create_app() -> Flask:
     app = Flask(__name__)
     app.config["PGTQ_DSN"] = os.environ["PGTQ_TEST_APP_DSN"]
