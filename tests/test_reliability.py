@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 from flask import Flask
 
-from flask_pgtq import PgTq, State
+from flask_pgtq import PgTq, State, signals
 from tests import worker_app
 from tests.helpers import poll_until, sql_all, sql_one
 from tests.worker_app import crash, cut_own_connections, mark, slow
@@ -424,6 +424,34 @@ def test_a_canary_password_never_shows(app, dsn, start_worker, pg_server, caplog
     standalone = PgTq(dsn=down_dsn)
     with pytest.raises(Exception) as info:
         standalone.pop()
+    # Signal payloads, in-process, with every kind of outcome.
+    payloads: list[str] = []
+
+    def capture(sender, **payload):
+        payloads.append(repr(sender) + repr(payload))
+
+    local = PgTq(dsn=secret_dsn)
+
+    @local.handler(max_attempts=2)
+    def sometimes(fail: bool) -> str:
+        if fail:
+            raise RuntimeError("failing")
+        return "ok"
+
+    receivers = [getattr(signals, name) for name in signals.__dict__ if name.startswith("task_")]
+    for signal_ in receivers:
+        signal_.connect(capture)
+    try:
+        sometimes.push(False)
+        sometimes.push(True)
+        for _ in range(3):
+            popped = local.pop()
+            if popped is not None:
+                popped.run()
+    finally:
+        for signal_ in receivers:
+            signal_.disconnect(capture)
+    assert len(payloads) >= 6
     for text in (worker.output(), broken.output(), str(info.value), repr(info.value),
-                 repr(standalone), repr(standalone.config), caplog.text):
+                 repr(standalone), repr(standalone.config), caplog.text, *payloads):
         assert canary not in text
