@@ -18,7 +18,13 @@ setup(
         # libpq (what the psycopg2 authors recommend for production).
         "binary": ["psycopg2-binary>=2.9"],
         "c": ["psycopg2>=2.9"],
-        "test": ["pytest>=7", "psycopg2-binary>=2.9"],
+        # SQLAlchemy is only needed to test pushes inside its transactions.
+        "test": [
+            "pytest>=7",
+            "psycopg2-binary>=2.9",
+            "SQLAlchemy>=2",
+            "Flask-SQLAlchemy>=3",
+        ],
     },
     classifiers=[
         "Framework :: Flask",

@@ -14,9 +14,12 @@ from .exceptions import PayloadTooLarge as PayloadTooLarge
 from .exceptions import PgTqError as PgTqError
 from .exceptions import Retry as Retry
 from .exceptions import SchemaNotReady as SchemaNotReady
+from .exceptions import TaskFailed as TaskFailed
 from .exceptions import TaskNotFound as TaskNotFound
 from .exceptions import UnknownTask as UnknownTask
+from .exceptions import WaitTimeout as WaitTimeout
 from .extension import PgTq as PgTq
+from .handler import Args as Args
 from .handler import Handler as Handler
 from .runner import current_task as current_task
 from .task import State as State

@@ -103,6 +103,10 @@ class Config:
     listen: bool = True
     #: Queue used by handlers that name none.
     queue: str = "default"
+    #: Testing aid: run each task at push time, in the pushing thread, after
+    #: a JSON round trip of its arguments; nothing is stored.  Exceptions
+    #: propagate to the caller.
+    eager: bool = False
     #: Attempts a task gets, counting the first, unless the handler says otherwise.
     max_attempts: int = 3
     #: Seconds before the first retry; doubled for each further attempt.
@@ -177,6 +181,8 @@ class Config:
                 value = _positive(value, f"PGTQ_{name.upper()}", zero=True)
             set_(self, name, value)
         set_(self, "prune_interval", _positive(self.prune_interval, "PGTQ_PRUNE_INTERVAL"))
+        if not isinstance(self.eager, bool):
+            raise ConfigurationError("PGTQ_EAGER must be True or False")
         for name in ("concurrency", "max_payload_bytes", "pool_size", "prune_batch"):
             set_(self, name, _positive(getattr(self, name), f"PGTQ_{name.upper()}", number=int))
         if self.heartbeat_interval * 2 > self.lease:

@@ -71,6 +71,47 @@ def is_driver_error(exc: BaseException) -> bool:
     return isinstance(exc, psycopg2.Error)
 
 
+@contextlib.contextmanager
+def translated_errors(db: Database | None = None) -> Iterator[None]:
+    """Turn driver errors raised in the block into :class:`DatabaseError`."""
+    try:
+        yield
+    except psycopg2.Error as exc:
+        raise translate(exc, db._secrets if db is not None else ()) from exc
+    except Exception as exc:
+        # psycopg (3) or another driver behind a caller's connection.
+        if type(exc).__module__.split(".")[0] in ("psycopg", "sqlalchemy"):
+            raise translate(exc, db._secrets if db is not None else ()) from exc
+        raise
+
+
+def dbapi_connection(obj: Any) -> Any:
+    """The DB-API connection behind *obj*: a psycopg2 (or psycopg) connection,
+    a SQLAlchemy ``Connection``, ``Session`` or ``scoped_session`` (such as
+    Flask-SQLAlchemy's ``db.session``).  SQLAlchemy is not imported here."""
+    if isinstance(obj, psycopg2.extensions.connection):
+        return obj
+    if callable(getattr(obj, "connection", None)) and hasattr(obj, "execute"):
+        obj = obj.connection()  # a Session: its Connection, in its transaction
+    fairy = getattr(obj, "connection", None)
+    if callable(getattr(obj, "in_transaction", None)) and not obj.in_transaction():
+        # A SQLAlchemy Connection between transactions: begin one, so that
+        # its commit() commits what we write on the DB-API connection.
+        obj.begin()
+    if fairy is not None and not callable(fairy):
+        raw = getattr(fairy, "dbapi_connection", None) or getattr(fairy, "driver_connection", None)
+        if raw is None:
+            raw = getattr(fairy, "connection", None)
+        if raw is not None:
+            return raw
+    if hasattr(obj, "cursor") and hasattr(obj, "commit"):
+        return obj
+    raise TypeError(
+        f"cannot push on {type(obj).__name__!r}: pass a psycopg2 connection, or a "
+        "SQLAlchemy Connection or Session"
+    )
+
+
 class Database:
     """A pool of connections to one database, safe across ``fork()`` and threads.
 

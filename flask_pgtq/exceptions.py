@@ -57,6 +57,24 @@ class NotClaimed(PgTqError):
     """The task is not held by this caller (it was never claimed, or the lease was lost)."""
 
 
+class TaskFailed(PgTqError):
+    """Raised by :meth:`Task.wait` when the task failed or was cancelled.
+
+    :ivar task: the task, as read at its end.
+    :ivar error: its error text (traceback or reason).
+    """
+
+    def __init__(self, task: object, error: str | None) -> None:
+        state = getattr(getattr(task, "state", None), "value", "failed")
+        super().__init__(f"task {getattr(task, 'id', '?')} {state}: {error}")
+        self.task = task
+        self.error = error
+
+
+class WaitTimeout(PgTqError, TimeoutError):
+    """:meth:`Task.wait` gave up before the task finished."""
+
+
 class Retry(PgTqError):
     """Raise in a handler to run the task again later.
 

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 from weakref import WeakKeyDictionary
 
-from . import signals
+from . import codec, signals
+from .codec import encode_arguments
 from .config import Config, redact_dsn, validate_name
-from .connection import Database
+from .connection import Database, dbapi_connection
 from .exceptions import ConfigurationError, DuplicateHandler, UnknownTask
-from .handler import Handler, PushOptions, encode_arguments
+from .handler import Handler, PushOptions, split_item
 from .queue import TaskStore, new_owner_id
 from .runner import Runner
-from .task import Task
+from .task import State, Task
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -199,20 +201,34 @@ class PgTq:
         A name with no handler registered here is an :class:`UnknownTask`
         error; register it (or use a producer that imports it).
         """
+        return self._push(name, args, kwargs, self._handler_named(name).defaults)
+
+    def push_many(self, name: str, items: Iterable[Any], /) -> list[int]:
+        """Batch push by name; see :meth:`Handler.push_many`."""
+        return self._handler_named(name).push_many(items)
+
+    def _handler_named(self, name: str) -> Handler[Any, Any]:
         handler = self._handlers.get(name)
         if handler is None:
             raise UnknownTask(
                 f"no handler is registered for task name {name!r}; known: "
                 f"{', '.join(sorted(self._handlers)) or 'none'}"
             )
-        return self._push(name, args, kwargs, handler.defaults)
+        return handler
 
     def _push(
-        self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], options: PushOptions
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        options: PushOptions,
+        connection: Any = None,
     ) -> Task:
         bound = self._bound()
         config = bound.config
         args_json, kwargs_json = encode_arguments(name, args, kwargs, config.max_payload_bytes)
+        if config.eager:
+            return self._run_eagerly(bound, name, args_json, kwargs_json, options)
         task = bound.store.push(
             name,
             args_json,
@@ -222,8 +238,75 @@ class PgTq:
             max_attempts=options.max_attempts or config.max_attempts,
             delay=options.delay,
             run_at=options.eta,
+            conn=None if connection is None else dbapi_connection(connection),
         )
         signals.send(signals.task_pushed, bound.runner.sender, task=task)
+        return task
+
+    def _push_many(
+        self,
+        name: str,
+        items: Iterable[Any],
+        options: PushOptions,
+        connection: Any = None,
+    ) -> list[int]:
+        bound = self._bound()
+        config = bound.config
+        args_json: list[str] = []
+        kwargs_json: list[str] = []
+        for item in items:
+            args, kwargs = split_item(item)
+            encoded = encode_arguments(name, args, kwargs, config.max_payload_bytes)
+            args_json.append(encoded[0])
+            kwargs_json.append(encoded[1])
+        if config.eager:
+            for a, k in zip(args_json, kwargs_json, strict=True):
+                self._run_eagerly(bound, name, a, k, options)
+            return [0] * len(args_json)
+        queue = options.queue or config.queue
+        ids = bound.store.push_many(
+            name,
+            args_json,
+            kwargs_json,
+            queue=queue,
+            priority=options.priority or 0,
+            max_attempts=options.max_attempts or config.max_attempts,
+            delay=options.delay,
+            run_at=options.eta,
+            conn=None if connection is None else dbapi_connection(connection),
+        )
+        if signals.tasks_pushed.receivers:
+            signals.send(
+                signals.tasks_pushed,
+                bound.runner.sender,
+                name=name,
+                queue=queue,
+                ids=ids,
+                args=[json.loads(a) for a in args_json],
+                kwargs=[json.loads(k) for k in kwargs_json],
+            )
+        return ids
+
+    def _run_eagerly(
+        self, bound: Bound, name: str, args_json: str, kwargs_json: str, options: PushOptions
+    ) -> Task:
+        """``PGTQ_EAGER``: run now, with arguments as a worker would see them."""
+        config = bound.config
+        task = Task(
+            id=0,
+            name=name,
+            queue=options.queue or config.queue,
+            args=json.loads(args_json),
+            kwargs=json.loads(kwargs_json),
+            state=State.RUNNING,
+            priority=options.priority or 0,
+            attempts=1,
+            max_attempts=options.max_attempts or config.max_attempts,
+        )
+        signals.send(signals.task_pushed, bound.runner.sender, task=task)
+        value = self._handlers[name].func(*task.args, **task.kwargs)
+        task.result = json.loads(codec.dumps(value))
+        task.state = State.SUCCEEDED
         return task
 
     # -- consuming ----------------------------------------------------------
@@ -247,6 +330,27 @@ class PgTq:
             if tasks:
                 return tasks[0]
         return None
+
+    def drain(
+        self, queues: str | Iterable[str] | None = None, max_tasks: int = 10_000
+    ) -> list[Task]:
+        """Run every ready task now, in this thread, through the real SQL path
+        (claim, run, record), until none is ready; return the tasks run.
+
+        Meant for tests: tasks pushed by tasks run too; retries scheduled for
+        later do not.
+
+        :param queues: queues to drain; default ``PGTQ_QUEUE``.
+        :param max_tasks: stop after this many (a guard against tasks that
+            push themselves for ever).
+        """
+        ran: list[Task] = []
+        while len(ran) < max_tasks:
+            task = self.pop(queues)
+            if task is None:
+                break
+            ran.append(task.run())
+        return ran
 
     def get_task(self, task_id: int) -> Task:
         """A fresh copy of the task from the database.

@@ -8,15 +8,14 @@ with the function's own keyword arguments.
 from __future__ import annotations
 
 import functools
-import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .config import validate_name
-from .exceptions import ArgumentsNotSerializable, ConfigurationError, PayloadTooLarge
+from .exceptions import ArgumentsNotSerializable, ConfigurationError
 
 if TYPE_CHECKING:
     from .extension import PgTq
@@ -90,67 +89,6 @@ class PushOptions:
         return cls(queue, priority, max_attempts, seconds, eta)
 
 
-def encode_arguments(
-    name: str, args: Sequence[Any], kwargs: Mapping[str, Any], max_bytes: int
-) -> tuple[str, str]:
-    """Encode a task's arguments as JSON text, or raise naming the bad one.
-
-    NaN and infinities are refused (they are not JSON).  The combined size is
-    checked against *max_bytes* before anything is stored.
-    """
-    try:
-        args_json = json.dumps(list(args), allow_nan=False, separators=(",", ":"))
-        kwargs_json = json.dumps(dict(kwargs), allow_nan=False, separators=(",", ":"))
-        _check_keys(args)
-        _check_keys(kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ArgumentsNotSerializable(_which_argument(name, args, kwargs, exc)) from exc
-    size = len(args_json.encode()) + len(kwargs_json.encode())
-    if size > max_bytes:
-        raise PayloadTooLarge(
-            f"arguments of task {name!r} are {size} bytes of JSON, more than "
-            f"PGTQ_MAX_PAYLOAD_BYTES ({max_bytes}). Store large data elsewhere "
-            "and pass a reference."
-        )
-    return args_json, kwargs_json
-
-
-def _check_keys(value: Any) -> None:
-    """Refuse dict keys that JSON would silently turn into strings
-    (``{1: "a"}`` would come back as ``{"1": "a"}``)."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"dict keys must be strings, not {type(key).__name__} {key!r}")
-            _check_keys(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _check_keys(item)
-
-
-def _which_argument(
-    name: str, args: Sequence[Any], kwargs: Mapping[str, Any], exc: Exception
-) -> str:
-    labelled = [(f"argument {i}", v) for i, v in enumerate(args)]
-    labelled += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
-    for label, value in labelled:
-        if not isinstance(label, str):
-            continue
-        try:
-            json.dumps(value, allow_nan=False)
-            _check_keys(value)
-        except (TypeError, ValueError) as inner:
-            return (
-                f"{label} of task {name!r} is not JSON-serialisable "
-                f"({type(value).__name__}): {inner}. Pass only JSON types "
-                "(str, int, float, bool, None, list, dict with str keys)."
-            )
-    for key in kwargs:
-        if not isinstance(key, str):
-            return f"keyword argument names of task {name!r} must be strings, not {key!r}"
-    return f"arguments of task {name!r} are not JSON-serialisable: {exc}"
-
-
 class Handler(Generic[P, R]):
     """A function registered as a task handler.
 
@@ -202,6 +140,17 @@ class Handler(Generic[P, R]):
         """
         return self.pgtq._push(self.name, args, kwargs, self.defaults)
 
+    def push_many(self, items: Iterable[Any]) -> list[int]:
+        """Store many tasks of this handler in one statement; return their ids
+        in input order.
+
+        Each item gives one task's arguments: a tuple or list of positional
+        arguments, a dict of keyword arguments, or :class:`Args` for both.
+        Every item is validated first: one bad item rejects the whole batch
+        and nothing is stored.
+        """
+        return self.pgtq._push_many(self.name, items, self.defaults)
+
     def options(
         self,
         *,
@@ -210,6 +159,7 @@ class Handler(Generic[P, R]):
         max_attempts: int | None = None,
         delay: float | timedelta | None = None,
         eta: datetime | None = None,
+        connection: Any = None,
     ) -> BoundOptions[P]:
         """Push options for one push: ``handler.options(delay=30).push(...)``.
 
@@ -218,6 +168,10 @@ class Handler(Generic[P, R]):
         :param max_attempts: attempts, counting the first.
         :param delay: seconds (or a :class:`~datetime.timedelta`) before it may run.
         :param eta: an aware :class:`~datetime.datetime` before which it does not run.
+        :param connection: push inside this open transaction: a psycopg2
+            connection, or a SQLAlchemy ``Connection`` or ``Session`` (e.g.
+            Flask-SQLAlchemy's ``db.session``).  The task exists only if that
+            transaction commits, and workers are woken at the commit.
         """
         given = PushOptions.build(
             queue=queue, priority=priority, max_attempts=max_attempts, delay=delay, eta=eta
@@ -228,16 +182,57 @@ class Handler(Generic[P, R]):
             priority=self.defaults.priority if given.priority is None else given.priority,
             max_attempts=given.max_attempts or self.defaults.max_attempts,
         )
-        return BoundOptions(self, merged)
+        return BoundOptions(self, merged, connection)
 
 
 class BoundOptions(Generic[P]):
     """A handler with push options applied; see :meth:`Handler.options`."""
 
-    def __init__(self, handler: Handler[P, Any], options: PushOptions) -> None:
+    def __init__(
+        self, handler: Handler[P, Any], options: PushOptions, connection: Any = None
+    ) -> None:
         self.handler = handler
         self.push_options = options
+        self.connection = connection
 
     def push(self, *args: P.args, **kwargs: P.kwargs) -> Task:
         """Like :meth:`Handler.push`, with these options."""
-        return self.handler.pgtq._push(self.handler.name, args, kwargs, self.push_options)
+        return self.handler.pgtq._push(
+            self.handler.name, args, kwargs, self.push_options, self.connection
+        )
+
+    def push_many(self, items: Iterable[Any]) -> list[int]:
+        """Like :meth:`Handler.push_many`, with these options."""
+        return self.handler.pgtq._push_many(
+            self.handler.name, items, self.push_options, self.connection
+        )
+
+
+class Args:
+    """Positional and keyword arguments of one task in a batch push::
+
+        send.push_many([Args("a@example.com", lang="fr"), Args("b@example.com")])
+    """
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    def __repr__(self) -> str:
+        return f"<Args {len(self.args)} positional, {len(self.kwargs)} keyword>"
+
+
+def split_item(item: Any) -> tuple[Sequence[Any], Mapping[str, Any]]:
+    """The (args, kwargs) of one :meth:`Handler.push_many` item."""
+    if isinstance(item, Args):
+        return item.args, item.kwargs
+    if isinstance(item, dict):
+        return (), item
+    if isinstance(item, (tuple, list)):
+        return item, {}
+    raise ArgumentsNotSerializable(
+        f"a push_many item must be a tuple or list (positional arguments), a dict "
+        f"(keyword arguments) or Args(...), not {type(item).__name__}"
+    )

@@ -7,9 +7,12 @@ returns) and gives back :class:`~flask_pgtq.task.Task` objects.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import socket
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,8 +21,8 @@ from typing import Any
 
 from . import queries
 from .config import Config
-from .connection import Database
-from .exceptions import TaskNotFound
+from .connection import Database, translated_errors
+from .exceptions import TaskNotFound, WaitTimeout
 from .task import State, Task
 
 
@@ -51,6 +54,13 @@ class Outcome:
         }
 
 
+def _fetch(cur: Any) -> list[dict[str, Any]]:
+    if cur.description is None:
+        return []
+    columns = [d.name for d in cur.description]
+    return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
+
+
 def new_owner_id() -> str:
     """A fresh id for a worker (or a process that pops)."""
     return str(uuid.uuid4())
@@ -70,16 +80,21 @@ class TaskStore:
         self.db = db
         self.backend = backend
 
-    def _rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        with self.db.connection() as conn, conn.cursor() as cur:
+    def _rows(
+        self, name: str, params: dict[str, Any], conn: Any = None
+    ) -> list[dict[str, Any]]:
+        """Run one named statement; on a pooled connection (committed at
+        once) or, when given, on the caller's *conn* (in its transaction)."""
+        if conn is not None:
+            with translated_errors(self.db), contextlib.closing(conn.cursor()) as cur:
+                cur.execute(queries.get(name), params)
+                return _fetch(cur)
+        with self.db.connection() as pooled, pooled.cursor() as cur:
             cur.execute(queries.get(name), params)
-            if cur.description is None:
-                return []
-            columns = [d.name for d in cur.description]
-            return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
+            return _fetch(cur)
 
-    def _tasks(self, name: str, params: dict[str, Any]) -> list[Task]:
-        return [Task.from_row(row, self.backend) for row in self._rows(name, params)]
+    def _tasks(self, name: str, params: dict[str, Any], conn: Any = None) -> list[Task]:
+        return [Task.from_row(row, self.backend) for row in self._rows(name, params, conn)]
 
     # -- producing ---------------------------------------------------------
 
@@ -94,8 +109,14 @@ class TaskStore:
         max_attempts: int,
         delay: float = 0.0,
         run_at: datetime | None = None,
+        conn: Any = None,
     ) -> Task:
-        """Insert one task whose arguments are already validated JSON text."""
+        """Insert one task whose arguments are already validated JSON text.
+
+        :param conn: a DB-API connection whose open transaction the insert
+            joins (nothing is committed here); default: a pooled connection,
+            committed at once.
+        """
         (task,) = self._tasks(
             "push_task",
             {
@@ -108,8 +129,97 @@ class TaskStore:
                 "delay": delay,
                 "run_at": run_at,
             },
+            conn,
         )
         return task
+
+    def push_many(
+        self,
+        name: str,
+        args_json: list[str],
+        kwargs_json: list[str],
+        *,
+        queue: str,
+        priority: int = 0,
+        max_attempts: int,
+        delay: float = 0.0,
+        run_at: datetime | None = None,
+        conn: Any = None,
+    ) -> list[int]:
+        """Insert many tasks of one handler in one statement; return their
+        ids in input order.  Arguments are validated JSON text, one per task."""
+        if not args_json:
+            return []
+        rows = self._rows(
+            "push_tasks",
+            {
+                "queue": queue,
+                "name": name,
+                "args": args_json,
+                "kwargs": kwargs_json,
+                "priority": priority,
+                "max_attempts": max_attempts,
+                "delay": delay,
+                "run_at": run_at,
+            },
+            conn,
+        )
+        return list(rows[0]["ids"])
+
+    def set_progress(self, task: Task, progress_json: str) -> bool:
+        """Store a running task's progress; ``False`` if the attempt no
+        longer holds the task (lease lost)."""
+        return bool(
+            self._rows(
+                "set_progress",
+                {
+                    "id": task.id,
+                    "attempt": task.attempts,
+                    "owner": task.locked_by,
+                    "progress": progress_json,
+                },
+            )
+        )
+
+    def wait(self, task_id: int, timeout: float | None) -> Task:
+        """Block until the task reaches a final state and return it.
+
+        Woken by NOTIFY on ``pgtq_done`` (one dedicated connection for the
+        wait), with a poll every ``poll_interval`` as the fallback.
+
+        :raises WaitTimeout: not final after *timeout* seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        listener = self.db.connect()
+        try:
+            with listener.cursor() as cur:
+                cur.execute("LISTEN pgtq_done")
+            wanted = str(task_id)
+            check = True
+            while True:
+                if check:
+                    task = self.get(task_id)
+                    if task.state.is_final:
+                        return task
+                wait = self.config.poll_interval
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise WaitTimeout(
+                            f"task {task_id} is still {task.state.value} after {timeout}s"
+                        )
+                    wait = min(wait, left)
+                ready = select.select([listener], [], [], wait)[0]
+                check = not ready
+                if ready:
+                    with translated_errors(self.db):
+                        listener.poll()
+                    for note in listener.notifies:
+                        if not note.payload or wanted in note.payload.split(","):
+                            check = True
+                    listener.notifies.clear()
+        finally:
+            listener.close()
 
     def get(self, task_id: int) -> Task:
         """The task with this id, fresh from the database."""

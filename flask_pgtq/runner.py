@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 from werkzeug.local import LocalProxy
 
-from . import signals
+from . import codec, signals
 from .config import Config
-from .exceptions import Cancel, NotClaimed, Retry
+from .exceptions import ArgumentsNotSerializable, Cancel, NotClaimed, Retry
 from .queue import Outcome, TaskStore
 from .task import State, Task
 
@@ -88,6 +88,20 @@ class Runner:
     def get(self, task_id: int) -> Task:
         return self.store.get(task_id)
 
+    def wait(self, task: Task, timeout: float | None) -> Task:
+        return self.store.wait(task.id, timeout)
+
+    def set_progress(self, task: Task, progress: Any) -> None:
+        try:
+            encoded = codec.dumps(progress)
+        except (TypeError, ValueError) as exc:
+            raise ArgumentsNotSerializable(f"progress must be JSON: {exc}") from exc
+        if task.state is not State.RUNNING or not self.store.set_progress(task, encoded):
+            raise NotClaimed(
+                f"task {task.id} attempt {task.attempts} is not running here; "
+                "progress not recorded"
+            )
+
     # -- one attempt -------------------------------------------------------
 
     def execute(self, task: Task) -> Outcome:
@@ -135,7 +149,7 @@ class Runner:
             _current_task.reset(token)
         duration = time.perf_counter() - started
         try:
-            result = json.dumps(value, allow_nan=False, separators=(",", ":"))
+            result = codec.dumps(value)
         except (TypeError, ValueError) as exc:
             return Outcome(
                 task,

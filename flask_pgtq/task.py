@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     class Backend(Protocol):
         def get(self, task_id: int) -> Task: ...
         def run_claimed(self, task: Task) -> Task: ...
+        def wait(self, task: Task, timeout: float | None) -> Task: ...
+        def set_progress(self, task: Task, progress: Any) -> None: ...
 
 
 class State(enum.StrEnum):
@@ -114,6 +116,40 @@ class Task:
         :return: ``self``, refreshed with the recorded outcome.
         """
         return self._require_backend().run_claimed(self)
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the task ends and return its result.
+
+        Woken by NOTIFY when the task finishes, with a poll every
+        ``PGTQ_POLL_INTERVAL`` as the fallback; no busy loop.  The task's
+        fields are refreshed.
+
+        :param timeout: seconds to wait at most; ``None`` waits for ever.
+        :raises TaskFailed: the task failed or was cancelled (``.error`` holds
+            the traceback or reason).
+        :raises WaitTimeout: it had not ended after *timeout* seconds.
+        """
+        from .exceptions import TaskFailed
+
+        final = self._require_backend().wait(self, timeout)
+        for name in _COLUMNS:
+            setattr(self, name, getattr(final, name))
+        if self.state is not State.SUCCEEDED:
+            raise TaskFailed(self, self.error)
+        return self.result
+
+    def set_progress(self, progress: Any) -> None:
+        """Record progress (any JSON value) for this running task, e.g.
+        ``current_task.set_progress({"done": 40, "total": 100})``.
+
+        It is stored on the task row at once, where :meth:`PgTq.get_task` and
+        the dashboard read it.  Each call rewrites the row: report every few
+        seconds, not every item.
+
+        :raises NotClaimed: the task is not running under this attempt.
+        """
+        self._require_backend().set_progress(self, progress)
+        self.progress = progress
 
 
 _COLUMNS = tuple(f.name for f in fields(Task) if not f.name.startswith("_"))

@@ -58,30 +58,38 @@ RETURNING t.*;
 -- Record outcomes, fenced on (id, attempt, owner, running): an owner that lost
 -- its lease updates nothing.  Outcomes come as one JSON array:
 -- [{"id", "attempt", "state", "result" (JSON text), "error", "delay"}].
+-- Waiters (Task.wait) are woken by one NOTIFY on pgtq_done listing the ids
+-- that reached a final state (an empty payload when the list is too long).
 WITH outcome AS (
     SELECT *
     FROM jsonb_to_recordset(%(outcomes)s::jsonb)
         AS o(id bigint, attempt integer, state text, result text, error text, delay float8)
+), done AS (
+    UPDATE pgtq_tasks AS t
+    SET state = o.state,
+        result = o.result::jsonb,
+        error = o.error,
+        history = CASE WHEN o.state = 'succeeded' THEN t.history
+                  ELSE t.history || jsonb_build_object(
+                      'attempt', t.attempts, 'state', o.state, 'worker', t.locked_by,
+                      'started_at', t.started_at, 'finished_at', now(), 'error', o.error)
+                  END,
+        locked_by = NULL,
+        run_at = CASE WHEN o.state = 'queued'
+                      THEN now() + o.delay * interval '1 second' ELSE t.run_at END,
+        finished_at = CASE WHEN o.state = 'queued' THEN NULL ELSE now() END
+    FROM outcome AS o
+    WHERE t.id = o.id
+      AND t.attempts = o.attempt
+      AND t.locked_by = %(owner)s
+      AND t.state = 'running'
+    RETURNING t.id, t.state
+), woken AS (
+    SELECT pg_notify('pgtq_done', CASE WHEN length(f.ids) < 7900 THEN f.ids ELSE '' END)
+    FROM (SELECT string_agg(id::text, ',') AS ids FROM done WHERE state <> 'queued') AS f
+    WHERE f.ids IS NOT NULL
 )
-UPDATE pgtq_tasks AS t
-SET state = o.state,
-    result = o.result::jsonb,
-    error = o.error,
-    history = CASE WHEN o.state = 'succeeded' THEN t.history
-              ELSE t.history || jsonb_build_object(
-                  'attempt', t.attempts, 'state', o.state, 'worker', t.locked_by,
-                  'started_at', t.started_at, 'finished_at', now(), 'error', o.error)
-              END,
-    locked_by = NULL,
-    run_at = CASE WHEN o.state = 'queued'
-                  THEN now() + o.delay * interval '1 second' ELSE t.run_at END,
-    finished_at = CASE WHEN o.state = 'queued' THEN NULL ELSE now() END
-FROM outcome AS o
-WHERE t.id = o.id
-  AND t.attempts = o.attempt
-  AND t.locked_by = %(owner)s
-  AND t.state = 'running'
-RETURNING t.id, t.state, t.run_at;
+SELECT id, state, (SELECT count(*) FROM woken) AS woken FROM done;
 
 -- name: release_tasks
 -- Give tasks back at once (worker shutdown).  The interrupted attempt is not
@@ -168,3 +176,22 @@ WITH doomed AS (
 DELETE FROM pgtq_tasks AS t
 USING doomed
 WHERE t.id = doomed.id;
+
+-- name: push_tasks
+-- Batch push: one statement for any number of tasks, in input order; the
+-- ids come back as one array (ascending: drawn from one sequence in order).
+WITH inserted AS (
+    INSERT INTO pgtq_tasks (queue, name, args, kwargs, priority, max_attempts, run_at)
+    SELECT %(queue)s, %(name)s, a::jsonb, k::jsonb, %(priority)s, %(max_attempts)s,
+           coalesce(%(run_at)s, now() + %(delay)s * interval '1 second')
+    FROM unnest(%(args)s::text[], %(kwargs)s::text[]) AS item(a, k)
+    RETURNING id
+)
+SELECT array_agg(id ORDER BY id) AS ids FROM inserted;
+
+-- name: set_progress
+-- Fenced like an outcome: only the attempt that holds the task may write.
+UPDATE pgtq_tasks
+SET progress = %(progress)s::jsonb
+WHERE id = %(id)s AND attempts = %(attempt)s AND locked_by = %(owner)s AND state = 'running'
+RETURNING id;

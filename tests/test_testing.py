@@ -1,0 +1,108 @@
+"""Testing helpers for users' own test suites."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from flask import Flask
+
+from flask_pgtq import ArgumentsNotSerializable, PgTq, State
+from flask_pgtq.testing import record_pushes
+from tests.helpers import sql_one
+
+
+def make_app(dsn: str, **config) -> tuple[Flask, PgTq]:
+    app = Flask(__name__)
+    app.config.update(PGTQ_DSN=dsn, **config)
+    return app, PgTq(app)
+
+
+def test_eager_mode_runs_at_push_time_and_stores_nothing(dsn: str) -> None:
+    app, q = make_app(dsn, PGTQ_EAGER=True)
+    calls = []
+
+    @q.handler()
+    def add(a, b, scale=1):
+        calls.append((a, b, scale))
+        return (a + b) * scale
+
+    with app.app_context():
+        task = add.push(2, 3, scale=10)
+        assert calls == [(2, 3, 10)]
+        assert task.state is State.SUCCEEDED and task.result == 50
+        assert add.push_many([(1, 1), (2, 2)]) == [0, 0]
+    assert sql_one(dsn, "SELECT count(*) FROM pgtq_tasks")[0] == 0
+
+
+def test_eager_mode_round_trips_arguments_through_json(dsn: str) -> None:
+    app, q = make_app(dsn, PGTQ_EAGER=True)
+
+    @q.handler()
+    def inspect(value):
+        return type(value).__name__
+
+    with app.app_context():
+        assert inspect.push((1, 2)).result == "list"  # a tuple arrives as a list
+        with pytest.raises(ArgumentsNotSerializable):
+            inspect.push(datetime.now())
+
+
+def test_eager_mode_propagates_exceptions(dsn: str) -> None:
+    app, q = make_app(dsn, PGTQ_EAGER=True)
+
+    @q.handler()
+    def boom():
+        raise RuntimeError("in the handler")
+
+    with app.app_context(), pytest.raises(RuntimeError, match="in the handler"):
+        boom.push()
+
+
+def test_drain_runs_everything_ready_through_sql(dsn: str) -> None:
+    app, q = make_app(dsn)
+
+    @q.handler()
+    def fan_out(n: int) -> int:
+        for i in range(n):
+            leaf.push(i)
+        return n
+
+    @q.handler()
+    def leaf(i: int) -> int:
+        return i * i
+
+    with app.app_context():
+        fan_out.push(3)
+        later = leaf.options(delay=3600).push(99)
+        ran = q.drain()
+        assert [t.name for t in ran] == ["fan_out", "leaf", "leaf", "leaf"]
+        assert [t.result for t in ran] == [3, 0, 1, 4]
+        assert q.get_task(later.id).state is State.QUEUED
+        assert q.drain() == []
+
+
+def test_record_pushes_sees_single_and_batch_pushes(dsn: str) -> None:
+    app, q = make_app(dsn)
+
+    @q.handler()
+    def send(to: str) -> None:
+        pass
+
+    @app.post("/signup")
+    def signup():
+        send.push("ada@example.com")
+        send.push_many([("b@example.com",), ("c@example.com",)])
+        return "ok"
+
+    with record_pushes(app) as pushed:
+        app.test_client().post("/signup")
+    assert [(p.name, p.args) for p in pushed] == [
+        ("send", ["ada@example.com"]),
+        ("send", ["b@example.com"]),
+        ("send", ["c@example.com"]),
+    ]
+    assert all(p.id > 0 for p in pushed)
+    with record_pushes(app) as nothing:
+        pass
+    assert nothing == []
