@@ -18,12 +18,15 @@ setup(
         # libpq (what the psycopg2 authors recommend for production).
         "binary": ["psycopg2-binary>=2.9"],
         "c": ["psycopg2>=2.9"],
+        # Periodic tasks (@q.periodic) parse cron expressions with croniter.
+        "cron": ["croniter>=2"],
         # SQLAlchemy is only needed to test pushes inside its transactions.
         "test": [
             "pytest>=7",
             "psycopg2-binary>=2.9",
             "SQLAlchemy>=2",
             "Flask-SQLAlchemy>=3",
+            "croniter>=2",
         ],
     },
     classifiers=[

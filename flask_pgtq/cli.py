@@ -87,4 +87,6 @@ def worker_command(
         logger.setLevel(level)
         if added is not None:
             logger.removeHandler(added)
+    if code == worker.EXIT_RESTART:
+        worker.restart_process()
     sys.exit(code)

@@ -125,6 +125,10 @@ class Config:
     shutdown_grace: float = 30.0
     #: Handler threads per worker process.
     concurrency: int = 1
+    #: Seconds a running task that was cancelled gets to stop by itself
+    #: (it can check ``current_task.cancel_requested``) before the worker
+    #: stops it.
+    cancel_grace: float = 5.0
     #: Largest accepted size, in bytes, of a task's JSON arguments.
     max_payload_bytes: int = 1_000_000
     #: Most pooled connections per process (per app).
@@ -173,6 +177,7 @@ class Config:
             set_(self, name, _positive(getattr(self, name), f"PGTQ_{name.upper()}"))
         grace = _positive(self.shutdown_grace, "PGTQ_SHUTDOWN_GRACE", zero=True)
         set_(self, "shutdown_grace", grace)
+        set_(self, "cancel_grace", _positive(self.cancel_grace, "PGTQ_CANCEL_GRACE", zero=True))
         for name in ("keep_succeeded", "keep_failed"):
             value = getattr(self, name)
             if isinstance(value, timedelta):

@@ -101,3 +101,17 @@ class Cancel(PgTqError):
     def __init__(self, reason: str = "cancelled by handler") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class TaskTimeout(BaseException):
+    """Raised inside a handler that ran past its ``timeout``.
+
+    A :class:`BaseException`, like :class:`KeyboardInterrupt`, so that a
+    handler's ``except Exception`` does not swallow it.  The attempt counts
+    as failed (and is retried while attempts are left).
+    """
+
+
+class TaskCancelled(BaseException):
+    """Raised inside a handler whose task was cancelled and did not stop
+    within ``PGTQ_CANCEL_GRACE`` seconds.  The task ends ``cancelled``."""

@@ -59,6 +59,7 @@ class PgTq:
 
     def __init__(self, app: Any = None, *, dsn: str | None = None, **settings: Any) -> None:
         self._handlers: dict[str, Handler[Any, Any]] = {}
+        self._schedules: dict[str, Any] = {}
         self._standalone: Bound | None = None
         #: Per-app state, keyed by app (as Flask-SQLAlchemy keeps its engines):
         #: the extension object itself holds no app.
@@ -139,6 +140,9 @@ class PgTq:
         max_attempts: int | None = None,
         priority: int = 0,
         retry_backoff: float | None = None,
+        timeout: float | None = None,
+        concurrency: int | None = None,
+        rate_limit: str | None = None,
     ) -> Callable[[Callable[P, R]], Handler[P, R]]: ...
 
     def handler(
@@ -151,6 +155,9 @@ class PgTq:
         max_attempts: int | None = None,
         priority: int = 0,
         retry_backoff: float | None = None,
+        timeout: float | None = None,
+        concurrency: int | None = None,
+        rate_limit: str | None = None,
     ) -> Any:
         """Register a function as a task handler.
 
@@ -162,6 +169,12 @@ class PgTq:
         :param priority: default priority of its tasks; higher runs first.
         :param retry_backoff: seconds before the first retry (doubled each
             time); default ``PGTQ_RETRY_BACKOFF``.
+        :param timeout: seconds an attempt may run; then it is stopped and
+            counts as a failed attempt (see "Timeouts" in the README).
+        :param concurrency: most tasks of this handler running at once,
+            across all workers.
+        :param rate_limit: most starts per period across all workers, e.g.
+            ``"10/m"`` (``s``, ``m``, ``h``, ``d``; also ``"5/10s"``).
         :raises DuplicateHandler: the name is taken.
         """
 
@@ -180,6 +193,9 @@ class PgTq:
                 priority=priority,
                 max_attempts=max_attempts,
                 retry_backoff=retry_backoff,
+                timeout=timeout,
+                concurrency=concurrency,
+                rate_limit=rate_limit,
             )
             self._handlers[task_name] = h
             return h
@@ -187,6 +203,49 @@ class PgTq:
         if func is not None:
             return decorate(func)
         return decorate
+
+    def periodic(
+        self,
+        cron: str,
+        *,
+        tz: str = "UTC",
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        **handler_options: Any,
+    ) -> Callable[[Callable[P, R]], Handler[P, R]]:
+        """Register a handler and run it on a cron schedule::
+
+            @q.periodic("*/5 * * * *", tz="Europe/Paris")
+            def tidy_up():
+                ...
+
+        Every worker serving the handler's queue schedules it; each fire time
+        produces exactly one task.  Needs the ``cron`` extra (croniter).
+
+        :param cron: five fields (minute hour day month weekday), or six
+            with seconds first... as croniter accepts them.
+        :param tz: IANA time zone the schedule is read in (DST included).
+        :param args: positional arguments of each task (JSON).
+        :param kwargs: keyword arguments of each task (JSON).
+        :param handler_options: anything :meth:`handler` takes.
+        """
+        from .periodic import Schedule
+
+        def decorate(fn: Callable[P, R]) -> Handler[P, R]:
+            h: Handler[P, R] = self.handler(name=name, **handler_options)(fn)
+            schedule = Schedule.build(h, cron, tz, args, kwargs or {})
+            if schedule.key in self._schedules:
+                raise DuplicateHandler(f"schedule {schedule.key!r} is registered twice")
+            self._schedules[schedule.key] = schedule
+            return h
+
+        return decorate
+
+    @property
+    def schedules(self) -> Mapping[str, Any]:
+        """Periodic schedules by key (read-only view)."""
+        return dict(self._schedules)
 
     @property
     def handlers(self) -> Mapping[str, Handler[Any, Any]]:
@@ -238,9 +297,12 @@ class PgTq:
             max_attempts=options.max_attempts or config.max_attempts,
             delay=options.delay,
             run_at=options.eta,
+            unique_key=options.unique_key,
+            unique_for=options.unique_for,
             conn=None if connection is None else dbapi_connection(connection),
         )
-        signals.send(signals.task_pushed, bound.runner.sender, task=task)
+        if task.is_new is not False:
+            signals.send(signals.task_pushed, bound.runner.sender, task=task)
         return task
 
     def _push_many(
@@ -325,8 +387,9 @@ class PgTq:
         if bound.pop_owner is None:
             bound.pop_owner = new_owner_id()
         bound.store.register_owner(bound.pop_owner)
+        limits = [h.limit for h in self._handlers.values() if h.limit is not None]
         for name in names:
-            tasks = bound.store.claim(bound.pop_owner, name, 1)
+            tasks = bound.store.claim(bound.pop_owner, name, 1, limits)
             if tasks:
                 return tasks[0]
         return None
@@ -351,6 +414,22 @@ class PgTq:
                 break
             ran.append(task.run())
         return ran
+
+    def cancel(self, task_id: int, reason: str = "cancelled") -> Task:
+        """Cancel a task.
+
+        A queued task is ``cancelled`` at once.  A running task is asked to
+        stop: its handler can see ``current_task.cancel_requested``; the
+        worker stops it after ``PGTQ_CANCEL_GRACE`` seconds if it has not
+        stopped by itself, and the task ends ``cancelled``.  A finished task
+        is left as it is.
+
+        :return: the task as it is now.
+        :raises TaskNotFound: no such task.
+        """
+        bound = self._bound()
+        bound.store.cancel(task_id, reason)
+        return bound.store.get(task_id)
 
     def get_task(self, task_id: int) -> Task:
         """A fresh copy of the task from the database.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -48,6 +49,8 @@ class PushOptions:
     max_attempts: int | None = None
     delay: float = 0.0
     eta: datetime | None = None
+    unique_key: str | None = None
+    unique_for: float | None = None
 
     @classmethod
     def build(
@@ -58,24 +61,26 @@ class PushOptions:
         max_attempts: int | None = None,
         delay: float | timedelta | None = None,
         eta: datetime | None = None,
+        unique_key: str | None = None,
+        unique_for: float | timedelta | None = None,
     ) -> PushOptions:
         """Validate options given by a caller."""
+        if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
+            raise ConfigurationError(f"unique_key must be a non-empty string, not {unique_key!r}")
+        if unique_key is not None and len(unique_key) > 1000:
+            raise ConfigurationError("unique_key must be at most 1000 characters")
+        unique_seconds = None
+        if unique_for is not None:
+            if unique_key is None:
+                raise ConfigurationError("unique_for needs a unique_key")
+            unique_seconds = _seconds(unique_for, "unique_for")
         if queue is not None:
             validate_name(queue, "queue")
         if priority is not None:
             _int(priority, "priority")
         if max_attempts is not None:
             _positive_int(max_attempts, "max_attempts")
-        seconds = 0.0
-        if delay is not None:
-            if isinstance(delay, timedelta):
-                seconds = delay.total_seconds()
-            elif isinstance(delay, (int, float)) and not isinstance(delay, bool):
-                seconds = float(delay)
-            else:
-                raise ConfigurationError(f"delay must be seconds or a timedelta, not {delay!r}")
-            if not math.isfinite(seconds) or seconds < 0:
-                raise ConfigurationError(f"delay must be a finite number >= 0, not {delay!r}")
+        seconds = 0.0 if delay is None else _seconds(delay, "delay")
         if eta is not None:
             if not isinstance(eta, datetime):
                 raise ConfigurationError(f"eta must be a datetime, not {eta!r}")
@@ -86,7 +91,58 @@ class PushOptions:
                 )
             if delay is not None:
                 raise ConfigurationError("give delay or eta, not both")
-        return cls(queue, priority, max_attempts, seconds, eta)
+        return cls(queue, priority, max_attempts, seconds, eta, unique_key, unique_seconds)
+
+
+def _seconds(value: Any, what: str) -> float:
+    """Seconds from a number or a timedelta, finite and >= 0."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise ConfigurationError(f"{what} must be seconds or a timedelta, not {value!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigurationError(f"{what} must be a finite number >= 0, not {value!r}")
+    return seconds
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([smhd])\s*$")
+_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A handler's limits, enforced across all workers.
+
+    :ivar concurrency: most tasks of the handler running at once, or ``None``.
+    :ivar rate: most starts per ``period`` seconds, or ``None``.
+    """
+
+    name: str
+    concurrency: int | None = None
+    rate: int | None = None
+    period: float | None = None
+
+    @classmethod
+    def build(cls, name: str, concurrency: Any, rate_limit: Any) -> Limit | None:
+        if concurrency is not None:
+            _positive_int(concurrency, "concurrency")
+        rate = period = None
+        if rate_limit is not None:
+            match = _RATE.match(rate_limit) if isinstance(rate_limit, str) else None
+            if match is None or int(match[1]) < 1 or match[2] in (".",):
+                raise ConfigurationError(
+                    f"rate_limit must look like '10/m' (per s, m, h or d; also '5/10s'), "
+                    f"not {rate_limit!r}"
+                )
+            rate = int(match[1])
+            period = float(match[2] or 1) * _UNIT[match[3]]
+            if period <= 0:
+                raise ConfigurationError(f"rate_limit period must be > 0: {rate_limit!r}")
+        if concurrency is None and rate is None:
+            return None
+        return cls(name, concurrency, rate, period)
 
 
 class Handler(Generic[P, R]):
@@ -108,10 +164,19 @@ class Handler(Generic[P, R]):
         priority: int,
         max_attempts: int | None,
         retry_backoff: float | None,
+        timeout: float | None = None,
+        concurrency: int | None = None,
+        rate_limit: str | None = None,
     ) -> None:
         self.pgtq = pgtq
         self.func = func
         self.name = validate_name(name, "task name")
+        #: Seconds an attempt may run before it is stopped, or ``None``.
+        self.timeout = None if timeout is None else _seconds(timeout, "timeout")
+        if self.timeout == 0:
+            raise ConfigurationError("timeout must be > 0")
+        #: Limits across all workers, or ``None``.
+        self.limit = Limit.build(self.name, concurrency, rate_limit)
         self.defaults = PushOptions.build(
             queue=queue, priority=priority, max_attempts=max_attempts
         )
@@ -159,6 +224,8 @@ class Handler(Generic[P, R]):
         max_attempts: int | None = None,
         delay: float | timedelta | None = None,
         eta: datetime | None = None,
+        unique_key: str | None = None,
+        unique_for: float | timedelta | None = None,
         connection: Any = None,
     ) -> BoundOptions[P]:
         """Push options for one push: ``handler.options(delay=30).push(...)``.
@@ -168,13 +235,24 @@ class Handler(Generic[P, R]):
         :param max_attempts: attempts, counting the first.
         :param delay: seconds (or a :class:`~datetime.timedelta`) before it may run.
         :param eta: an aware :class:`~datetime.datetime` before which it does not run.
+        :param unique_key: at most one task with this key is queued or
+            running at a time: pushing it again returns that task, with
+            :attr:`Task.is_new` ``False``.
+        :param unique_for: seconds (or a timedelta) the key stays taken after
+            the push, even once the task has finished.
         :param connection: push inside this open transaction: a psycopg2
             connection, or a SQLAlchemy ``Connection`` or ``Session`` (e.g.
             Flask-SQLAlchemy's ``db.session``).  The task exists only if that
             transaction commits, and workers are woken at the commit.
         """
         given = PushOptions.build(
-            queue=queue, priority=priority, max_attempts=max_attempts, delay=delay, eta=eta
+            queue=queue,
+            priority=priority,
+            max_attempts=max_attempts,
+            delay=delay,
+            eta=eta,
+            unique_key=unique_key,
+            unique_for=unique_for,
         )
         merged = replace(
             given,

@@ -22,7 +22,8 @@ from typing import Any
 from . import queries
 from .config import Config
 from .connection import Database, translated_errors
-from .exceptions import TaskNotFound, WaitTimeout
+from .exceptions import DatabaseError, TaskNotFound, WaitTimeout
+from .handler import Limit
 from .task import State, Task
 
 
@@ -109,14 +110,32 @@ class TaskStore:
         max_attempts: int,
         delay: float = 0.0,
         run_at: datetime | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
         conn: Any = None,
     ) -> Task:
         """Insert one task whose arguments are already validated JSON text.
 
+        :param unique_key: return the task holding this key instead of
+            inserting, if there is one (``Task.is_new`` says which).
         :param conn: a DB-API connection whose open transaction the insert
             joins (nothing is committed here); default: a pooled connection,
             committed at once.
         """
+        params = {
+            "queue": queue,
+            "name": name,
+            "args": args_json,
+            "kwargs": kwargs_json,
+            "priority": priority,
+            "max_attempts": max_attempts,
+            "delay": delay,
+            "run_at": run_at,
+            "unique_key": unique_key,
+            "unique_for": unique_for,
+        }
+        if unique_key is not None:
+            return self._push_unique(params, conn)
         (task,) = self._tasks(
             "push_task",
             {
@@ -132,6 +151,19 @@ class TaskStore:
             conn,
         )
         return task
+
+    def _push_unique(self, params: dict[str, Any], conn: Any) -> Task:
+        # A concurrent holder may commit (or roll back) while we wait on the
+        # unique index; a new statement then sees what it left.
+        for _ in range(5):
+            tasks = self._tasks("push_unique_task", params, conn)
+            if not tasks:
+                tasks = self._tasks("find_unique_task", params, conn)
+            if tasks:
+                task = tasks[0]
+                task.is_new = bool(task.is_new)
+                return task
+        raise DatabaseError(f"could not push unique key {params['unique_key']!r}: contended")
 
     def push_many(
         self,
@@ -254,11 +286,51 @@ class TaskStore:
     def unregister_owner(self, owner: str) -> None:
         self._rows("unregister_owner", {"owner": owner})
 
-    def claim(self, owner: str, queue: str, limit: int) -> list[Task]:
-        """Claim up to *limit* ready tasks of *queue* for *owner*, best first."""
-        tasks = self._tasks("claim_tasks", {"owner": owner, "queue": queue, "limit": limit})
+    def claim(
+        self, owner: str, queue: str, limit: int, limits: Sequence[Limit] = ()
+    ) -> list[Task]:
+        """Claim up to *limit* ready tasks of *queue* for *owner*, best first.
+
+        Tasks of handlers in *limits* are claimed only within their limits
+        (each under a lock shared by all workers, one transaction each).
+        """
+        tasks = self._tasks(
+            "claim_tasks",
+            {
+                "owner": owner,
+                "queue": queue,
+                "limit": limit,
+                "limited": [lim.name for lim in limits],
+            },
+        )
+        for lim in limits:
+            if len(tasks) >= limit:
+                break
+            tasks += self._claim_limited(owner, queue, limit - len(tasks), lim)
         tasks.sort(key=lambda t: (-t.priority, t.run_at, t.id))
         return tasks
+
+    def _claim_limited(self, owner: str, queue: str, limit: int, lim: Limit) -> list[Task]:
+        params = {
+            "owner": owner,
+            "queue": queue,
+            "limit": limit,
+            "name": lim.name,
+            "concurrency": lim.concurrency,
+            "rate": lim.rate,
+            "period": lim.period,
+        }
+        with self.db.connection() as conn, conn.cursor() as cur:
+            try:
+                cur.execute(queries.get("lock_limit"), params)
+                cur.execute(queries.get("claim_limited_tasks"), params)
+                rows = _fetch(cur)
+                cur.execute(queries.get("commit"))
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+                raise
+        return [Task.from_row(row, self.backend) for row in rows]
 
     def finish(self, owner: str, outcomes: Iterable[Outcome]) -> set[int]:
         """Record outcomes in one statement.
@@ -311,3 +383,27 @@ class TaskStore:
                 )
                 deleted += cur.rowcount
         return deleted
+
+    # -- flow control --------------------------------------------------------
+
+    def cancel(self, task_id: int, reason: str) -> str:
+        """Cancel a queued task, or ask a running one to stop; return its state."""
+        rows = self._rows("cancel_task", {"id": task_id, "reason": reason})
+        if not rows:
+            raise TaskNotFound(f"no task with id {task_id}")
+        return str(rows[0]["state"])
+
+    def cancel_requests(self, owner: str) -> set[int]:
+        """Ids of *owner*'s running tasks that were asked to stop."""
+        return {row["id"] for row in self._rows("cancel_requests", {"owner": owner})}
+
+    def fire_periodic(self, schedule: str, fire_at: datetime, task: dict[str, Any]) -> int | None:
+        """Push the task of *schedule* for *fire_at*, unless some worker did;
+        return the new task's id, or ``None``."""
+        rows = self._rows("fire_periodic", {"schedule": schedule, "fire_at": fire_at, **task})
+        return rows[0]["id"] if rows else None
+
+    def database_now(self) -> datetime:
+        """The database's clock: the one every time in flask_pgtq follows."""
+        now: datetime = self._rows("database_now", {})[0]["now"]
+        return now

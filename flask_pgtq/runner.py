@@ -24,7 +24,14 @@ from werkzeug.local import LocalProxy
 
 from . import codec, signals
 from .config import Config
-from .exceptions import ArgumentsNotSerializable, Cancel, NotClaimed, Retry
+from .exceptions import (
+    ArgumentsNotSerializable,
+    Cancel,
+    NotClaimed,
+    Retry,
+    TaskCancelled,
+    TaskTimeout,
+)
 from .queue import Outcome, TaskStore
 from .task import State, Task
 
@@ -135,6 +142,10 @@ class Runner:
             return self._retry_or_fail(
                 task, handler, f"Retry: {exc.reason}", exc, started, delay=exc.delay
             )
+        except TaskCancelled:
+            return self.abandoned(task, TaskCancelled, started)
+        except TaskTimeout:
+            return self.abandoned(task, TaskTimeout, started)
         except Cancel as exc:
             return Outcome(
                 task,
@@ -160,6 +171,28 @@ class Runner:
                 exception=exc,
             )
         return Outcome(task, State.SUCCEEDED, result=result, duration=duration)
+
+    def abandoned(
+        self, task: Task, reason: type[BaseException], started: float | None = None
+    ) -> Outcome:
+        """The outcome of an attempt the worker stopped: cancelled, or timed
+        out (a failed attempt, retried while attempts are left)."""
+        duration = 0.0 if started is None else time.perf_counter() - started
+        if reason is TaskCancelled:
+            return Outcome(
+                task,
+                State.CANCELLED,
+                error="cancelled while running: stopped by the worker",
+                duration=duration,
+            )
+        handler = self.handlers[task.name]
+        return self._retry_or_fail(
+            task,
+            handler,
+            f"TaskTimeout: ran longer than its timeout of {handler.timeout}s and was stopped",
+            TaskTimeout(),
+            time.perf_counter() - duration,
+        )
 
     def _retry_or_fail(
         self,

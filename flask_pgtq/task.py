@@ -73,12 +73,17 @@ class Task:
     #: ``error``.
     history: list[dict[str, Any]] = field(default_factory=list)
     cancel_requested_at: datetime | None = None
+    #: Set by a push: ``True`` when it stored a new task, ``False`` when a
+    #: unique key returned the task that already held it.
+    is_new: bool | None = None
     _backend: Backend | None = field(default=None, repr=False)
 
     @classmethod
     def from_row(cls, row: dict[str, Any], backend: Backend | None = None) -> Task:
         """Build a task from a ``pgtq_tasks`` row (a column-name mapping)."""
         values = {name: row[name] for name in _COLUMNS if name in row}
+        if "is_new" in row:
+            values["is_new"] = row["is_new"]
         values["state"] = State(values["state"])
         if values.get("locked_by") is not None:
             values["locked_by"] = str(values["locked_by"])
@@ -90,6 +95,13 @@ class Task:
             f"<Task {self.id} {self.name!r} queue={self.queue!r} state={self.state.value} "
             f"attempts={self.attempts}/{self.max_attempts}>"
         )
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether someone asked this task to stop (:meth:`PgTq.cancel`).
+        A long handler can check ``current_task.cancel_requested`` now and
+        then and return early."""
+        return self.cancel_requested_at is not None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Task) and other.id == self.id
@@ -152,4 +164,6 @@ class Task:
         self.progress = progress
 
 
-_COLUMNS = tuple(f.name for f in fields(Task) if not f.name.startswith("_"))
+_COLUMNS = tuple(
+    f.name for f in fields(Task) if not f.name.startswith("_") and f.name != "is_new"
+)

@@ -2,11 +2,12 @@
 
 One main thread talks to the database: it claims as many tasks as there are
 free handler threads in one statement per queue, records finished attempts
-in one statement per batch, and rescues tasks of dead workers.  A heartbeat
-thread renews this worker's lease whatever the handlers do.  Between rounds
-the main thread sleeps in ``select()`` on a LISTEN connection (woken by new
-tasks) and a pipe (woken by finished tasks and signals); polling every
-``PGTQ_POLL_INTERVAL`` seconds is the correctness path, LISTEN only a hint.
+in one statement per batch, rescues tasks of dead workers, prunes old ones
+and fires periodic schedules.  A heartbeat thread renews this worker's lease
+whatever the handlers do.  Between rounds the main thread sleeps in
+``select()`` on a LISTEN connection (new tasks, cancel requests) and a pipe
+(finished tasks, signals); polling every ``PGTQ_POLL_INTERVAL`` seconds is
+the correctness path, LISTEN only a hint.
 
 Database outages never end the worker: every step retries with capped,
 jittered backoff, and the LISTEN connection is rebuilt and health-checked.
@@ -21,26 +22,30 @@ import os
 import random
 import select
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from queue import SimpleQueue
 from typing import Any
 
 from . import schema, signals
-from .connection import Database, is_driver_error
-from .exceptions import DatabaseError, SchemaNotReady
+from .exceptions import DatabaseError, SchemaNotReady, TaskCancelled, TaskTimeout
+from .listener import Listener
+from .periodic import Schedule, Scheduler
 from .queue import Outcome, new_owner_id
 from .runner import Runner
 from .task import Task
+from .watchdog import Watchdog
 
 log = logging.getLogger("flask_pgtq.worker")
 
 #: Reconnect backoff: first delay and cap, in seconds (jittered).
 BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 1.0
-#: Seconds between health checks of an idle LISTEN connection.
-LISTEN_CHECK_INTERVAL = 5.0
+#: Exit code asking for a fresh process: a handler could not be stopped.
+EXIT_RESTART = 75
 
 
 class Worker:
@@ -54,6 +59,7 @@ class Worker:
     :param max_tasks: exit after this many tasks (between tasks).
     :param max_memory_mb: exit (between tasks) once the process's resident
         memory exceeds this many MiB.
+    :param schedules: periodic schedules; those of served queues are fired.
     """
 
     def __init__(
@@ -65,6 +71,7 @@ class Worker:
         burst: bool = False,
         max_tasks: int | None = None,
         max_memory_mb: float | None = None,
+        schedules: Iterable[Schedule] = (),
     ) -> None:
         self.runner = runner
         self.store = runner.store
@@ -78,21 +85,26 @@ class Worker:
         self.claimed = 0
         self.stop_requests = 0
         self.stop_reason: str | None = None
+        self.exit_code = 0
+        self.limits = [h.limit for h in runner.handlers.values() if h.limit is not None]
+        default = self.config.queue
+        self.scheduler = Scheduler(
+            self.store,
+            [s for s in schedules if (s.handler.defaults.queue or default) in self.queues],
+        )
+        self.watchdog = Watchdog(self.config.cancel_grace)
+        self.listener = Listener(
+            self.config.effective_listen_dsn, ("pgtq", "pgtq_cancel"), f"worker {self.id}"
+        )
         self._running: dict[int, Task] = {}
+        self._abandoned: set[int] = set()
+        self._cancels: set[int] = set()
         self._finished: collections.deque[Outcome] = collections.deque()
         self._inbox: SimpleQueue[Task | None] = SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._listener: Any = None
-        self._listener_checked = 0.0
-        self._listen_db = Database(
-            self.config.effective_listen_dsn,
-            max_connections=1,
-            application_name="flask_pgtq-listen",
-        )
-        self._next_listen_try = 0.0
         self._failures = 0
         self._turn = 0
         self._heartbeat_stop = threading.Event()
@@ -100,7 +112,8 @@ class Worker:
     # -- public -------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until stopped; return the exit code (0 on a clean stop)."""
+        """Run until stopped; return the exit code: 0 on a clean stop,
+        :data:`EXIT_RESTART` when a stuck handler needs a fresh process."""
         previous = self._install_signal_handlers()
         try:
             if not self._start():
@@ -114,7 +127,7 @@ class Worker:
                 signal.signal(signum, handler)
             os.close(self._wake_r)
             os.close(self._wake_w)
-        return 0
+        return self.exit_code
 
     def stop(self, reason: str = "stop requested") -> None:
         """Ask the worker to stop (thread-safe).  A second call stops at once."""
@@ -157,9 +170,7 @@ class Worker:
         if self.stop_requests:
             return False
         for n in range(self.concurrency):
-            thread = threading.Thread(
-                target=self._handle, name=f"pgtq-handler-{n}", daemon=True
-            )
+            thread = threading.Thread(target=self._handle, name=f"pgtq-handler-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
         threading.Thread(target=self._heartbeat, name="pgtq-heartbeat", daemon=True).start()
@@ -191,6 +202,7 @@ class Worker:
         while self._running and self.stop_requests < 2 and time.monotonic() < deadline:
             try:
                 self._flush()
+                self._supervise()
             except DatabaseError as exc:
                 self._backoff("recording outcomes", exc)
                 continue
@@ -223,7 +235,7 @@ class Worker:
             self.store.unregister_owner(self.id)
         except DatabaseError:
             log.warning("worker %s could not unregister; its row expires with its lease", self.id)
-        self._close_listener()
+        self.listener.close()
         log.info("worker %s stopped", self.id)
 
     # -- the loop -------------------------------------------------------------
@@ -234,7 +246,8 @@ class Worker:
         while not self.stop_requests:
             try:
                 self._flush()
-                if self._over_memory():
+                self._supervise()
+                if self.stop_requests or self._over_memory():
                     break
                 now = time.monotonic()
                 if now >= next_rescue:
@@ -243,7 +256,9 @@ class Worker:
                 if now >= next_prune:
                     self._prune()
                     next_prune = now + self.config.prune_interval * random.uniform(0.8, 1.2)
-                self._ensure_listener()
+                self.scheduler.tick()
+                if self.config.listen:
+                    self.listener.ensure()
                 got = self._claim()
                 self._failures = 0
             except DatabaseError as exc:
@@ -257,11 +272,20 @@ class Worker:
                     self.stop(f"max tasks ({self.max_tasks}) reached")
                     break
             # Finished tasks, new tasks and signals all end the wait early.
-            timeout = self.config.poll_interval
-            if self.config.listen and self._listener is None:
-                # No LISTEN yet: wake up in time to try again.
-                timeout = min(timeout, max(0.0, self._next_listen_try - time.monotonic()))
-            self._wait(timeout)
+            self._wait(self._next_wait())
+
+    def _next_wait(self) -> float:
+        timeout = self.config.poll_interval
+        if self.config.listen and not self.listener.connected:
+            # No LISTEN yet: wake up in time to try again.
+            timeout = min(timeout, self.listener.next_try - time.monotonic())
+        deadline = self.watchdog.next_deadline()
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic())
+        fire = self.scheduler.seconds_to_next()
+        if fire is not None:
+            timeout = min(timeout, fire + 0.001)
+        return max(0.0, timeout)
 
     def _claim(self) -> int:
         """Claim tasks into free handler threads; return how many."""
@@ -276,7 +300,7 @@ class Worker:
         self._turn = (self._turn + 1) % count
         for i in range(count):
             queue = self.queues[(start + i) % count]
-            tasks = self.store.claim(self.id, queue, free - got)
+            tasks = self.store.claim(self.id, queue, free - got, self.limits)
             for task in tasks:
                 self._running[task.id] = task
                 self._inbox.put(task)
@@ -292,7 +316,9 @@ class Worker:
             return
         batch = []
         while self._finished:
-            batch.append(self._finished.popleft())
+            outcome = self._finished.popleft()
+            if outcome.task.id not in self._abandoned:
+                batch.append(outcome)
         try:
             self.runner.record(self.id, batch)
         except BaseException:
@@ -300,6 +326,30 @@ class Worker:
             raise
         for outcome in batch:
             self._running.pop(outcome.task.id, None)
+
+    def _supervise(self) -> None:
+        """Pass on cancel requests, stop overdue handlers, give up on stuck ones."""
+        while self._cancels:
+            task_id = self._cancels.pop()
+            task = self._running.get(task_id)
+            if task is not None and self.watchdog.cancel_requested(task_id):
+                task.cancel_requested_at = datetime.now(UTC)
+        for task_id, reason in self.watchdog.enforce():
+            task = self._running.get(task_id)
+            if task is None:
+                continue
+            log.error(
+                "task %s (%s) did not stop after %s; recording it and restarting "
+                "this worker's process to end the handler's thread",
+                task_id,
+                task.name,
+                reason.__name__,
+            )
+            self._abandoned.add(task_id)
+            self.runner.record(self.id, [self.runner.abandoned(task, reason)])
+            self._running.pop(task_id, None)
+            self.exit_code = EXIT_RESTART
+            self.stop(f"handler of task {task_id} stuck")
 
     def _over_memory(self) -> bool:
         if self.max_memory_mb is None:
@@ -341,8 +391,20 @@ class Worker:
             task = self._inbox.get()
             if task is None:
                 return
-            outcome = self.runner.execute(task)
-            self._finished.append(outcome)
+            handler = self.runner.handlers.get(task.name)
+            outcome: Outcome | None = None
+            try:
+                self.watchdog.started(task.id, handler.timeout if handler else None)
+                try:
+                    outcome = self.runner.execute(task)
+                finally:
+                    # After this no stop can be raised in this thread.
+                    self.watchdog.finished(task.id)
+            except (TaskTimeout, TaskCancelled) as exc:
+                # Raised just outside the handler's own try: still an outcome.
+                if outcome is None:
+                    outcome = self.runner.abandoned(task, type(exc))
+            self._finished.append(outcome)  # type: ignore[arg-type]
             self._wake()
 
     def _heartbeat(self) -> None:
@@ -358,6 +420,10 @@ class Worker:
                     self.store.register_owner(
                         self.id, queues=self.queues, concurrency=self.concurrency
                     )
+                cancels = self.store.cancel_requests(self.id)
+                if cancels:
+                    self._cancels.update(cancels)
+                    self._wake()
             except DatabaseError as exc:
                 log.warning("worker %s heartbeat failed: %s", self.id, exc)
 
@@ -370,8 +436,8 @@ class Worker:
     def _wait(self, timeout: float, *, listen: bool = True) -> None:
         """Sleep until woken (new task, finished task, signal) or *timeout*."""
         fds = [self._wake_r]
-        if listen and self._listener is not None:
-            fds.append(self._listener.fileno())
+        if listen and self.listener.connected:
+            fds.append(self.listener.fileno())
         try:
             ready, _, _ = select.select(fds, [], [], timeout)
         except (OSError, ValueError):
@@ -380,58 +446,12 @@ class Worker:
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._wake_r, 4096):
                     pass
-        if self._listener is not None and (len(fds) > 1 and fds[1] in ready):
-            self._drain_notifications()
-        elif not ready and self._listener is not None:
-            self._check_listener()
-
-    def _ensure_listener(self) -> None:
-        if not self.config.listen or self._listener is not None:
-            return
-        if time.monotonic() < self._next_listen_try:
-            return
-        try:
-            conn = self._listen_db.connect(
-                keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3
-            )
-            with conn.cursor() as cur:
-                cur.execute("LISTEN pgtq")
-        except DatabaseError as exc:
-            self._next_listen_try = time.monotonic() + BACKOFF_CAP * random.uniform(0.5, 1)
-            log.warning("worker %s cannot LISTEN (%s); polling until it can", self.id, exc)
-            return
-        self._listener = conn
-        self._listener_checked = time.monotonic()
-
-    def _drain_notifications(self) -> None:
-        try:
-            self._listener.poll()
-            self._listener.notifies.clear()
-        except Exception as exc:
-            if not is_driver_error(exc):
-                raise
-            log.warning("worker %s lost its LISTEN connection (%s); reconnecting", self.id, exc)
-            self._close_listener()
-
-    def _check_listener(self) -> None:
-        if time.monotonic() - self._listener_checked < LISTEN_CHECK_INTERVAL:
-            return
-        self._listener_checked = time.monotonic()
-        try:
-            with self._listener.cursor() as cur:
-                cur.execute("SELECT 1")
-            self._listener.notifies.clear()
-        except Exception as exc:
-            if not is_driver_error(exc):
-                raise
-            log.warning("worker %s LISTEN connection failed its check (%s)", self.id, exc)
-            self._close_listener()
-
-    def _close_listener(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                self._listener.close()
-            self._listener = None
+        if len(fds) > 1 and fds[1] in ready:
+            for channel, payload in self.listener.drain():
+                if channel == "pgtq_cancel" and payload.isdigit():
+                    self._cancels.add(int(payload))
+        elif not ready and listen:
+            self.listener.check()
 
     def _backoff(self, doing: str, exc: BaseException) -> None:
         self._failures += 1
@@ -472,7 +492,9 @@ def main_loop(
 
     With Flask, call it inside the app context (``flask pgtq worker`` does);
     standalone, just call it.  Returns when stopped (SIGTERM/SIGINT, or
-    ``burst``/``max_tasks``) with exit code 0.
+    ``burst``/``max_tasks``) with exit code 0, or :data:`EXIT_RESTART` after
+    a handler that ignored its timeout or cancellation: then start a fresh
+    process (``flask pgtq worker`` restarts itself).
 
     :param queues: queues to serve; default ``PGTQ_QUEUE``.
     :param concurrency: handler threads; default ``PGTQ_CONCURRENCY``.
@@ -491,5 +513,14 @@ def main_loop(
         burst=burst,
         max_tasks=max_tasks,
         max_memory_mb=max_memory_mb,
+        schedules=q.schedules.values(),
     )
     return worker.run()
+
+
+def restart_process() -> None:
+    """Replace this process with a fresh copy of itself (same command line)."""
+    log.warning("restarting: exec %s", " ".join(sys.orig_argv))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, sys.orig_argv)

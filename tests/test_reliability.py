@@ -380,7 +380,12 @@ def test_claim_uses_the_ready_index_with_a_large_history(dsn, db):
 
         cur.execute(
             "EXPLAIN " + queries.get("claim_tasks"),
-            {"owner": "00000000-0000-0000-0000-000000000000", "queue": "default", "limit": 5},
+            {
+                "owner": "00000000-0000-0000-0000-000000000000",
+                "queue": "default",
+                "limit": 5,
+                "limited": [],
+            },
         )
         plan = "\n".join(row[0] for row in cur.fetchall())
     assert "pgtq_tasks_ready" in plan, plan

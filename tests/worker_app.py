@@ -122,6 +122,63 @@ def cut_own_connections(tag: str) -> str:
     return tag
 
 
+@q.handler(timeout=0.5, max_attempts=2)
+def spin(seconds: float, tag: str) -> str:
+    """Busy Python code past its timeout: stopped by the watchdog's exception."""
+    record(tag, "started")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
+    record(tag, "finished")
+    return tag
+
+
+@q.handler(timeout=0.5, max_attempts=1)
+def block(seconds: float, tag: str) -> str:
+    """Blocked in C past its timeout: only a fresh process ends it."""
+    record(tag, "started")
+    time.sleep(seconds)
+    record(tag, "finished")
+    return tag
+
+
+@q.handler()
+def cooperative(tag: str) -> None:
+    """Stops by itself once asked to."""
+    record(tag, "started")
+    while not current_task.cancel_requested:
+        time.sleep(0.01)
+    record(tag, "noticed")
+    raise Cancel("noticed the request")
+
+
+@q.handler()
+def stubborn(tag: str) -> None:
+    """Ignores cancel requests."""
+    record(tag, "started")
+    while True:
+        time.sleep(0.001)
+
+
+@q.handler(concurrency=1)
+def exclusive(tag: str) -> str:
+    record(tag, "started")
+    time.sleep(0.15)
+    record(tag, "finished")
+    return tag
+
+
+@q.handler(rate_limit="4/s")
+def limited(tag: str) -> str:
+    record(tag)
+    return tag
+
+
+@q.periodic("* * * * * *", queue="periodic")
+def every_second() -> None:
+    record("tick")
+
+
 def create_app() -> Flask:
     app = Flask(__name__)
     app.config["PGTQ_DSN"] = os.environ["PGTQ_TEST_APP_DSN"]

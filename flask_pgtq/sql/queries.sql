@@ -40,6 +40,9 @@ WITH picked AS (
     SELECT id
     FROM pgtq_tasks
     WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now()
+      -- Handlers with concurrency or rate limits are claimed by
+      -- claim_limited_tasks instead.
+      AND name <> ALL(%(limited)s::text[])
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -195,3 +198,6 @@ UPDATE pgtq_tasks
 SET progress = %(progress)s::jsonb
 WHERE id = %(id)s AND attempts = %(attempt)s AND locked_by = %(owner)s AND state = 'running'
 RETURNING id;
+
+-- name: database_now
+SELECT now() AS now;

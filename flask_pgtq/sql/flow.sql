@@ -1,0 +1,148 @@
+-- Flow control: unique tasks, per-handler concurrency and rate limits,
+-- periodic tasks, cancellation.  Loaded by flask_pgtq.queries.
+
+-- name: push_unique_task
+-- Insert unless a task holds the key: a queued or running one, or a
+-- finished one whose unique_until lies ahead.  Returns the new task
+-- (is_new) or the holder.  A concurrent pusher of the same key waits on the
+-- unique index; when it finds nothing (the holder committed after this
+-- statement's snapshot) the caller asks again with find_unique_task.
+WITH holder AS (
+    SELECT *
+    FROM pgtq_tasks
+    WHERE unique_key = %(unique_key)s
+      AND (state IN ('queued', 'running') OR unique_until > now())
+    ORDER BY id DESC
+    LIMIT 1
+), inserted AS (
+    INSERT INTO pgtq_tasks
+        (queue, name, args, kwargs, priority, max_attempts, run_at, unique_key, unique_until)
+    SELECT %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s,
+           %(max_attempts)s, coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'),
+           %(unique_key)s, now() + %(unique_for)s::float8 * interval '1 second'
+    WHERE NOT EXISTS (SELECT 1 FROM holder)
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
+    DO NOTHING
+    RETURNING *
+)
+SELECT true AS is_new, * FROM inserted
+UNION ALL
+SELECT false AS is_new, * FROM holder;
+
+-- name: find_unique_task
+SELECT false AS is_new, *
+FROM pgtq_tasks
+WHERE unique_key = %(unique_key)s
+  AND (state IN ('queued', 'running') OR unique_until > now())
+ORDER BY id DESC
+LIMIT 1;
+
+-- name: lock_limit
+-- Serialise claims of one limited handler across all workers, until commit.
+BEGIN;
+INSERT INTO pgtq_limits (name) VALUES (%(name)s)
+ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name;
+
+-- name: claim_limited_tasks
+-- Run under lock_limit, so this statement's snapshot sees every earlier
+-- claim of the handler: at most %(concurrency)s running and %(rate)s
+-- starts per %(period)s seconds, everywhere.
+WITH lim AS (
+    SELECT coalesce(array_agg(s ORDER BY s), '{}') AS recent
+    FROM pgtq_limits, unnest(recent) AS s
+    WHERE name = %(name)s
+      AND %(period)s::float8 IS NOT NULL
+      AND s > now() - %(period)s::float8 * interval '1 second'
+), room AS (
+    SELECT least(
+        %(limit)s::int,
+        coalesce(%(concurrency)s::int - (
+            SELECT count(*) FROM pgtq_tasks WHERE state = 'running' AND name = %(name)s
+        ), %(limit)s::int),
+        coalesce(%(rate)s::int - (SELECT cardinality(recent) FROM lim), %(limit)s::int)
+    ) AS n
+), picked AS (
+    SELECT id
+    FROM pgtq_tasks
+    WHERE state = 'queued' AND queue = %(queue)s AND name = %(name)s AND run_at <= now()
+    ORDER BY priority DESC, run_at, id
+    LIMIT (SELECT greatest(n, 0) FROM room)
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE pgtq_tasks AS t
+    SET state = 'running',
+        attempts = t.attempts + 1,
+        locked_by = %(owner)s,
+        started_at = now(),
+        finished_at = NULL
+    FROM picked
+    WHERE t.id = picked.id
+    RETURNING t.*
+), noted AS (
+    UPDATE pgtq_limits
+    SET recent = (SELECT recent FROM lim)
+                 || array_fill(now(), ARRAY[(SELECT count(*) FROM claimed)::int])
+    WHERE name = %(name)s AND %(rate)s::int IS NOT NULL
+)
+SELECT * FROM claimed;
+
+-- name: commit
+COMMIT;
+
+-- name: rollback
+ROLLBACK;
+
+-- name: fire_periodic
+-- One task per (schedule, fire time), however many workers try: the task's
+-- id is drawn first and recorded with the fire time; only the worker whose
+-- row went in inserts the task.
+WITH fired AS (
+    INSERT INTO pgtq_periodic (schedule, fire_at, task_id)
+    VALUES (%(schedule)s, %(fire_at)s, nextval(pg_get_serial_sequence('pgtq_tasks', 'id')))
+    ON CONFLICT DO NOTHING
+    RETURNING task_id
+), task AS (
+    INSERT INTO pgtq_tasks (id, queue, name, args, kwargs, priority, max_attempts)
+    SELECT fired.task_id, %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb,
+           %(priority)s, %(max_attempts)s
+    FROM fired
+    RETURNING id
+), pruned AS (
+    -- Workers never fire times older than the misfire grace (at most a
+    -- day), so older rows can go.
+    DELETE FROM pgtq_periodic
+    WHERE schedule = %(schedule)s AND fire_at < %(fire_at)s - interval '2 days'
+      AND EXISTS (SELECT 1 FROM fired)
+)
+SELECT id FROM task;
+
+-- name: cancel_task
+-- A queued task is cancelled at once; a running one is asked to stop (its
+-- worker is told by NOTIFY and by its heartbeat).  Returns the new state.
+WITH queued AS (
+    UPDATE pgtq_tasks
+    SET state = 'cancelled', finished_at = now(), error = %(reason)s,
+        cancel_requested_at = now()
+    WHERE id = %(id)s AND state = 'queued'
+    RETURNING id, state
+), running AS (
+    UPDATE pgtq_tasks
+    SET cancel_requested_at = coalesce(cancel_requested_at, now())
+    WHERE id = %(id)s AND state = 'running'
+    RETURNING id, state
+), told AS (
+    SELECT pg_notify('pgtq_cancel', id::text) FROM running
+), woken AS (
+    SELECT pg_notify('pgtq_done', id::text) FROM queued
+)
+SELECT id, state, (SELECT count(*) FROM woken) AS notified FROM queued
+UNION ALL
+SELECT id, state, (SELECT count(*) FROM told) FROM running
+UNION ALL
+SELECT id, state, 0 FROM pgtq_tasks
+WHERE id = %(id)s AND NOT EXISTS (SELECT 1 FROM queued) AND NOT EXISTS (SELECT 1 FROM running);
+
+-- name: cancel_requests
+-- Which of this owner's running tasks were asked to stop.
+SELECT id FROM pgtq_tasks
+WHERE locked_by = %(owner)s AND state = 'running' AND cancel_requested_at IS NOT NULL;
