@@ -1,0 +1,1 @@
+"""Benchmark harness: flask_pgtq and its peers, side by side (see README.md)."""
