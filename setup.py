@@ -9,7 +9,10 @@ setup(
     long_description_content_type="text/x-rst",
     license="BSD-3-Clause",
     packages=find_packages(include=["flask_pgtq", "flask_pgtq.*"]),
-    package_data={"flask_pgtq": ["py.typed", "sql/*.sql", "sql/migrations/*.sql"]},
+    package_data={
+        "flask_pgtq": ["py.typed", "sql/*.sql", "sql/migrations/*.sql"],
+        "flask_pgtq.dashboard": ["templates/pgtq_dashboard/*.html", "static/*"],
+    },
     python_requires=">=3.11",
     install_requires=["Flask>=2.3", "blinker>=1.6"],
     extras_require={
@@ -20,10 +23,14 @@ setup(
         "c": ["psycopg2>=2.9"],
         # Periodic tasks (@q.periodic) parse cron expressions with croniter.
         "cron": ["croniter>=2"],
+        "prometheus": ["prometheus_client>=0.20"],
         # SQLAlchemy is only needed to test pushes inside its transactions.
         "test": [
             "pytest>=7",
             "psycopg2-binary>=2.9",
+            "prometheus_client>=0.20",
+            # Drives Debian's /usr/bin/chromium; never "playwright install".
+            "playwright",
             "SQLAlchemy>=2",
             "Flask-SQLAlchemy>=3",
             "croniter>=2",

@@ -53,6 +53,19 @@ def init_db() -> None:
     default="INFO",
     show_default=True,
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Log lines as text or one JSON object each (default PGTQ_LOG_FORMAT, text).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve this worker's Prometheus metrics on this port (the prometheus extra).",
+)
+@click.option(
+    "--metrics-host", default="0.0.0.0", show_default=True, help="Address for --metrics-port."
+)
 def worker_command(
     queues: tuple[str, ...],
     concurrency: int | None,
@@ -60,19 +73,32 @@ def worker_command(
     max_tasks: int | None,
     max_memory: float | None,
     log_level: str,
+    log_format: str | None,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run a worker inside the app context until SIGTERM or SIGINT."""
-    from . import worker
+    from . import logs, worker
 
+    log_format = log_format or _extension().config.log_format
     logger = logging.getLogger("flask_pgtq")
     added = None
-    if not logger.handlers and not logging.getLogger().handlers:
-        added = logging.StreamHandler(sys.stderr)
-        added.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    propagate = logger.propagate
+    if log_format == "json" or (not logger.handlers and not logging.getLogger().handlers):
+        added = logs.make_handler(log_format, sys.stderr)
         logger.addHandler(added)
+        # JSON asked for: JSON lines only, not also text through the root logger.
+        logger.propagate = log_format != "json"
     level = logger.level
     logger.setLevel(log_level.upper())
     try:
+        if metrics_port is not None:
+            from .metrics import serve_worker_metrics
+
+            try:
+                serve_worker_metrics(current_app, metrics_port, metrics_host)
+            except (PgTqError, OSError) as exc:
+                raise click.ClickException(f"cannot serve metrics: {exc}") from exc
         code = worker.main_loop(
             _extension(),
             queues=queues or None,
@@ -85,8 +111,13 @@ def worker_command(
         raise click.ClickException(str(exc)) from exc
     finally:
         logger.setLevel(level)
+        logger.propagate = propagate
         if added is not None:
             logger.removeHandler(added)
     if code == worker.EXIT_RESTART:
         worker.restart_process()
     sys.exit(code)
+
+
+# The inspection commands (status, tasks, show, retry, ...) register themselves.
+from . import admin_cli as admin_cli  # noqa: E402

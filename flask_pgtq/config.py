@@ -133,6 +133,22 @@ class Config:
     max_payload_bytes: int = 1_000_000
     #: Most pooled connections per process (per app).
     pool_size: int = 10
+    #: Where to mount the dashboard, e.g. ``"/pgtq"``; ``None`` (the
+    #: default) leaves it out.
+    dashboard_url_prefix: str | None = None
+    #: Who may use the dashboard: a function ``(request) -> bool`` (or a
+    #: response to send instead, such as a redirect to a login page), or
+    #: ``"local-only"`` to allow requests from the loopback address only.
+    #: Without it the dashboard refuses every request.
+    dashboard_auth: Any = field(default=None, repr=False)
+    #: Hide the dashboard's actions (retry, cancel, delete) and refuse them.
+    dashboard_read_only: bool = False
+    #: Serve Prometheus metrics at this path of the app, e.g. ``"/metrics"``
+    #: (needs the ``prometheus`` extra); ``None`` serves none.
+    metrics_url: str | None = None
+    #: Format of the worker's log lines: ``"text"`` or ``"json"`` (one JSON
+    #: object per line).
+    log_format: str = "text"
     #: Seconds succeeded tasks are kept after they finish, then deleted by
     #: the workers; ``None`` keeps them forever.  A number or a timedelta.
     keep_succeeded: float | None = 7 * 24 * 3600.0
@@ -190,11 +206,30 @@ class Config:
             raise ConfigurationError("PGTQ_EAGER must be True or False")
         for name in ("concurrency", "max_payload_bytes", "pool_size", "prune_batch"):
             set_(self, name, _positive(getattr(self, name), f"PGTQ_{name.upper()}", number=int))
+        self._check_operations()
         if self.heartbeat_interval * 2 > self.lease:
             raise ConfigurationError(
                 "PGTQ_HEARTBEAT_INTERVAL must be at most half of PGTQ_LEASE "
                 f"(got {self.heartbeat_interval} and {self.lease})"
             )
+
+    def _check_operations(self) -> None:
+        """The dashboard, metrics and logging settings."""
+        for key, path in (
+            ("PGTQ_DASHBOARD_URL_PREFIX", self.dashboard_url_prefix),
+            ("PGTQ_METRICS_URL", self.metrics_url),
+        ):
+            if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+                raise ConfigurationError(f"{key} must be a path starting with '/', e.g. '/pgtq'")
+        auth = self.dashboard_auth
+        if auth is not None and auth != "local-only" and not callable(auth):
+            raise ConfigurationError(
+                "PGTQ_DASHBOARD_AUTH must be a function (request) -> bool, or 'local-only'"
+            )
+        if not isinstance(self.dashboard_read_only, bool):
+            raise ConfigurationError("PGTQ_DASHBOARD_READ_ONLY must be True or False")
+        if self.log_format not in ("text", "json"):
+            raise ConfigurationError("PGTQ_LOG_FORMAT must be 'text' or 'json'")
 
     @property
     def effective_listen_dsn(self) -> str:

@@ -9,6 +9,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from weakref import WeakKeyDictionary
 
 from . import codec, signals
+from .admin import Admin
 from .codec import encode_arguments
 from .config import Config, redact_dsn, validate_name
 from .connection import Database, dbapi_connection
@@ -100,6 +101,14 @@ class PgTq:
         from .cli import pgtq_cli
 
         app.cli.add_command(pgtq_cli)
+        if config.dashboard_url_prefix is not None:
+            from .dashboard import register_dashboard
+
+            register_dashboard(app, config.dashboard_url_prefix)
+        if config.metrics_url is not None:
+            from .metrics import register_metrics
+
+            register_metrics(app, self, config.metrics_url)
 
     # -- the state for the current app ---------------------------------------
 
@@ -125,6 +134,13 @@ class PgTq:
     def config(self) -> Config:
         """The settings of the current app (or of the standalone queue)."""
         return self._bound().config
+
+    @property
+    def admin(self) -> Admin:
+        """Inspection and operator actions (status, task lists, retry,
+        cancel, purge...) for the current app: an :class:`~flask_pgtq.admin.Admin`."""
+        bound = self._bound()
+        return Admin(bound.db, bound.store.backend)
 
     # -- handlers -----------------------------------------------------------
 

@@ -1,0 +1,356 @@
+"""The dashboard: an opt-in blueprint to watch and steer the queue.
+
+Set ``PGTQ_DASHBOARD_URL_PREFIX = "/pgtq"`` and an access check,
+``PGTQ_DASHBOARD_AUTH``: a function ``(request) -> bool`` (it may also
+return a response, e.g. a redirect to your login page or a 401 asking for
+HTTP Basic credentials), or ``"local-only"``.  Without an access check every
+request is refused with 403 and a note on how to configure one.
+
+Pages: overview (queues by state, tasks ended per minute over the last hour),
+task list (filters and paging), task detail (arguments, result, error,
+attempt history, progress) and workers.  Actions (retry, cancel, delete) are
+POST only and need a CSRF token, signed with the app's ``SECRET_KEY``;
+without one, the actions are off.  ``PGTQ_DASHBOARD_READ_ONLY = True`` turns
+them off too.  Every asset is served by the blueprint: it works offline.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from ..admin import (
+    FILTER_STATES,
+    FINAL_STATES,
+    ActionNotAllowed,
+    Admin,
+    dumps,
+    error_summary,
+    format_age,
+    format_time,
+    history_label,
+)
+from ..exceptions import DatabaseError, InvalidName, TaskNotFound
+from .chart import build_chart
+
+blueprint = Blueprint(
+    "pgtq_dashboard",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
+
+#: Cookie holding the random value CSRF tokens are bound to.
+CSRF_COOKIE = "pgtq_csrf"
+#: Seconds a CSRF token (a page's forms) stays valid.
+CSRF_MAX_AGE = 12 * 3600
+#: Tasks per page of the task list.
+PAGE_SIZE = 50
+
+_NOT_CONFIGURED = (
+    "The flask_pgtq dashboard has no access check, so it refuses every request. "
+    "Set PGTQ_DASHBOARD_AUTH to a function that takes the request and returns True "
+    "for people allowed in, e.g. "
+    "app.config['PGTQ_DASHBOARD_AUTH'] = lambda request: current_user.is_admin "
+    "(or to 'local-only' to allow requests from this machine only)."
+)
+
+#: Messages shown after an action (the query string names one, never free text).
+_DONE = {
+    "retried": "Task queued again with fresh attempts.",
+    "cancelled": "Task cancelled.",
+    "cancel-requested": "Cancel requested: the worker running the task stops it.",
+    "deleted": "Task deleted.",
+}
+
+
+def register_dashboard(app: Any, url_prefix: str) -> None:
+    """Mount the dashboard on *app* at *url_prefix* (what
+    ``PGTQ_DASHBOARD_URL_PREFIX`` does)."""
+    app.register_blueprint(blueprint, url_prefix=url_prefix.rstrip("/") or None)
+
+
+def _config() -> Any:
+    return current_app.extensions["pgtq"].config
+
+
+def _admin() -> Admin:
+    return current_app.extensions["pgtq"].admin  # type: ignore[no-any-return]
+
+
+def _page(status: int, title: str, message: str) -> Response:
+    body = render_template("pgtq_dashboard/message.html", title=title, message=message)
+    return Response(body, status=status, mimetype="text/html")
+
+
+# -- access ------------------------------------------------------------------------
+
+
+_PROXY_HEADERS = ("X-Forwarded-For", "X-Real-Ip", "Forwarded")
+
+
+@blueprint.before_request
+def check_access() -> Any:
+    """Refuse unless the app's access check lets the request in."""
+    g.pgtq_plain = True
+    auth = _config().dashboard_auth
+    if auth is None:
+        return _page(403, "Dashboard not configured", _NOT_CONFIGURED)
+    if auth == "local-only":
+        local = request.remote_addr in ("127.0.0.1", "::1")
+        proxied = any(h in request.headers for h in _PROXY_HEADERS)
+        if not local or proxied:
+            return _page(
+                403,
+                "Forbidden",
+                "This dashboard only serves requests from this machine "
+                "(PGTQ_DASHBOARD_AUTH = 'local-only'), not through a proxy.",
+            )
+    else:
+        verdict = auth(request)
+        if verdict is not True and verdict is not False and verdict is not None:
+            return verdict  # the app's own response: a login redirect, a 401...
+        if not verdict:
+            return _page(403, "Forbidden", "You are not allowed to use this dashboard.")
+    g.pgtq_plain = False
+    return None
+
+
+@blueprint.after_request
+def protect(response: Response) -> Response:
+    """Security headers; the CSRF cookie when a page made a token."""
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    if request.endpoint != "pgtq_dashboard.static":
+        response.headers["Cache-Control"] = "no-store"
+    nonce = g.get("pgtq_new_nonce")
+    if nonce is not None:
+        response.set_cookie(
+            CSRF_COOKIE,
+            nonce,
+            httponly=True,
+            samesite="Strict",
+            secure=request.is_secure,
+            path=url_for(".overview"),
+        )
+    return response
+
+
+def _serializer() -> URLSafeTimedSerializer | None:
+    key = current_app.secret_key
+    if not key:
+        return None
+    return URLSafeTimedSerializer(key, salt="flask_pgtq.dashboard.csrf")
+
+
+def csrf_token() -> str | None:
+    """A token for this page's forms, or ``None`` without a ``SECRET_KEY``."""
+    serializer = _serializer()
+    if serializer is None:
+        return None
+    nonce = request.cookies.get(CSRF_COOKIE) or g.get("pgtq_new_nonce")
+    if nonce is None:
+        nonce = g.pgtq_new_nonce = secrets.token_urlsafe(24)
+    return serializer.dumps(nonce)  # type: ignore[no-any-return]
+
+
+def _refuse_action() -> Response | None:
+    """Why this POST must not act, as a response; ``None`` when it may."""
+    if _config().dashboard_read_only:
+        return _page(403, "Read-only", "This dashboard is read-only (PGTQ_DASHBOARD_READ_ONLY).")
+    serializer = _serializer()
+    if serializer is None:
+        return _page(
+            403,
+            "Actions are off",
+            "Set the app's SECRET_KEY so the dashboard can sign its CSRF tokens.",
+        )
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        return _page(403, "Forbidden", "Cross-site requests are refused.")
+    token = request.form.get("csrf_token", "")
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    try:
+        nonce = serializer.loads(token, max_age=CSRF_MAX_AGE) if token else None
+    except BadSignature:
+        nonce = None
+    if not nonce or not cookie or not hmac.compare_digest(str(nonce), cookie):
+        return _page(
+            403,
+            "CSRF check failed",
+            "The form's CSRF token is missing, expired or invalid. Reload the page and "
+            "try again.",
+        )
+    return None
+
+
+@blueprint.context_processor
+def helpers() -> dict[str, Any]:
+    plain = g.get("pgtq_plain", True)
+    return {
+        "csrf_token": (lambda: None) if plain else csrf_token,
+        "read_only": plain or _config().dashboard_read_only,
+        "can_act": not plain and not _config().dashboard_read_only and bool(
+            current_app.secret_key
+        ),
+        "fmt_age": format_age,
+        "fmt_time": format_time,
+        "error_summary": error_summary,
+        "history_label": history_label,
+    }
+
+
+@blueprint.errorhandler(DatabaseError)
+def database_error(exc: DatabaseError) -> Response:
+    return _page(503, "Database unavailable", f"The queue's database did not answer: {exc}")
+
+
+# -- pages -------------------------------------------------------------------------
+
+
+@blueprint.get("/")
+def overview() -> Any:
+    admin = _admin()
+    queues = admin.status()
+    workers = admin.workers()
+    chart = build_chart(admin.throughput(60))
+    totals = {
+        state: sum(q.counts[state] for q in queues)
+        for state in ("ready", "scheduled", "running", *FINAL_STATES)
+    }
+    live = [w for w in workers if w.alive and w.concurrency]
+    return render_template(
+        "pgtq_dashboard/overview.html",
+        queues=queues,
+        totals=totals,
+        chart=chart,
+        live_workers=len(live),
+        oldest_wait=max((q.oldest_wait or 0 for q in queues), default=0),
+        page="overview",
+    )
+
+
+def _arg(name: str) -> str | None:
+    value = request.args.get(name, "").strip()
+    return value or None
+
+
+def _int_arg(name: str) -> int | None:
+    value = _arg(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+@blueprint.get("/tasks")
+def tasks() -> Any:
+    filters = {"state": _arg("state"), "queue": _arg("queue"), "name": _arg("name")}
+    admin = _admin()
+    try:
+        page = admin.tasks(
+            **filters, limit=PAGE_SIZE, before=_int_arg("before"), after=_int_arg("after")
+        )
+    except (ValueError, InvalidName) as exc:
+        return _page(400, "Bad filter", str(exc))
+    queues = [q.queue for q in admin.status()]
+    return render_template(
+        "pgtq_dashboard/tasks.html",
+        page_=page,
+        filters=filters,
+        states=FILTER_STATES,
+        queues=queues,
+        done=_DONE.get(request.args.get("done", "")),
+        page="tasks",
+    )
+
+
+@blueprint.get("/tasks/<int:task_id>")
+def task(task_id: int, problem: str | None = None, status: int = 200) -> Any:
+    admin = _admin()
+    try:
+        found = admin.get(task_id)
+    except TaskNotFound:
+        return _page(404, "No such task", f"There is no task with id {task_id}.")
+    body = render_template(
+        "pgtq_dashboard/task.html",
+        task=found,
+        now=admin.now(),
+        args=dumps(found.args),
+        kwargs=dumps(found.kwargs),
+        result=dumps(found.result) if found.state.value == "succeeded" else None,
+        progress=dumps(found.progress) if found.progress is not None else None,
+        done=_DONE.get(request.args.get("done", "")),
+        problem=problem,
+        page="tasks",
+    )
+    return Response(body, status=status, mimetype="text/html")
+
+
+@blueprint.get("/workers")
+def workers() -> Any:
+    return render_template(
+        "pgtq_dashboard/workers.html", workers=_admin().workers(), page="workers"
+    )
+
+
+# -- actions -----------------------------------------------------------------------
+
+
+@blueprint.post("/tasks/<int:task_id>/retry")
+def retry(task_id: int) -> Any:
+    return _act(task_id, lambda admin: (admin.retry(task_id), "retried")[1])
+
+
+@blueprint.post("/tasks/<int:task_id>/cancel")
+def cancel(task_id: int) -> Any:
+    def do(admin: Admin) -> str:
+        return "cancelled" if admin.cancel(task_id).cancelled else "cancel-requested"
+
+    return _act(task_id, do)
+
+
+@blueprint.post("/tasks/<int:task_id>/delete")
+def delete(task_id: int) -> Any:
+    refused = _refuse_action()
+    if refused is not None:
+        return refused
+    try:
+        _admin().delete(task_id)
+    except TaskNotFound:
+        return _page(404, "No such task", f"There is no task with id {task_id}.")
+    except ActionNotAllowed as exc:
+        return task(task_id, problem=str(exc), status=409)
+    return redirect(url_for(".tasks", done="deleted"), code=303)
+
+
+def _act(task_id: int, action: Any) -> Any:
+    refused = _refuse_action()
+    if refused is not None:
+        return refused
+    try:
+        done = action(_admin())
+    except TaskNotFound:
+        return _page(404, "No such task", f"There is no task with id {task_id}.")
+    except ActionNotAllowed as exc:
+        return task(task_id, problem=str(exc), status=409)
+    return redirect(url_for(".task", task_id=task_id, done=done), code=303)

@@ -1,0 +1,169 @@
+-- Inspection and operator actions (flask_pgtq.admin): the CLI, the dashboard
+-- and the metrics collector.  Every write is compare-and-set on the task's
+-- state, so it never overwrites a transition a worker made meanwhile.
+
+-- name: admin_now
+SELECT now();
+
+-- name: admin_counts
+-- Tasks per queue and state.  "queued" is split into "ready" (run_at passed)
+-- and "scheduled" (a delay or a retry's backoff).  Reads the whole table:
+-- keep finished rows in check with purge.
+SELECT queue,
+       CASE WHEN state <> 'queued' THEN state
+            WHEN run_at > now() THEN 'scheduled' ELSE 'ready' END AS state,
+       count(*) AS count,
+       extract(epoch FROM now() - min(run_at) FILTER (
+           WHERE state = 'queued' AND run_at <= now()
+       )) AS oldest_wait
+FROM pgtq_tasks
+GROUP BY 1, 2;
+
+-- name: admin_live_workers
+-- Workers whose lease has not run out, with what they run now.
+SELECT w.id::text AS id, w.hostname, w.pid, w.queues, w.concurrency, w.started_at,
+       w.heartbeat_at, w.lease_expires_at,
+       extract(epoch FROM now() - w.heartbeat_at) AS heartbeat_age,
+       w.lease_expires_at >= now() AS alive,
+       coalesce(
+           (SELECT jsonb_agg(jsonb_build_object(
+                       'id', t.id, 'name', t.name, 'queue', t.queue,
+                       'attempt', t.attempts, 'started_at', t.started_at,
+                       'progress', t.progress)
+                   ORDER BY t.id)
+            FROM pgtq_tasks AS t
+            WHERE t.state = 'running' AND t.locked_by = w.id),
+           '[]'::jsonb
+       ) AS tasks
+FROM pgtq_workers AS w
+ORDER BY w.started_at, w.id;
+
+-- name: admin_list_tasks
+-- Newest first, filtered; keyset paging on id: "before" gives older pages,
+-- "after" newer ones (read oldest first, then reversed by the caller).
+-- Arguments and results are left out: they may be large.
+SELECT id, name, queue, state, priority, attempts, max_attempts, run_at, created_at,
+       started_at, finished_at, cancel_requested_at,
+       right(error, 1500) AS error_tail,
+       run_at > now() AS scheduled
+FROM pgtq_tasks
+WHERE (%(state)s::text IS NULL OR state = %(state)s)
+  AND (%(due)s::boolean IS NULL OR (run_at <= now()) = %(due)s)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+  AND (%(before)s::bigint IS NULL OR id < %(before)s)
+  AND (%(after)s::bigint IS NULL OR id > %(after)s)
+ORDER BY CASE WHEN %(after)s::bigint IS NULL THEN -id ELSE id END
+LIMIT %(limit)s;
+
+-- name: admin_count_tasks
+SELECT count(*)
+FROM pgtq_tasks
+WHERE (%(state)s::text IS NULL OR state = %(state)s)
+  AND (%(due)s::boolean IS NULL OR (run_at <= now()) = %(due)s)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(name)s::text IS NULL OR name = %(name)s);
+
+-- name: admin_retry_tasks
+-- Failed or cancelled tasks back to the queue, to run now with a fresh set of
+-- attempts.  The history is kept, with a "manual_retry" entry.  Listening
+-- workers are woken (the insert trigger does not fire for an update).
+WITH retried AS (
+    UPDATE pgtq_tasks AS t
+    SET state = 'queued',
+        run_at = now(),
+        attempts = 0,
+        started_at = NULL,
+        finished_at = NULL,
+        result = NULL,
+        cancel_requested_at = NULL,
+        locked_by = NULL,
+        history = t.history || jsonb_build_object(
+            'attempt', t.attempts, 'state', 'manual_retry', 'worker', NULL,
+            'started_at', NULL, 'finished_at', now(),
+            'error', 'retried by an operator after ' || t.state
+                     || '; attempts start again from 0')
+    WHERE t.state IN ('failed', 'cancelled')
+      AND (%(ids)s::bigint[] IS NULL OR t.id = ANY(%(ids)s))
+      AND (%(states)s::text[] IS NULL OR t.state = ANY(%(states)s))
+      AND (%(queue)s::text IS NULL OR t.queue = %(queue)s)
+    RETURNING t.id, t.queue
+), woken AS (
+    SELECT pg_notify('pgtq', q.queue) FROM (SELECT DISTINCT queue FROM retried) AS q
+)
+SELECT (SELECT count(*) FROM woken) AS woken, array(SELECT id FROM retried ORDER BY id) AS ids;
+
+-- name: admin_cancel_task
+-- A queued task is cancelled at once; a running one gets a cancel request,
+-- which its worker acts on.  One UPDATE: a task that changes state meanwhile
+-- is re-read under its row lock, so the right branch applies (or none, and
+-- no row comes back).  Like cancel_task, it tells the running task's worker
+-- (pgtq_cancel) and anyone waiting for a cancelled task (pgtq_done).
+WITH changed AS (
+    UPDATE pgtq_tasks
+    SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
+        finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
+        error = CASE WHEN state = 'queued' THEN 'cancelled by an operator' ELSE error END,
+        cancel_requested_at = coalesce(cancel_requested_at, now())
+    WHERE id = %(id)s AND state IN ('queued', 'running')
+    RETURNING *
+), told AS (
+    SELECT pg_notify('pgtq_cancel', id::text) FROM changed WHERE state = 'running'
+), woken AS (
+    SELECT pg_notify('pgtq_done', id::text) FROM changed WHERE state = 'cancelled'
+)
+SELECT changed.*, (SELECT count(*) FROM told) + (SELECT count(*) FROM woken) AS notified
+FROM changed;
+
+-- name: admin_delete_task
+-- Only a finished task is deleted: the row is the truth until then.
+DELETE FROM pgtq_tasks
+WHERE id = %(id)s AND state IN ('succeeded', 'failed', 'cancelled')
+RETURNING id;
+
+-- name: admin_purge_tasks
+-- One batch of finished tasks older than the cutoff.  The caller repeats
+-- until a batch comes back short, so no statement holds many locks.
+DELETE FROM pgtq_tasks
+WHERE id IN (
+    SELECT id FROM pgtq_tasks
+    WHERE state = ANY(%(states)s)
+      AND state IN ('succeeded', 'failed', 'cancelled')
+      AND finished_at < now() - %(older_than)s * interval '1 second'
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id;
+
+-- name: admin_count_purgeable
+SELECT count(*)
+FROM pgtq_tasks
+WHERE state = ANY(%(states)s)
+  AND state IN ('succeeded', 'failed', 'cancelled')
+  AND finished_at < now() - %(older_than)s * interval '1 second'
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s);
+
+-- name: admin_throughput
+-- Tasks that ended in each of the last %(minutes)s minutes, by final state.
+WITH buckets AS (
+    SELECT generate_series(
+        date_trunc('minute', now()) - (%(minutes)s - 1) * interval '1 minute',
+        date_trunc('minute', now()),
+        interval '1 minute'
+    ) AS minute
+), ended AS (
+    SELECT date_trunc('minute', finished_at) AS minute, state
+    FROM pgtq_tasks
+    WHERE state IN ('succeeded', 'failed', 'cancelled')
+      AND finished_at >= date_trunc('minute', now()) - (%(minutes)s - 1) * interval '1 minute'
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+)
+SELECT b.minute,
+       count(e.state) FILTER (WHERE e.state = 'succeeded') AS succeeded,
+       count(e.state) FILTER (WHERE e.state = 'failed') AS failed,
+       count(e.state) FILTER (WHERE e.state = 'cancelled') AS cancelled
+FROM buckets AS b
+LEFT JOIN ended AS e ON e.minute = b.minute
+GROUP BY b.minute
+ORDER BY b.minute;

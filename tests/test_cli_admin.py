@@ -1,0 +1,279 @@
+"""``flask pgtq status|tasks|show|retry|cancel|delete|purge|workers``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskCliRunner
+
+from flask_pgtq import PgTq, State
+from tests.helpers import sql_all
+
+PASSWORD = "canary-Pa55word"
+
+
+@pytest.fixture(autouse=True)
+def package_logger() -> Iterator[None]:
+    """Undo what ``pgtq worker`` does to the ``flask_pgtq`` logger in-process."""
+    logger = logging.getLogger("flask_pgtq")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
+
+
+def make_app(dsn: str) -> Flask:
+    app = Flask(__name__)
+    app.config["PGTQ_DSN"] = dsn
+    app.config["PGTQ_RETRY_BACKOFF"] = 0
+    app.config["PGTQ_POLL_INTERVAL"] = 0.05
+    return app
+
+
+@pytest.fixture
+def app(dsn: str) -> Flask:
+    return make_app(dsn)
+
+
+@pytest.fixture
+def q(app: Flask) -> PgTq:
+    q = PgTq(app)
+
+    @q.handler()
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @q.handler(max_attempts=1, queue="risky")
+    def boom(message: str) -> None:
+        raise RuntimeError(message)
+
+    return q
+
+
+@pytest.fixture
+def runner(app: Flask, q: PgTq) -> FlaskCliRunner:
+    return app.test_cli_runner()
+
+
+def invoke(runner: FlaskCliRunner, *args: str, code: int = 0) -> str:
+    result = runner.invoke(args=["pgtq", *args])
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    return result.output
+
+
+@pytest.fixture
+def tasks(app: Flask, q: PgTq) -> dict[str, int]:
+    """Two succeeded adds, one queued add, one failed boom."""
+    with app.app_context():
+        done = [q.push("add", i, i).id for i in range(2)]
+        for _ in done:
+            q.pop().run()
+        waiting = q.push("add", 5, 5).id
+        failed = q.push("boom", "disk full").id
+        q.pop("risky").run()
+    return {"done": done[0], "waiting": waiting, "failed": failed}
+
+
+def test_status_table_and_json(runner: FlaskCliRunner, tasks: dict[str, int]) -> None:
+    out = invoke(runner, "status")
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "QUEUE", "READY", "SCHEDULED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED",
+        "OLDEST", "WAITING", "WORKERS",
+    ]
+    assert lines[1].split()[:7] == ["default", "1", "0", "0", "2", "0", "0"]
+    assert lines[2].split()[:7] == ["risky", "0", "0", "0", "0", "1", "0"]
+    # Aligned: every column starts where its header does.
+    assert lines[1].index("0 ") < lines[0].index("SUCCEEDED") + len("SUCCEEDED")
+    assert "0 live workers" in out
+
+    data = json.loads(invoke(runner, "status", "--json"))
+    default = data["queues"][0]
+    assert default["queue"] == "default"
+    assert default["counts"]["succeeded"] == 2
+    assert default["oldest_wait"] >= 0
+    assert data["live_workers"] == 0
+
+
+def test_status_of_an_empty_queue(runner: FlaskCliRunner) -> None:
+    assert "no tasks" in invoke(runner, "status")
+
+
+def test_tasks_lists_newest_first_with_filters(
+    runner: FlaskCliRunner, tasks: dict[str, int]
+) -> None:
+    out = invoke(runner, "tasks")
+    rows = out.splitlines()[1:5]
+    assert [int(r.split()[0]) for r in rows] == sorted(
+        [tasks["failed"], tasks["waiting"], tasks["done"], tasks["done"] + 1], reverse=True
+    )
+    failed_row = next(r for r in rows if r.split()[0] == str(tasks["failed"]))
+    assert "RuntimeError: disk full" in failed_row
+    assert "4 of 4 matching" in out
+
+    out = invoke(runner, "tasks", "--state", "failed")
+    assert "boom" in out and "add" not in out
+    out = invoke(runner, "tasks", "--name", "add", "--limit", "2")
+    assert "2 of 3 matching; older ones: --before" in out
+    before = out.rsplit("--before ", 1)[1].strip()
+    older = invoke(runner, "tasks", "--name", "add", "--before", before)
+    assert "1 of 3 matching" in older
+
+    data = json.loads(invoke(runner, "tasks", "--queue", "risky", "--json"))
+    assert [t["id"] for t in data["tasks"]] == [tasks["failed"]]
+    assert data["tasks"][0]["state"] == "failed"
+    assert data["total"] == 1
+    assert "no tasks match" in invoke(runner, "tasks", "--queue", "nothing-here")
+
+
+def test_tasks_refuses_an_unknown_state(runner: FlaskCliRunner) -> None:
+    result = runner.invoke(args=["pgtq", "tasks", "--state", "bogus"])
+    assert result.exit_code == 2
+
+
+def test_show_prints_arguments_error_and_history(
+    runner: FlaskCliRunner, tasks: dict[str, int]
+) -> None:
+    out = invoke(runner, "show", str(tasks["failed"]))
+    assert "\nstate     failed\n" in out
+    assert "\nattempts  1/1\n" in out
+    assert 'args:\n  [\n    "disk full"\n  ]' in out
+    error = out.split("\nerror:\n", 1)[1]
+    assert error.startswith("  Traceback (most recent call last)")
+    assert "RuntimeError: disk full" in error
+    history = out.split("\nhistory:\n", 1)[1].splitlines()
+    assert history[0].split() == ["ATTEMPT", "OUTCOME", "WORKER", "STARTED", "ENDED", "ERROR"]
+    assert history[1].split()[:2] == ["1", "failed"]
+    assert history[1].endswith("RuntimeError: disk full")
+
+    done = invoke(runner, "show", str(tasks["done"]))
+    assert "result:\n  0" in done
+
+    data = json.loads(invoke(runner, "show", str(tasks["failed"]), "--json"))
+    assert data["args"] == ["disk full"]
+    assert data["state"] == "failed"
+    assert data["history"][0]["state"] == "failed"
+    assert "RuntimeError: disk full" in data["error"]
+
+
+def test_show_an_unknown_task_fails(runner: FlaskCliRunner) -> None:
+    out = invoke(runner, "show", "424242", code=1)
+    assert "no task with id 424242" in out
+
+
+def test_retry_one_task_then_all_failed(
+    app: Flask, q: PgTq, runner: FlaskCliRunner, tasks: dict[str, int]
+) -> None:
+    out = invoke(runner, "retry", str(tasks["failed"]))
+    assert f"task {tasks['failed']} queued again" in out
+    with app.app_context():
+        task = q.get_task(tasks["failed"])
+        assert (task.state, task.attempts) == (State.QUEUED, 0)
+        q.pop("risky").run()
+
+    assert "is succeeded" in invoke(runner, "retry", str(tasks["done"]), code=1)
+    assert "is queued" in invoke(runner, "retry", str(tasks["waiting"]), code=1)
+    assert "0 failed tasks queued again" in invoke(
+        runner, "retry", "--failed", "--queue", "default"
+    )
+    assert "1 failed task queued again" in invoke(runner, "retry", "--failed")
+
+
+@pytest.mark.parametrize(
+    "args", [[], ["1", "--failed"], ["1", "--queue", "x"]], ids=["nothing", "both", "queue"]
+)
+def test_retry_usage_errors(runner: FlaskCliRunner, args: list[str]) -> None:
+    invoke(runner, "retry", *args, code=2)
+
+
+def test_cancel_queued_and_running(
+    app: Flask, q: PgTq, runner: FlaskCliRunner, tasks: dict[str, int]
+) -> None:
+    assert f"task {tasks['waiting']} cancelled" in invoke(runner, "cancel", str(tasks["waiting"]))
+    with app.app_context():
+        running = q.push("add", 1, 2)
+        q.pop()
+    out = invoke(runner, "cancel", str(running.id))
+    assert "cancel requested" in out
+    assert "only queued or running" in invoke(runner, "cancel", str(tasks["done"]), code=1)
+    assert "no task with id" in invoke(runner, "cancel", "999999", code=1)
+
+
+def test_delete_a_finished_task(runner: FlaskCliRunner, tasks: dict[str, int]) -> None:
+    assert "deleted" in invoke(runner, "delete", str(tasks["done"]))
+    assert "cancel it first" in invoke(runner, "delete", str(tasks["waiting"]), code=1)
+
+
+def test_purge_old_finished_tasks(
+    runner: FlaskCliRunner, tasks: dict[str, int], dsn: str
+) -> None:
+    sql_all(dsn, "UPDATE pgtq_tasks SET finished_at = now() - interval '8 days' "
+            "WHERE state = 'succeeded'")
+    assert "would delete 2 tasks" in invoke(
+        runner, "purge", "--state", "succeeded", "--older-than", "7d", "--dry-run"
+    )
+    assert "deleted 0 tasks" in invoke(
+        runner, "purge", "--state", "failed", "--older-than", "1h"
+    )
+    assert "deleted 2 tasks" in invoke(
+        runner, "purge", "--state", "succeeded", "--state", "failed", "--older-than", "7d"
+    )
+    assert sorted(r[0] for r in sql_all(dsn, "SELECT id FROM pgtq_tasks")) == sorted(
+        [tasks["waiting"], tasks["failed"]]
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--older-than", "7d"],
+        ["--state", "succeeded"],
+        ["--state", "queued", "--older-than", "1d"],
+        ["--state", "succeeded", "--older-than", "soon"],
+    ],
+    ids=["no-state", "no-age", "not-final", "bad-age"],
+)
+def test_purge_usage_errors(runner: FlaskCliRunner, args: list[str]) -> None:
+    invoke(runner, "purge", *args, code=2)
+
+
+def test_workers_table_and_json(app: Flask, q: PgTq, runner: FlaskCliRunner) -> None:
+    assert "no workers registered" in invoke(runner, "workers")
+    with app.app_context():
+        task = q.push("add", 1, 1)
+        q.pop()
+    out = invoke(runner, "workers")
+    header, row = out.splitlines()[:2]
+    assert header.split() == [
+        "ID", "HOST", "PID", "QUEUES", "THREADS", "HEARTBEAT", "STATE", "RUNNING"
+    ]
+    assert "(pop)" in row and "alive" in row and f"{task.id} add" in row
+    (worker,) = json.loads(invoke(runner, "workers", "--json"))
+    assert worker["alive"] is True
+    assert worker["tasks"][0]["id"] == task.id
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["status"], ["tasks"], ["show", "1"], ["retry", "1"], ["cancel", "1"], ["workers"],
+     ["purge", "--state", "succeeded", "--older-than", "1d"]],
+    ids=lambda a: a[0],
+)
+def test_commands_fail_cleanly_when_the_database_is_unreachable(args: list[str]) -> None:
+    app = make_app(
+        f"host=127.0.0.1 port=1 user=alice password={PASSWORD} dbname=shop connect_timeout=5"
+    )
+    PgTq(app)
+    result = app.test_cli_runner().invoke(args=["pgtq", *args])
+    assert result.exit_code == 1
+    assert "Error:" in result.output
+    assert "Traceback" not in result.output
+    assert PASSWORD not in result.output

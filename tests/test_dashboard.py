@@ -1,0 +1,383 @@
+"""The dashboard blueprint, through Flask's test client (the browser tests
+are in ``test_dashboard_browser.py``)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask import Flask, Response
+from flask.testing import FlaskClient
+
+from flask_pgtq import ConfigurationError, PgTq, State
+from tests.helpers import sql_all, sql_one
+
+PASSWORD = "canary-Pa55word"
+SECRET = "test secret key"
+
+
+def make_app(dsn: str, **config: Any) -> tuple[Flask, PgTq]:
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = SECRET
+    # The test server trusts everyone; the password is here to prove it never shows.
+    app.config["PGTQ_DSN"] = f"{dsn} password={PASSWORD}"
+    app.config["PGTQ_RETRY_BACKOFF"] = 0
+    app.config["PGTQ_DASHBOARD_URL_PREFIX"] = "/pgtq"
+    app.config["PGTQ_DASHBOARD_AUTH"] = lambda request: request.headers.get("X-Ops") == "yes"
+    app.config.update(config)
+    q = PgTq(app)
+
+    @q.handler()
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @q.handler(max_attempts=1, queue="risky")
+    def boom(message: str) -> None:
+        raise RuntimeError(message)
+
+    return app, q
+
+
+@pytest.fixture
+def app_q(dsn: str) -> tuple[Flask, PgTq]:
+    return make_app(dsn)
+
+
+@pytest.fixture
+def app(app_q: tuple[Flask, PgTq]) -> Flask:
+    return app_q[0]
+
+
+@pytest.fixture
+def q(app_q: tuple[Flask, PgTq]) -> PgTq:
+    return app_q[1]
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    client = app.test_client()
+    client.environ_base["HTTP_X_OPS"] = "yes"
+    return client
+
+
+@pytest.fixture
+def tasks(app: Flask, q: PgTq) -> dict[str, int]:
+    """A succeeded add, a queued add, a failed boom."""
+    with app.app_context():
+        done = q.push("add", 2, 3).id
+        q.pop().run()
+        waiting = q.push("add", 5, 5).id
+        failed = q.push("boom", "disk <full>").id
+        q.pop("risky").run()
+    return {"done": done, "waiting": waiting, "failed": failed}
+
+
+def text(response: Any) -> str:
+    return response.get_data(as_text=True)
+
+
+def csrf_token(page: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
+
+
+def state_of(dsn: str, task_id: int) -> str:
+    return sql_one(dsn, "SELECT state FROM pgtq_tasks WHERE id = %s", (task_id,))[0]
+
+
+# -- access control ----------------------------------------------------------------------------
+
+
+PAGES = ["/pgtq/", "/pgtq/tasks", "/pgtq/tasks/1", "/pgtq/workers", "/pgtq/static/pgtq.css"]
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_without_an_access_check_every_page_is_refused(dsn: str, path: str) -> None:
+    app, _ = make_app(dsn, PGTQ_DASHBOARD_AUTH=None)
+    response = app.test_client().get(path)
+    assert response.status_code == 403
+    assert "PGTQ_DASHBOARD_AUTH" in text(response)
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_a_request_the_check_refuses_gets_403(app: Flask, path: str) -> None:
+    response = app.test_client().get(path)
+    assert response.status_code == 403
+    assert "not allowed" in text(response)
+
+
+def test_posts_need_the_access_check_too(app: Flask, tasks: dict[str, int], dsn: str) -> None:
+    response = app.test_client().post(f"/pgtq/tasks/{tasks['failed']}/retry")
+    assert response.status_code == 403
+    assert state_of(dsn, tasks["failed"]) == "failed"
+
+
+def test_the_check_may_answer_with_its_own_response(dsn: str) -> None:
+    def basic_auth(request: Any) -> Any:
+        auth = request.authorization
+        if auth and (auth.username, auth.password) == ("ops", "s3cret"):
+            return True
+        return Response("login please", 401, {"WWW-Authenticate": 'Basic realm="pgtq"'})
+
+    app, _ = make_app(dsn, PGTQ_DASHBOARD_AUTH=basic_auth)
+    client = app.test_client()
+    refused = client.get("/pgtq/")
+    assert refused.status_code == 401
+    assert refused.headers["WWW-Authenticate"] == 'Basic realm="pgtq"'
+    assert client.get("/pgtq/", auth=("ops", "s3cret")).status_code == 200
+
+
+def test_local_only_serves_loopback_requests_that_came_through_no_proxy(dsn: str) -> None:
+    app, _ = make_app(dsn, PGTQ_DASHBOARD_AUTH="local-only")
+    client = app.test_client()
+    assert client.get("/pgtq/", environ_base={"REMOTE_ADDR": "127.0.0.1"}).status_code == 200
+    assert client.get("/pgtq/", environ_base={"REMOTE_ADDR": "::1"}).status_code == 200
+    assert client.get("/pgtq/", environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 403
+    proxied = client.get(
+        "/pgtq/",
+        environ_base={"REMOTE_ADDR": "127.0.0.1"},
+        headers={"X-Forwarded-For": "203.0.113.9"},
+    )
+    assert proxied.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("PGTQ_DASHBOARD_AUTH", "yes", "PGTQ_DASHBOARD_AUTH"),
+        ("PGTQ_DASHBOARD_URL_PREFIX", "pgtq", "PGTQ_DASHBOARD_URL_PREFIX"),
+        ("PGTQ_DASHBOARD_READ_ONLY", "no", "PGTQ_DASHBOARD_READ_ONLY"),
+    ],
+)
+def test_bad_dashboard_settings_are_refused(dsn: str, key: str, value: Any, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        make_app(dsn, **{key: value})
+
+
+def test_no_dashboard_unless_a_prefix_is_set(dsn: str) -> None:
+    app, _ = make_app(dsn, PGTQ_DASHBOARD_URL_PREFIX=None)
+    assert "pgtq_dashboard" not in app.blueprints
+    assert app.test_client().get("/pgtq/", headers={"X-Ops": "yes"}).status_code == 404
+
+
+# -- pages -------------------------------------------------------------------------------------
+
+
+def test_overview_shows_queues_counts_and_chart(
+    client: FlaskClient, tasks: dict[str, int]
+) -> None:
+    response = client.get("/pgtq/")
+    assert response.status_code == 200
+    page = text(response)
+    assert 'data-queue="default"' in page and 'data-queue="risky"' in page
+    assert re.search(r'<td class="n failed">\s*<a [^>]*state=failed[^>]*>1</a>', page)
+    assert '<svg class="chart" id="throughput"' in page
+    assert page.count('<rect class="succeeded"') == 1
+    assert page.count('<rect class="failed"') == 1
+    assert "1 succeeded, 1 failed, 0 cancelled" in page
+    assert PASSWORD not in page and "password" not in page.lower()
+
+
+def test_pages_send_security_headers_and_own_assets(client: FlaskClient) -> None:
+    response = client.get("/pgtq/")
+    csp = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert response.headers["Cache-Control"] == "no-store"
+    page = text(response)
+    assert "http://" not in page and "https://" not in page
+    css = client.get("/pgtq/static/pgtq.css")
+    assert css.status_code == 200 and "url(" not in text(css)
+    assert client.get("/pgtq/static/pgtq.js").status_code == 200
+
+
+def test_task_list_filters_and_pages(client: FlaskClient, app: Flask, q: PgTq) -> None:
+    with app.app_context():
+        ids = [q.push("add", i, i).id for i in range(60)]
+        failed = q.push("boom", "nope").id
+        q.pop("risky").run()
+    page = text(client.get("/pgtq/tasks"))
+    listed = [int(i) for i in re.findall(r'data-task-id="(\d+)"', page)]
+    assert listed == [failed, *reversed(ids)][:50]
+    assert "61 tasks match" in page
+    older = re.search(r'href="([^"]*before=\d+[^"]*)"', page)
+    assert older
+    second = text(client.get(older.group(1).replace("&amp;", "&")))
+    assert [int(i) for i in re.findall(r'data-task-id="(\d+)"', second)] == ids[:11][::-1]
+    assert "← Newer" in second
+
+    only_failed = text(client.get("/pgtq/tasks?state=failed"))
+    assert re.findall(r'data-task-id="(\d+)"', only_failed) == [str(failed)]
+    assert "RuntimeError: nope" in only_failed
+    assert '<option value="failed" selected>' in only_failed
+    by_name = text(client.get("/pgtq/tasks?name=boom&queue=risky"))
+    assert re.findall(r'data-task-id="(\d+)"', by_name) == [str(failed)]
+    assert "No tasks match" in text(client.get("/pgtq/tasks?queue=default&state=failed"))
+
+
+def test_bad_filters_are_a_400(client: FlaskClient) -> None:
+    assert client.get("/pgtq/tasks?state=bogus").status_code == 400
+    response = client.get("/pgtq/tasks?queue=%3Cscript%3E")
+    assert response.status_code == 400
+    assert "<script>" not in text(response)
+
+
+def test_task_detail_shows_everything(
+    client: FlaskClient, tasks: dict[str, int], dsn: str
+) -> None:
+    failed = text(client.get(f"/pgtq/tasks/{tasks['failed']}"))
+    assert "disk &lt;full&gt;" in failed and "disk <full>" not in failed
+    assert 'id="error"' in failed and "Traceback (most recent call last)" in failed
+    assert 'id="history"' in failed
+    assert 'value="retry"' in failed and 'value="delete"' in failed
+    assert 'value="cancel"' not in failed
+
+    done = text(client.get(f"/pgtq/tasks/{tasks['done']}"))
+    assert re.search(r'<pre id="result">5</pre>', done)
+    assert "succeeded the first time" in done
+
+    sql_all(dsn, "UPDATE pgtq_tasks SET progress = '{\"done\": 3, \"of\": 10}' WHERE id = %s",
+            (tasks["waiting"],))
+    waiting = text(client.get(f"/pgtq/tasks/{tasks['waiting']}"))
+    assert 'id="progress"' in waiting and "&#34;of&#34;: 10" in waiting
+    assert 'value="cancel"' in waiting and 'value="retry"' not in waiting
+    assert PASSWORD not in failed + done + waiting
+
+
+def test_unknown_task_is_a_404(client: FlaskClient) -> None:
+    assert client.get("/pgtq/tasks/999999").status_code == 404
+
+
+def test_workers_page_shows_heartbeat_and_current_task(
+    client: FlaskClient, app: Flask, q: PgTq
+) -> None:
+    assert "No worker is registered" in text(client.get("/pgtq/workers"))
+    with app.app_context():
+        task = q.push("add", 1, 1)
+        q.pop()
+    page = text(client.get("/pgtq/workers"))
+    assert "alive" in page
+    assert f'href="/pgtq/tasks/{task.id}"' in page
+    assert re.search(r"\ds ago", page)
+
+
+def test_database_down_is_a_503_without_secrets() -> None:
+    app, _ = make_app("host=127.0.0.1 port=1 user=alice dbname=shop connect_timeout=5")
+    response = app.test_client().get("/pgtq/", headers={"X-Ops": "yes"})
+    assert response.status_code == 503
+    assert PASSWORD not in text(response)
+
+
+# -- actions -----------------------------------------------------------------------------------
+
+
+def post_action(client: FlaskClient, task_id: int, action: str, **extra: Any) -> Any:
+    token = csrf_token(text(client.get(f"/pgtq/tasks/{task_id}")))
+    return client.post(f"/pgtq/tasks/{task_id}/{action}", data={"csrf_token": token}, **extra)
+
+
+def test_retry_with_a_csrf_token(
+    client: FlaskClient, app: Flask, q: PgTq, tasks: dict[str, int], dsn: str
+) -> None:
+    response = post_action(client, tasks["failed"], "retry")
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith(f"/pgtq/tasks/{tasks['failed']}?done=retried")
+    assert state_of(dsn, tasks["failed"]) == "queued"
+    assert "queued again" in text(client.get(response.headers["Location"]))
+
+
+def test_cancel_and_delete(client: FlaskClient, tasks: dict[str, int], dsn: str) -> None:
+    response = post_action(client, tasks["waiting"], "cancel")
+    assert response.status_code == 303 and "done=cancelled" in response.headers["Location"]
+    assert state_of(dsn, tasks["waiting"]) == "cancelled"
+    response = post_action(client, tasks["waiting"], "delete")
+    assert response.status_code == 303 and response.headers["Location"].endswith(
+        "/pgtq/tasks?done=deleted"
+    )
+    assert sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE id = %s",
+                   (tasks["waiting"],))[0] == 0
+
+
+def test_an_action_the_state_does_not_allow_is_a_409(
+    client: FlaskClient, tasks: dict[str, int], dsn: str
+) -> None:
+    response = post_action(client, tasks["done"], "retry")
+    assert response.status_code == 409
+    assert "only failed or cancelled tasks can be retried" in text(response)
+    assert state_of(dsn, tasks["done"]) == "succeeded"
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda token: {},
+        lambda token: {"csrf_token": ""},
+        lambda token: {"csrf_token": token[:-2] + "xx"},
+        lambda token: {"csrf_token": "not-a-token"},
+    ],
+    ids=["missing", "empty", "tampered", "garbage"],
+)
+def test_posts_without_a_valid_csrf_token_are_refused(
+    client: FlaskClient, tasks: dict[str, int], dsn: str, forge: Callable[[str], dict]
+) -> None:
+    token = csrf_token(text(client.get(f"/pgtq/tasks/{tasks['failed']}")))
+    response = client.post(f"/pgtq/tasks/{tasks['failed']}/retry", data=forge(token))
+    assert response.status_code == 403
+    assert "CSRF" in text(response)
+    assert state_of(dsn, tasks["failed"]) == "failed"
+
+
+def test_a_token_is_bound_to_its_cookie(
+    app: Flask, client: FlaskClient, tasks: dict[str, int], dsn: str
+) -> None:
+    token = csrf_token(text(client.get(f"/pgtq/tasks/{tasks['failed']}")))
+    stranger = app.test_client()
+    stranger.environ_base["HTTP_X_OPS"] = "yes"
+    text(stranger.get("/pgtq/"))  # has a cookie of its own
+    response = stranger.post(f"/pgtq/tasks/{tasks['failed']}/retry", data={"csrf_token": token})
+    assert response.status_code == 403
+    assert state_of(dsn, tasks["failed"]) == "failed"
+
+
+def test_cross_site_posts_are_refused(
+    client: FlaskClient, tasks: dict[str, int], dsn: str
+) -> None:
+    response = post_action(
+        client, tasks["failed"], "retry", headers={"Sec-Fetch-Site": "cross-site"}
+    )
+    assert response.status_code == 403
+    assert state_of(dsn, tasks["failed"]) == "failed"
+
+
+def test_actions_are_post_only(client: FlaskClient, tasks: dict[str, int], dsn: str) -> None:
+    assert client.get(f"/pgtq/tasks/{tasks['failed']}/retry").status_code == 405
+    assert state_of(dsn, tasks["failed"]) == "failed"
+
+
+def test_read_only_hides_and_refuses_actions(dsn: str) -> None:
+    app, q = make_app(dsn, PGTQ_DASHBOARD_READ_ONLY=True)
+    with app.app_context():
+        task_id = q.push("boom", "x").id
+        q.pop("risky").run()
+    client = app.test_client()
+    client.environ_base["HTTP_X_OPS"] = "yes"
+    page = text(client.get(f"/pgtq/tasks/{task_id}"))
+    assert "Read-only" in page and 'name="csrf_token"' not in page
+    response = client.post(f"/pgtq/tasks/{task_id}/retry", data={"csrf_token": "x"})
+    assert response.status_code == 403
+    with app.app_context():
+        assert q.get_task(task_id).state is State.FAILED
+
+
+def test_without_a_secret_key_actions_are_off(dsn: str) -> None:
+    app, q = make_app(dsn, SECRET_KEY=None)
+    with app.app_context():
+        task_id = q.push("boom", "x").id
+        q.pop("risky").run()
+    client = app.test_client()
+    client.environ_base["HTTP_X_OPS"] = "yes"
+    page = text(client.get(f"/pgtq/tasks/{task_id}"))
+    assert "set the app's SECRET_KEY" in page and 'value="retry"' not in page
+    assert client.post(f"/pgtq/tasks/{task_id}/retry").status_code == 403
