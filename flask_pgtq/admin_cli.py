@@ -20,6 +20,10 @@ from .admin import (
     FILTER_STATES,
     FINAL_STATES,
     Admin,
+)
+from .cli import _extension, pgtq_cli
+from .exceptions import PgTqError
+from .formatting import (
     dumps,
     error_summary,
     format_age,
@@ -29,8 +33,6 @@ from .admin import (
     parse_duration,
     task_as_json,
 )
-from .cli import _extension, pgtq_cli
-from .exceptions import PgTqError
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 

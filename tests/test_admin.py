@@ -17,6 +17,8 @@ from flask_pgtq import PgTq, State, TaskNotFound
 from flask_pgtq.admin import (
     ActionNotAllowed,
     Admin,
+)
+from flask_pgtq.formatting import (
     error_summary,
     format_age,
     format_time,
@@ -454,7 +456,7 @@ def test_formatting_helpers() -> None:
 
 def test_admin_logs_and_metrics_do_not_import_flask() -> None:
     code = (
-        "import sys, flask_pgtq.admin, flask_pgtq.logs, flask_pgtq.metrics\n"
+        "import sys, flask_pgtq.admin, flask_pgtq.formatting, flask_pgtq.logs, flask_pgtq.metrics\n"
         "print(sorted(m for m in sys.modules if m == 'flask' or m.startswith('flask.')))\n"
     )
     result = subprocess.run(

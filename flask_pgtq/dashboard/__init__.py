@@ -37,13 +37,15 @@ from ..admin import (
     FINAL_STATES,
     ActionNotAllowed,
     Admin,
+)
+from ..exceptions import DatabaseError, InvalidName, TaskNotFound
+from ..formatting import (
     dumps,
     error_summary,
     format_age,
     format_time,
     history_label,
 )
-from ..exceptions import DatabaseError, InvalidName, TaskNotFound
 from .chart import build_chart
 
 blueprint = Blueprint(

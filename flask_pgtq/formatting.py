@@ -1,0 +1,128 @@
+"""Showing tasks to people: one-line error summaries, times, ages, durations
+and JSON.  Shared by the command line and the dashboard; no Flask here."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from .task import State, Task
+
+_EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(: .*)?")
+
+
+def error_summary(text: str | None) -> str | None:
+    """One line that says what went wrong: for a traceback, the exception
+    line (``ValueError: nope``, even when more lines follow it); otherwise
+    the last non-blank line."""
+    if not text:
+        return None
+    lines = text.rstrip().splitlines()
+    frames = [
+        i
+        for i, line in enumerate(lines)
+        if line.startswith(("Traceback (most recent", '  File "'))
+    ]
+    if frames:
+        for line in lines[frames[-1] + 1 :]:
+            if line and not line[0].isspace() and _EXCEPTION_LINE.fullmatch(line):
+                return line.strip()
+    stripped = [line.strip() for line in lines if line.strip()]
+    return stripped[-1] if stripped else None
+
+
+def jsonable(value: Any) -> Any:
+    """*value* with datetimes as ISO 8601 strings, for ``json.dumps``."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def task_as_json(task: Task) -> dict[str, Any]:
+    """Every column of *task*, JSON-ready."""
+    from .task import _COLUMNS
+
+    return jsonable({name: _plain(getattr(task, name)) for name in _COLUMNS})
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, State) else value
+
+
+#: How history entries' ``state`` reads for people: an attempt recorded as
+#: ``queued`` failed and was retried; ``lost`` was rescued after its worker
+#: died; ``manual_retry`` marks :meth:`Admin.retry`.
+HISTORY_LABELS = {"queued": "retried", "manual_retry": "manual retry", "lost": "lost"}
+
+
+def history_label(state: str | None) -> str:
+    """What a history entry's *state* means, in a word or two."""
+    return HISTORY_LABELS.get(state or "", state or "-")
+
+
+def format_time(value: datetime | str | None) -> str:
+    """``2024-05-01 12:03:04Z`` (UTC), or ``-``.  Takes a datetime or an ISO
+    8601 string (as the timestamps in ``history`` are)."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    else:
+        moment = value
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def format_age(seconds: float | None) -> str:
+    """A short human age: ``"45s"``, ``"3m 12s"``, ``"2h 5m"``, ``"3d 4h"``."""
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {seconds}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h {minutes}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h"
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", re.IGNORECASE)
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"90"``, ``"90s"``, ``"15m"``, ``"12h"``, ``"7d"``, ``"2w"``
+    or a sum such as ``"1h30m"``.
+
+    :raises ValueError: anything else.
+    """
+    pos, total = 0, 0.0
+    text = text.strip()
+    if not text:
+        raise ValueError("empty duration")
+    while pos < len(text):
+        match = _DURATION.match(text, pos)
+        if match is None or match.end() == pos:
+            raise ValueError(
+                f"not a duration: {text!r} (use seconds or e.g. 90s, 15m, 12h, 7d, 2w)"
+            )
+        total += float(match.group(1)) * _UNITS[match.group(2).lower()]
+        pos = match.end()
+    return total
+
+
+def dumps(value: Any) -> str:
+    """Pretty JSON for people (arguments, results, progress)."""
+    return json.dumps(jsonable(value), indent=2, ensure_ascii=False, sort_keys=False)
