@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskCliRunner
 
 from flask_pgtq import PgTq, State
-from tests.helpers import sql_all
+from tests import worker_app
+from tests.helpers import poll_until, sql_all
+from tests.workers import runs
 
 PASSWORD = "canary-Pa55word"
 
@@ -277,3 +280,26 @@ def test_commands_fail_cleanly_when_the_database_is_unreachable(args: list[str])
     assert "Error:" in result.output
     assert "Traceback" not in result.output
     assert PASSWORD not in result.output
+
+
+@pytest.mark.slow
+def test_cancel_stops_a_task_running_in_a_real_worker(
+    dsn: str, start_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PGTQ_TEST_APP_DSN", dsn)
+    app = worker_app.create_app()
+    with app.app_context():
+        task = worker_app.stubborn.push("cancel-me")
+    start_worker(settings={"PGTQ_CANCEL_GRACE": 0.5})
+    poll_until(lambda: runs(dsn, "cancel-me"), 10, 0.02, "the task to start")
+
+    out = invoke(app.test_cli_runner(), "cancel", str(task.id))
+    assert "cancel requested" in out
+    poll_until(
+        lambda: sql_all(dsn, "SELECT state FROM pgtq_tasks WHERE id = %s", (task.id,))
+        == [("cancelled",)],
+        15,
+        0.05,
+        "the worker to stop the task",
+    )
+    assert [r["event"] for r in runs(dsn, "cancel-me")] == ["started"]
