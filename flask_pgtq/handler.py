@@ -8,6 +8,7 @@ with the function's own keyword arguments.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -191,6 +192,11 @@ class Handler(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Handler {self.name!r}>"
+
+    @functools.cached_property
+    def signature(self) -> inspect.Signature:
+        """The function's signature, to check a task's arguments before a run."""
+        return inspect.signature(self.func)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function now, in this thread.  No task is stored."""

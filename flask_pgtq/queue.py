@@ -136,21 +136,17 @@ class TaskStore:
         }
         if unique_key is not None:
             return self._push_unique(params, conn)
-        (task,) = self._tasks(
-            "push_task",
-            {
-                "queue": queue,
-                "name": name,
-                "args": args_json,
-                "kwargs": kwargs_json,
-                "priority": priority,
-                "max_attempts": max_attempts,
-                "delay": delay,
-                "run_at": run_at,
-            },
-            conn,
+        # Only the columns the database decides come back; the rest we sent.
+        (row,) = self._rows("push_task", params, conn)
+        row.update(
+            queue=queue,
+            name=name,
+            args=json.loads(args_json),
+            kwargs=json.loads(kwargs_json),
+            priority=priority,
+            max_attempts=max_attempts,
         )
-        return task
+        return Task.from_row(row, self.backend)
 
     def _push_unique(self, params: dict[str, Any], conn: Any) -> Task:
         # A concurrent holder may commit (or roll back) while we wait on the
@@ -294,21 +290,61 @@ class TaskStore:
         Tasks of handlers in *limits* are claimed only within their limits
         (each under a lock shared by all workers, one transaction each).
         """
-        tasks = self._tasks(
-            "claim_tasks",
+        return self.finish_and_claim(owner, (), queue, limit, limits)[1]
+
+    def finish(self, owner: str, outcomes: Iterable[Outcome]) -> set[int]:
+        """Record outcomes in one statement.
+
+        :return: the ids whose outcome was recorded; any other id had been
+            taken from *owner* (lease lost) and was left untouched.
+        """
+        outcomes = list(outcomes)
+        if not outcomes:
+            return set()
+        return self.finish_and_claim(owner, outcomes, "", 0)[0]
+
+    def finish_and_claim(
+        self,
+        owner: str,
+        outcomes: Iterable[Outcome],
+        queue: str,
+        limit: int,
+        limits: Sequence[Limit] = (),
+        excluded: Sequence[str] | None = None,
+        prefetch: int = 0,
+    ) -> tuple[set[int], list[Task]]:
+        """Record *outcomes* and claim up to *limit* tasks of *queue*, in one
+        round trip.
+
+        Tasks of the handlers in *limits* are then claimed within their
+        limits; tasks named in *excluded* (default: those of *limits*) are
+        never claimed by the plain claim.  Up to *prefetch* more tasks are
+        claimed to wait for a thread, among those with an attempt to spare.
+
+        :return: the ids whose outcome was recorded (any other had been taken
+            from *owner*: lease lost), and the claimed tasks, best first.
+        """
+        batch = [o.as_json() for o in outcomes]
+        rows = self._rows(
+            "finish_and_claim",
             {
                 "owner": owner,
+                "outcomes": json.dumps(batch) if batch else "[]",
+                "durable": bool(batch),
                 "queue": queue,
                 "limit": limit,
-                "limited": [lim.name for lim in limits],
+                "prefetch": prefetch,
+                "limited": [lim.name for lim in limits] if excluded is None else list(excluded),
             },
         )
+        done = set(rows[0]["done_ids"]) if rows else set()
+        tasks = [Task.from_row(row, self.backend) for row in rows if row["id"] is not None]
         for lim in limits:
             if len(tasks) >= limit:
                 break
             tasks += self._claim_limited(owner, queue, limit - len(tasks), lim)
         tasks.sort(key=lambda t: (-t.priority, t.run_at, t.id))
-        return tasks
+        return done, tasks
 
     def _claim_limited(self, owner: str, queue: str, limit: int, lim: Limit) -> list[Task]:
         params = {
@@ -331,18 +367,6 @@ class TaskStore:
                     conn.rollback()
                 raise
         return [Task.from_row(row, self.backend) for row in rows]
-
-    def finish(self, owner: str, outcomes: Iterable[Outcome]) -> set[int]:
-        """Record outcomes in one statement.
-
-        :return: the ids whose outcome was recorded; any other id had been
-            taken from *owner* (lease lost) and was left untouched.
-        """
-        batch = [o.as_json() for o in outcomes]
-        if not batch:
-            return set()
-        rows = self._rows("finish_tasks", {"owner": owner, "outcomes": json.dumps(batch)})
-        return {row["id"] for row in rows}
 
     def release(self, owner: str, task_ids: Sequence[int]) -> list[int]:
         """Put *owner*'s running tasks back in the queue at once, uncounted."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import inspect
 import json
 import logging
 import random
@@ -124,7 +123,7 @@ class Runner:
                 "module that defines it)",
             )
         try:
-            inspect.signature(handler.func).bind(*task.args, **task.kwargs)
+            handler.signature.bind(*task.args, **task.kwargs)
         except TypeError as exc:
             return Outcome(
                 task,
@@ -228,6 +227,12 @@ class Runner:
         """
         outcomes = list(outcomes)
         accepted = self.store.finish(owner, outcomes)
+        self.report(owner, outcomes, accepted)
+        return accepted
+
+    def report(self, owner: str, outcomes: Iterable[Outcome], accepted: set[int]) -> None:
+        """Log and signal outcomes just recorded; *accepted* are the ids the
+        database took (the others lost their lease)."""
         for outcome in outcomes:
             if outcome.task.id in accepted:
                 self.announce(outcome)
@@ -241,7 +246,6 @@ class Runner:
                     outcome.state.value,
                     owner,
                 )
-        return accepted
 
     def announce(self, outcome: Outcome) -> None:
         """Log one line and send the signal for a recorded outcome."""

@@ -46,6 +46,12 @@ BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 1.0
 #: Exit code asking for a fresh process: a handler could not be stopped.
 EXIT_RESTART = 75
+#: Seconds a prefetched task should wait for a thread, at most (roughly).
+PREFETCH_WAIT = 0.05
+#: Finished attempts that make a handler thread wake the main thread even
+#: while it still has tasks to run; and the longest an outcome waits.
+FLUSH_BATCH = 64
+FLUSH_DELAY = 0.02
 
 
 class Worker:
@@ -87,6 +93,7 @@ class Worker:
         self.stop_reason: str | None = None
         self.exit_code = 0
         self.limits = [h.limit for h in runner.handlers.values() if h.limit is not None]
+        self._limited_names = [lim.name for lim in self.limits]
         default = self.config.queue
         self.scheduler = Scheduler(
             self.store,
@@ -108,6 +115,10 @@ class Worker:
         self._failures = 0
         self._turn = 0
         self._heartbeat_stop = threading.Event()
+        #: Mean handler run time (seconds, moving average), for prefetching.
+        self._mean_run: float | None = None
+        #: When each limited handler is next worth a claim (monotonic).
+        self._limits_due: dict[str, float] = {}
 
     # -- public -------------------------------------------------------------
 
@@ -245,9 +256,9 @@ class Worker:
         next_prune = time.monotonic() + self.config.prune_interval * random.uniform(0, 1)
         while not self.stop_requests:
             try:
-                self._flush()
                 self._supervise()
                 if self.stop_requests or self._over_memory():
+                    self._flush()
                     break
                 now = time.monotonic()
                 if now >= next_rescue:
@@ -259,7 +270,7 @@ class Worker:
                 self.scheduler.tick()
                 if self.config.listen:
                     self.listener.ensure()
-                got = self._claim()
+                got = self._round()
                 self._failures = 0
             except DatabaseError as exc:
                 self._backoff("working", exc)
@@ -276,6 +287,8 @@ class Worker:
 
     def _next_wait(self) -> float:
         timeout = self.config.poll_interval
+        if self._finished:
+            timeout = FLUSH_DELAY
         if self.config.listen and not self.listener.connected:
             # No LISTEN yet: wake up in time to try again.
             timeout = min(timeout, self.listener.next_try - time.monotonic())
@@ -287,12 +300,29 @@ class Worker:
             timeout = min(timeout, fire + 0.001)
         return max(0.0, timeout)
 
-    def _claim(self) -> int:
-        """Claim tasks into free handler threads; return how many."""
-        free = self.concurrency - len(self._running)
+    def _room(self) -> tuple[int, int]:
+        """How many tasks to claim now: for free threads, and to prefetch
+        (adaptive: what the threads get through in about PREFETCH_WAIT)."""
+        prefetch = 0
+        if self.config.prefetch and self._mean_run is not None:
+            fits = self.concurrency * PREFETCH_WAIT / max(self._mean_run, 1e-6)
+            prefetch = min(self.config.prefetch, int(fits))
+        held = len(self._running) - len(self._finished)
+        free = max(self.concurrency - held, 0)
+        ahead = max(self.concurrency + prefetch - held - free, 0)
         if self.max_tasks is not None:
             free = min(free, self.max_tasks - self.claimed)
-        if free <= 0:
+            ahead = min(ahead, self.max_tasks - self.claimed - free)
+        return free, max(ahead, 0)
+
+    def _round(self) -> int:
+        """Record finished attempts and claim new tasks: one round trip per
+        queue served (outcomes go with the first).  Returns how many tasks
+        were claimed."""
+        free, ahead = self._room()
+        room = free + ahead
+        outcomes = self._take_finished()
+        if not outcomes and room == 0:
             return 0
         got = 0
         count = len(self.queues)
@@ -300,32 +330,73 @@ class Worker:
         self._turn = (self._turn + 1) % count
         for i in range(count):
             queue = self.queues[(start + i) % count]
-            tasks = self.store.claim(self.id, queue, free - got, self.limits)
+            limits = self._due_limits()
+            # An even share of the room per queue (what one leaves, the next
+            # may take), so a flood in one queue cannot crowd out the others.
+            share = -(-(room - got) // (count - i))
+            now = min(share, max(free - got, 0))
+            try:
+                accepted, tasks = self.store.finish_and_claim(
+                    self.id, outcomes, queue, now, limits, self._limited_names, share - now
+                )
+            except BaseException:
+                self._finished.extendleft(reversed(outcomes))
+                raise
+            if outcomes:
+                self._recorded(outcomes, accepted)
+                outcomes = []
+            self._note_limits(limits, tasks)
             for task in tasks:
                 self._running[task.id] = task
                 self._inbox.put(task)
             got += len(tasks)
-            if got >= free:
+            if got >= room:
                 break
         self.claimed += got
         return got
 
-    def _flush(self) -> None:
-        """Record finished attempts in one statement."""
-        if not self._finished:
-            return
+    def _take_finished(self) -> list[Outcome]:
         batch = []
         while self._finished:
             outcome = self._finished.popleft()
             if outcome.task.id not in self._abandoned:
                 batch.append(outcome)
-        try:
-            self.runner.record(self.id, batch)
-        except BaseException:
-            self._finished.extendleft(reversed(batch))
-            raise
-        for outcome in batch:
+        return batch
+
+    def _recorded(self, outcomes: list[Outcome], accepted: set[int]) -> None:
+        """Bookkeeping, logs and signals once outcomes are committed."""
+        for outcome in outcomes:
             self._running.pop(outcome.task.id, None)
+            run = outcome.duration
+            self._mean_run = run if self._mean_run is None else 0.9 * self._mean_run + 0.1 * run
+            if outcome.task.name in self._limits_due:
+                self._limits_due[outcome.task.name] = 0.0  # a slot may have freed
+        self.runner.report(self.id, outcomes, accepted)
+
+    def _flush(self) -> None:
+        """Record finished attempts without claiming (when stopping)."""
+        outcomes = self._take_finished()
+        if not outcomes:
+            return
+        try:
+            accepted = self.store.finish(self.id, outcomes)
+        except BaseException:
+            self._finished.extendleft(reversed(outcomes))
+            raise
+        self._recorded(outcomes, accepted)
+
+    def _due_limits(self) -> list[Any]:
+        """Limited handlers worth a claim now.  Each costs a short transaction,
+        so one that had nothing is tried again after a poll interval, or
+        sooner on news (a NOTIFY, one of its tasks finishing)."""
+        now = time.monotonic()
+        return [lim for lim in self.limits if self._limits_due.get(lim.name, 0.0) <= now]
+
+    def _note_limits(self, tried: list[Any], tasks: list[Task]) -> None:
+        claimed = {task.name for task in tasks}
+        later = time.monotonic() + self.config.poll_interval
+        for lim in tried:
+            self._limits_due[lim.name] = 0.0 if lim.name in claimed else later
 
     def _supervise(self) -> None:
         """Pass on cancel requests, stop overdue handlers, give up on stuck ones."""
@@ -405,7 +476,10 @@ class Worker:
                 if outcome is None:
                     outcome = self.runner.abandoned(task, type(exc))
             self._finished.append(outcome)  # type: ignore[arg-type]
-            self._wake()
+            # The main thread flushes in batches: wake it when this thread
+            # runs out of work, or a batch is ready (else within FLUSH_DELAY).
+            if self._inbox.empty() or len(self._finished) >= FLUSH_BATCH:
+                self._wake()
 
     def _heartbeat(self) -> None:
         while not self._heartbeat_stop.wait(self.config.heartbeat_interval):
@@ -450,6 +524,8 @@ class Worker:
             for channel, payload in self.listener.drain():
                 if channel == "pgtq_cancel" and payload.isdigit():
                     self._cancels.add(int(payload))
+                elif channel == "pgtq":
+                    self._limits_due.clear()  # new tasks: limited ones may be among them
         elif not ready and listen:
             self.listener.check()
 

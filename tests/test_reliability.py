@@ -255,7 +255,10 @@ def test_poison_tasks_fail_after_max_attempts_and_spare_the_rest(app, dsn, start
         task = worker_app.q.get_task(task_id)
         assert task.state is State.FAILED, how
         assert task.attempts == 3, how
-        assert len(runs(dsn, how)) == 3, how
+        # A task prefetched by a worker that another poison task killed loses
+        # that attempt without running (only tasks with an attempt to spare
+        # are prefetched): it ran at least once, at most max_attempts times.
+        assert 1 <= len(runs(dsn, how)) <= 3, how
     # os._exit and a segfault kill the worker: each attempt is rescued ("lost"),
     # with backoff before the next one.
     for how in ("exit", "segfault"):
@@ -354,11 +357,15 @@ def test_connection_budget_of_a_busy_worker(app, dsn, start_worker):
         assert time.monotonic() < deadline
         rows = sql_all(
             dsn,
-            "SELECT state FROM pg_stat_activity WHERE application_name LIKE %s",
+            "SELECT state, now() - xact_start > interval '100 ms' FROM pg_stat_activity "
+            "WHERE application_name LIKE %s",
             (f"flask_pgtq%:{worker.pid}",),
         )
         peak = max(peak, len(rows))
-        in_transaction += sum(1 for (state,) in rows if state.startswith("idle in transaction"))
+        # A transaction left open (idle in it for more than a round trip).
+        in_transaction += sum(
+            1 for state, long in rows if state.startswith("idle in transaction") and long
+        )
     # The documented budget: one LISTEN connection plus at most two pooled
     # ones (claims/outcomes and heartbeats), whatever the concurrency.
     assert 1 <= peak <= 3
@@ -379,11 +386,14 @@ def test_claim_uses_the_ready_index_with_a_large_history(dsn, db):
         from flask_pgtq import queries
 
         cur.execute(
-            "EXPLAIN " + queries.get("claim_tasks"),
+            "EXPLAIN " + queries.get("finish_and_claim"),
             {
                 "owner": "00000000-0000-0000-0000-000000000000",
+                "outcomes": "[]",
+                "durable": False,
                 "queue": "default",
                 "limit": 5,
+                "prefetch": 20,
                 "limited": [],
             },
         )

@@ -29,41 +29,29 @@ VALUES (
     %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s, %(max_attempts)s,
     coalesce(%(run_at)s, now() + %(delay)s * interval '1 second')
 )
-RETURNING *;
+RETURNING id, state, run_at, created_at;
 
 -- name: get_task
 SELECT * FROM pgtq_tasks WHERE id = %(id)s;
 
--- name: claim_tasks
--- Highest priority first, then oldest.  Committed before any handler runs.
-WITH picked AS (
-    SELECT id
-    FROM pgtq_tasks
-    WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now()
-      -- Handlers with concurrency or rate limits are claimed by
-      -- claim_limited_tasks instead.
-      AND name <> ALL(%(limited)s::text[])
-    ORDER BY priority DESC, run_at, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE pgtq_tasks AS t
-SET state = 'running',
-    attempts = t.attempts + 1,
-    locked_by = %(owner)s,
-    started_at = now(),
-    finished_at = NULL
-FROM picked
-WHERE t.id = picked.id
-RETURNING t.*;
-
--- name: finish_tasks
--- Record outcomes, fenced on (id, attempt, owner, running): an owner that lost
--- its lease updates nothing.  Outcomes come as one JSON array:
+-- name: finish_and_claim
+-- The worker's one statement per round: record finished attempts and claim
+-- new tasks (highest priority first, then oldest), both committed before
+-- any handler runs.
+--
+-- Outcomes are fenced on (id, attempt, owner, running): an owner that lost
+-- its lease updates nothing.  They come as one JSON array:
 -- [{"id", "attempt", "state", "result" (JSON text), "error", "delay"}].
 -- Waiters (Task.wait) are woken by one NOTIFY on pgtq_done listing the ids
 -- that reached a final state (an empty payload when the list is too long).
-WITH outcome AS (
+--
+-- A round that only claims commits asynchronously (%(durable)s false): a
+-- claim lost in a server crash leaves the task queued, so it runs again,
+-- which at-least-once delivery allows.  Outcomes are always durable.
+WITH durability AS (
+    SELECT set_config('synchronous_commit', CASE WHEN %(durable)s THEN 'on' ELSE 'off' END,
+                      true) AS setting
+), outcome AS (
     SELECT *
     FROM jsonb_to_recordset(%(outcomes)s::jsonb)
         AS o(id bigint, attempt integer, state text, result text, error text, delay float8)
@@ -91,8 +79,53 @@ WITH outcome AS (
     SELECT pg_notify('pgtq_done', CASE WHEN length(f.ids) < 7900 THEN f.ids ELSE '' END)
     FROM (SELECT string_agg(id::text, ',') AS ids FROM done WHERE state <> 'queued') AS f
     WHERE f.ids IS NOT NULL
+), picked_now AS (
+    -- The snapshot predates "done": a task finished (or retried) in this
+    -- statement still looks running here and is not claimed again.
+    SELECT id
+    FROM pgtq_tasks
+    WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now()
+      -- Handlers with concurrency or rate limits are claimed by
+      -- claim_limited_tasks instead.
+      AND name <> ALL(%(limited)s::text[])
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), picked_ahead AS (
+    -- Prefetched tasks wait in the worker for a free thread: if the worker
+    -- dies meanwhile they lose an attempt without running, so only tasks
+    -- with an attempt to spare are prefetched.
+    SELECT id
+    FROM pgtq_tasks
+    WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now()
+      AND name <> ALL(%(limited)s::text[])
+      AND max_attempts - attempts >= 2
+      AND id NOT IN (SELECT id FROM picked_now)
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(prefetch)s
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id FROM picked_now UNION ALL SELECT id FROM picked_ahead
+), claimed AS (
+    UPDATE pgtq_tasks AS t
+    SET state = 'running',
+        attempts = t.attempts + 1,
+        locked_by = %(owner)s,
+        started_at = now(),
+        finished_at = NULL
+    FROM picked
+    WHERE t.id = picked.id
+    RETURNING t.*
 )
-SELECT id, state, (SELECT count(*) FROM woken) AS woken FROM done;
+-- Every CTE above must be referenced to run: hence the extra columns.
+SELECT f.done_ids, f.woken, f.durability, c.*
+FROM (
+    SELECT coalesce(array_agg(id), '{}') AS done_ids,
+           (SELECT count(*) FROM woken) AS woken,
+           (SELECT setting FROM durability) AS durability
+    FROM done
+) AS f
+LEFT JOIN claimed AS c ON true;
 
 -- name: release_tasks
 -- Give tasks back at once (worker shutdown).  The interrupted attempt is not
