@@ -54,7 +54,7 @@ def bouncer_port(pg_server) -> Iterator[int]:
         "unix_socket_dir =\n"
         "auth_type = any\n"
         "pool_mode = transaction\n"
-        "default_pool_size = 8\n"
+        "default_pool_size = 20\n"
         "max_client_conn = 300\n"
         "server_reset_query =\n"
         f"logfile = {folder}/pgbouncer.log\n"
