@@ -161,7 +161,7 @@ class PgTq:
         rate_limit: str | None = None,
     ) -> Callable[[Callable[P, R]], Handler[P, R]]: ...
 
-    def handler(
+    def handler(  # type: ignore[misc]  # mypy and ParamSpec in overloads
         self,
         func: Callable[..., Any] | None = None,
         /,
