@@ -305,17 +305,10 @@ class PgTq:
         if config.eager:
             return self._run_eagerly(bound, name, args_json, kwargs_json, options)
         task = bound.store.push(
-            name,
+            options.insert(name, config),
             args_json,
             kwargs_json,
-            queue=options.queue or config.queue,
-            priority=options.priority or 0,
-            max_attempts=options.max_attempts or config.max_attempts,
-            delay=options.delay,
-            run_at=options.eta,
-            unique_key=options.unique_key,
-            unique_for=options.unique_for,
-            conn=None if connection is None else dbapi_connection(connection),
+            None if connection is None else dbapi_connection(connection),
         )
         if task.is_new is not False:
             signals.send(signals.task_pushed, bound.runner.sender, task=task)
@@ -341,24 +334,19 @@ class PgTq:
             for a, k in zip(args_json, kwargs_json, strict=True):
                 self._run_eagerly(bound, name, a, k, options)
             return [0] * len(args_json)
-        queue = options.queue or config.queue
+        spec = options.insert(name, config)
         ids = bound.store.push_many(
-            name,
+            spec,
             args_json,
             kwargs_json,
-            queue=queue,
-            priority=options.priority or 0,
-            max_attempts=options.max_attempts or config.max_attempts,
-            delay=options.delay,
-            run_at=options.eta,
-            conn=None if connection is None else dbapi_connection(connection),
+            None if connection is None else dbapi_connection(connection),
         )
         if signals.tasks_pushed.receivers:
             signals.send(
                 signals.tasks_pushed,
                 bound.runner.sender,
                 name=name,
-                queue=queue,
+                queue=spec.queue,
                 ids=ids,
                 args=[json.loads(a) for a in args_json],
                 kwargs=[json.loads(k) for k in kwargs_json],
@@ -369,17 +357,17 @@ class PgTq:
         self, bound: Bound, name: str, args_json: str, kwargs_json: str, options: PushOptions
     ) -> Task:
         """``PGTQ_EAGER``: run now, with arguments as a worker would see them."""
-        config = bound.config
+        spec = options.insert(name, bound.config)
         task = Task(
             id=0,
             name=name,
-            queue=options.queue or config.queue,
+            queue=spec.queue,
             args=json.loads(args_json),
             kwargs=json.loads(kwargs_json),
             state=State.RUNNING,
-            priority=options.priority or 0,
+            priority=spec.priority,
             attempts=1,
-            max_attempts=options.max_attempts or config.max_attempts,
+            max_attempts=spec.max_attempts,
         )
         signals.send(signals.task_pushed, bound.runner.sender, task=task)
         value = self._handlers[name].func(*task.args, **task.kwargs)

@@ -20,7 +20,9 @@ from .config import validate_name
 from .exceptions import ArgumentsNotSerializable, ConfigurationError
 
 if TYPE_CHECKING:
+    from .config import Config
     from .extension import PgTq
+    from .queue import Insert
     from .task import Task
 
 P = ParamSpec("P")
@@ -93,6 +95,21 @@ class PushOptions:
             if delay is not None:
                 raise ConfigurationError("give delay or eta, not both")
         return cls(queue, priority, max_attempts, seconds, eta, unique_key, unique_seconds)
+
+    def insert(self, name: str, config: Config) -> Insert:
+        """How to insert tasks of handler *name*, app defaults filled in."""
+        from .queue import Insert
+
+        return Insert(
+            name=name,
+            queue=self.queue or config.queue,
+            max_attempts=self.max_attempts or config.max_attempts,
+            priority=self.priority or 0,
+            delay=self.delay,
+            run_at=self.eta,
+            unique_key=self.unique_key,
+            unique_for=self.unique_for,
+        )
 
 
 def _seconds(value: Any, what: str) -> float:

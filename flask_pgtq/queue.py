@@ -55,6 +55,32 @@ class Outcome:
         }
 
 
+@dataclass(frozen=True)
+class Insert:
+    """Where and how tasks of one handler are inserted (arguments aside)."""
+
+    name: str
+    queue: str
+    max_attempts: int
+    priority: int = 0
+    delay: float = 0.0
+    run_at: datetime | None = None
+    unique_key: str | None = None
+    unique_for: float | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "queue": self.queue,
+            "max_attempts": self.max_attempts,
+            "priority": self.priority,
+            "delay": self.delay,
+            "run_at": self.run_at,
+            "unique_key": self.unique_key,
+            "unique_for": self.unique_for,
+        }
+
+
 def _fetch(cur: Any) -> list[dict[str, Any]]:
     if cur.description is None:
         return []
@@ -100,51 +126,29 @@ class TaskStore:
     # -- producing ---------------------------------------------------------
 
     def push(
-        self,
-        name: str,
-        args_json: str,
-        kwargs_json: str,
-        *,
-        queue: str,
-        priority: int = 0,
-        max_attempts: int,
-        delay: float = 0.0,
-        run_at: datetime | None = None,
-        unique_key: str | None = None,
-        unique_for: float | None = None,
-        conn: Any = None,
+        self, spec: Insert, args_json: str, kwargs_json: str, conn: Any = None
     ) -> Task:
         """Insert one task whose arguments are already validated JSON text.
 
-        :param unique_key: return the task holding this key instead of
-            inserting, if there is one (``Task.is_new`` says which).
+        With ``spec.unique_key``, return the task holding the key instead of
+        inserting, if there is one (``Task.is_new`` says which).
+
         :param conn: a DB-API connection whose open transaction the insert
             joins (nothing is committed here); default: a pooled connection,
             committed at once.
         """
-        params = {
-            "queue": queue,
-            "name": name,
-            "args": args_json,
-            "kwargs": kwargs_json,
-            "priority": priority,
-            "max_attempts": max_attempts,
-            "delay": delay,
-            "run_at": run_at,
-            "unique_key": unique_key,
-            "unique_for": unique_for,
-        }
-        if unique_key is not None:
+        params = {**spec.params(), "args": args_json, "kwargs": kwargs_json}
+        if spec.unique_key is not None:
             return self._push_unique(params, conn)
         # Only the columns the database decides come back; the rest we sent.
         (row,) = self._rows("push_task", params, conn)
         row.update(
-            queue=queue,
-            name=name,
+            queue=spec.queue,
+            name=spec.name,
             args=json.loads(args_json),
             kwargs=json.loads(kwargs_json),
-            priority=priority,
-            max_attempts=max_attempts,
+            priority=spec.priority,
+            max_attempts=spec.max_attempts,
         )
         return Task.from_row(row, self.backend)
 
@@ -162,36 +166,14 @@ class TaskStore:
         raise DatabaseError(f"could not push unique key {params['unique_key']!r}: contended")
 
     def push_many(
-        self,
-        name: str,
-        args_json: list[str],
-        kwargs_json: list[str],
-        *,
-        queue: str,
-        priority: int = 0,
-        max_attempts: int,
-        delay: float = 0.0,
-        run_at: datetime | None = None,
-        conn: Any = None,
+        self, spec: Insert, args_json: list[str], kwargs_json: list[str], conn: Any = None
     ) -> list[int]:
         """Insert many tasks of one handler in one statement; return their
         ids in input order.  Arguments are validated JSON text, one per task."""
         if not args_json:
             return []
-        rows = self._rows(
-            "push_tasks",
-            {
-                "queue": queue,
-                "name": name,
-                "args": args_json,
-                "kwargs": kwargs_json,
-                "priority": priority,
-                "max_attempts": max_attempts,
-                "delay": delay,
-                "run_at": run_at,
-            },
-            conn,
-        )
+        params = {**spec.params(), "args": args_json, "kwargs": kwargs_json}
+        rows = self._rows("push_tasks", params, conn)
         return list(rows[0]["ids"])
 
     def set_progress(self, task: Task, progress_json: str) -> bool:
