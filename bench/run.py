@@ -573,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     WATCH = harness.CpuWatch()
 
     def on_signal(signum: int, _frame: Any) -> None:
-        PROCS.cleanup()
+        log(f"stopping on signal {signum}: killing worker processes")
+        PROCS.stop(grace=1.0)
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_signal)

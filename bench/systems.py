@@ -125,7 +125,7 @@ class PostgresSystem(System):
 class FlaskPgtq(PostgresSystem):
     name = "flask_pgtq"
     dbname = "bench_flask_pgtq"
-    sweep = ("2x1", "2x8", "2x32", "2x64", "2x128", "2x256", "1x64", "1x256")
+    sweep = ("2x1", "2x2", "2x4", "2x8", "2x32", "2x64", "2x256", "1x64", "1x256")
 
     def __init__(self) -> None:
         super().__init__()
