@@ -23,6 +23,9 @@ setup(
         "c": ["psycopg2>=2.9"],
         # Periodic tasks (@q.periodic) parse cron expressions with croniter.
         "cron": ["croniter>=2"],
+        # PGTQ_DEV_DATABASE: an embedded PostgreSQL for development (pgserver
+        # ships the server's binaries in its wheels).
+        "dev": ["pgserver>=0.1.4"],
         "prometheus": ["prometheus_client>=0.20"],
         # SQLAlchemy is only needed to test pushes inside its transactions.
         "test": [
@@ -34,6 +37,7 @@ setup(
             "SQLAlchemy>=2",
             "Flask-SQLAlchemy>=3",
             "croniter>=2",
+            "pgserver>=0.1.4",
         ],
     },
     classifiers=[

@@ -22,6 +22,10 @@ _DSN_EXAMPLE = (
     'a libpq connection string, e.g. "postgresql://user@localhost/mydb" '
     'or "dbname=mydb user=postgres host=localhost"'
 )
+_DEV_HINT = (
+    " To try things out without a PostgreSQL server, set PGTQ_DEV_DATABASE = True"
+    ' (pip install "flask_pgtq[dev]")'
+)
 
 
 def validate_name(value: Any, what: str) -> str:
@@ -50,7 +54,8 @@ def parse_dsn(dsn: Any, key: str = "PGTQ_DSN") -> dict[str, str]:
     The DSN itself is never quoted in the error: it may hold a password.
     """
     if dsn is None or dsn == "":
-        raise ConfigurationError(f"{key} is not set. Set it to {_DSN_EXAMPLE}.")
+        hint = _DEV_HINT if key == "PGTQ_DSN" else ""
+        raise ConfigurationError(f"{key} is not set. Set it to {_DSN_EXAMPLE}.{hint}")
     if not isinstance(dsn, str):
         raise ConfigurationError(f"{key} must be a string: {_DSN_EXAMPLE}.")
     from psycopg2.extensions import parse_dsn as libpq_parse
@@ -107,6 +112,14 @@ class Config:
     #: a JSON round trip of its arguments; nothing is stored.  Exceptions
     #: propagate to the caller.
     eager: bool = False
+    #: Development only: without ``PGTQ_DSN``, start an embedded PostgreSQL
+    #: server (the ``dev`` extra, pgserver) in the app's instance folder,
+    #: create the tables and set ``PGTQ_DSN`` to it.  Ignored when
+    #: ``PGTQ_DSN`` is set.
+    dev_database: bool = False
+    #: Development only: the process serving requests (``flask run``) also
+    #: runs a worker in a thread, started by its first request.
+    dev_worker: bool = False
     #: Attempts a task gets, counting the first, unless the handler says otherwise.
     max_attempts: int = 3
     #: Seconds before the first retry; doubled for each further attempt.
@@ -179,7 +192,9 @@ class Config:
                 raise ConfigurationError(f"unknown setting {key}")
             kwargs[name] = value
         if "dsn" not in kwargs:
-            raise ConfigurationError(f"{prefix}DSN is not set. Set it to {_DSN_EXAMPLE}.")
+            raise ConfigurationError(
+                f"{prefix}DSN is not set. Set it to {_DSN_EXAMPLE}.{_DEV_HINT}"
+            )
         return cls(**kwargs)
 
     def __post_init__(self) -> None:
@@ -208,6 +223,9 @@ class Config:
         set_(self, "prune_interval", _positive(self.prune_interval, "PGTQ_PRUNE_INTERVAL"))
         if not isinstance(self.eager, bool):
             raise ConfigurationError("PGTQ_EAGER must be True or False")
+        for name in ("dev_database", "dev_worker"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigurationError(f"PGTQ_{name.upper()} must be True or False")
         set_(self, "prefetch", _positive(self.prefetch, "PGTQ_PREFETCH", number=int, zero=True))
         for name in ("concurrency", "max_payload_bytes", "pool_size", "prune_batch"):
             set_(self, name, _positive(getattr(self, name), f"PGTQ_{name.upper()}", number=int))

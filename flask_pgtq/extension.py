@@ -95,8 +95,16 @@ class PgTq:
                 "a PgTq extension is already registered on this app; create only one "
                 "PgTq per app"
             )
+        if app.config.get("PGTQ_DEV_DATABASE") is True and not app.config.get("PGTQ_DSN"):
+            from .devdb import start_dev_database
+
+            app.config["PGTQ_DSN"] = start_dev_database(app.instance_path).dsn
         config = Config.from_mapping(app.config)
         self._apps[app] = Bound.build(self, config, app)
+        if config.dev_worker:
+            from .devdb import add_dev_worker
+
+            add_dev_worker(app, self, self._apps[app])
         app.extensions["pgtq"] = self
         from .cli import pgtq_cli
 

@@ -1,0 +1,84 @@
+"""The docs can't drift from the code: every setting is documented, the
+README parts the Sphinx pages include exist, and the first command is the
+same everywhere it is written."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flask_pgtq.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.rst").read_text(encoding="utf-8")
+DOCS = ROOT / "docs"
+
+
+def _commented_fields() -> set[str]:
+    """Fields of Config preceded by a ``#:`` comment in config.py."""
+    source = (ROOT / "flask_pgtq" / "config.py").read_text(encoding="utf-8")
+    lines = source.splitlines()
+    (config,) = [
+        node
+        for node in ast.parse(source).body
+        if isinstance(node, ast.ClassDef) and node.name == "Config"
+    ]
+    return {
+        node.target.id
+        for node in config.body
+        if isinstance(node, ast.AnnAssign)
+        and isinstance(node.target, ast.Name)
+        and lines[node.lineno - 2].strip().startswith("#:")
+    }
+
+
+def test_every_setting_has_a_doc_comment_for_the_reference() -> None:
+    names = {f.name for f in dataclasses.fields(Config)}
+    assert names - _commented_fields() == set()
+
+
+def test_the_readme_names_every_setting() -> None:
+    keys = {f"PGTQ_{f.name.upper()}" for f in dataclasses.fields(Config)}
+    assert {key for key in keys if f"``{key}``" not in README} == set()
+
+
+def test_the_readme_parts_the_docs_include_exist() -> None:
+    markers = set()
+    for page in DOCS.glob("*.rst"):
+        found = re.findall(r":(?:start-after|end-before): (\.\. docs: \w+)", page.read_text())
+        markers |= set(found)
+    assert markers, "the pages include no README part?"
+    assert {marker for marker in markers if f"\n{marker}\n" not in README} == set()
+
+
+def test_the_first_command_is_the_same_in_the_readme_and_the_quickstart() -> None:
+    def first_command(text: str) -> str:
+        (line,) = [
+            line.strip()
+            for line in text.splitlines()
+            if "pip install" in line and "flask --app example_app run" in line
+        ]
+        return line
+
+    quickstart = (DOCS / "quickstart.rst").read_text()
+    assert first_command(README) == first_command(quickstart)
+    assert '".[dev,binary,cron]"' in first_command(README)
+
+
+@pytest.mark.slow
+def test_the_docs_build_without_warnings(tmp_path: Path) -> None:
+    pytest.importorskip("sphinx", reason="tox -e docs installs Sphinx")
+    pytest.importorskip("furo", reason="tox -e docs installs the theme")
+    build = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "-q", "-b", "html", str(DOCS), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
