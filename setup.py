@@ -38,6 +38,10 @@ setup(
             "Flask-SQLAlchemy>=3",
             "croniter>=2",
             "pgserver>=0.1.4",
+            "pytest-timeout>=2",
+            # tests/test_docs.py builds the Sphinx site.
+            "sphinx>=7.3",
+            "furo>=2024.1",
         ],
     },
     classifiers=[

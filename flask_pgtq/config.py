@@ -146,6 +146,10 @@ class Config:
     #: (it can check ``current_task.cancel_requested``) before the worker
     #: stops it.
     cancel_grace: float = 5.0
+    #: Prepare the push and the worker's claim statements once per
+    #: connection (saves parsing and planning each time).  Set it to False
+    #: behind PgBouncer in transaction mode, which cannot keep them.
+    prepared_statements: bool = True
     #: Largest accepted size, in bytes, of a task's JSON arguments.
     max_payload_bytes: int = 1_000_000
     #: Most pooled connections per process (per app).
@@ -204,6 +208,8 @@ class Config:
         validate_name(self.queue, "PGTQ_QUEUE")
         if not isinstance(self.listen, bool):
             raise ConfigurationError("PGTQ_LISTEN must be True or False")
+        if not isinstance(self.prepared_statements, bool):
+            raise ConfigurationError("PGTQ_PREPARED_STATEMENTS must be True or False")
         set_ = object.__setattr__
         set_(self, "max_attempts", _positive(self.max_attempts, "PGTQ_MAX_ATTEMPTS", number=int))
         for name in ("retry_backoff", "retry_backoff_max"):

@@ -60,6 +60,13 @@ def translate(exc: BaseException, secrets: tuple[str, ...] = ()) -> DatabaseErro
             "run 'flask pgtq init-db' (or PgTq.init_db()). "
             f"The database said: {message}"
         )
+    if isinstance(
+        exc, psycopg2.errors.InvalidSqlStatementName | psycopg2.errors.DuplicatePreparedStatement
+    ):
+        return DatabaseError(
+            f"{message} (a prepared statement went missing or was duplicated: behind "
+            "PgBouncer in transaction mode, set PGTQ_PREPARED_STATEMENTS = False)"
+        )
     if isinstance(exc, psycopg2.errors.AdminShutdown | psycopg2.errors.CannotConnectNow):
         return DatabaseUnavailable(message)
     if isinstance(exc, _UNAVAILABLE):
@@ -112,6 +119,14 @@ def dbapi_connection(obj: Any) -> Any:
     )
 
 
+class Connection(psycopg2.extensions.connection):  # type: ignore[misc]
+    """A psycopg2 connection that remembers the statements it prepared."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.prepared: set[str] = set()
+
+
 class Database:
     """A pool of connections to one database, safe across ``fork()`` and threads.
 
@@ -147,7 +162,9 @@ class Database:
         """
         try:
             name = self._application_name or f"{self._role}:{os.getpid()}"
-            conn = psycopg2.connect(self._dsn, application_name=name, **options)
+            conn = psycopg2.connect(
+                self._dsn, application_name=name, connection_factory=Connection, **options
+            )
         except psycopg2.Error as exc:
             raise translate(exc, self._secrets) from None
         conn.autocommit = True

@@ -248,7 +248,7 @@ class PgTq:
         produces exactly one task.  Needs the ``cron`` extra (croniter).
 
         :param cron: five fields (minute hour day month weekday), or six
-            with seconds first... as croniter accepts them.
+            with seconds last, as croniter reads them.
         :param tz: IANA time zone the schedule is read in (DST included).
         :param args: positional arguments of each task (JSON).
         :param kwargs: keyword arguments of each task (JSON).

@@ -310,9 +310,9 @@ class BoundOptions(Generic[P]):
 
 
 class Args:
-    """Positional and keyword arguments of one task in a batch push::
+    """Positional and keyword arguments of one task in a batch push.
 
-        send.push_many([Args("a@example.com", lang="fr"), Args("b@example.com")])
+    Example: ``send.push_many([Args("a@example.com", lang="fr"), Args("b@x")])``.
     """
 
     __slots__ = ("args", "kwargs")

@@ -42,3 +42,26 @@ def _all() -> dict[str, str]:
 def get(name: str) -> str:
     """The SQL of the block called *name*."""
     return _all()[name]
+
+
+_PARAM = re.compile(r"%\((\w+)\)s")
+
+
+@cache
+def prepared(name: str) -> tuple[str, str]:
+    """``(PREPARE statement, EXECUTE statement)`` for the block *name*.
+
+    The PREPARE text has ``$1, $2...`` for the named parameters, in order of
+    first use; the EXECUTE text passes them as ``%(name)s`` again.
+    """
+    order: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match[1] not in order:
+            order.append(match[1])
+        return f"${order.index(match[1]) + 1}"
+
+    body = _PARAM.sub(number, get(name)).replace("%%", "%")
+    statement = f"pgtq_{name}"
+    arguments = ", ".join(f"%({p})s" for p in order)
+    return f"PREPARE {statement} AS {body}", f"EXECUTE {statement}({arguments})"

@@ -81,6 +81,11 @@ class Insert:
         }
 
 
+#: Statements run often enough to be prepared once per connection (server
+#: side), saving their parsing and planning: the push and the worker's round.
+PREPARED = frozenset({"push_task", "finish_and_claim"})
+
+
 def _fetch(cur: Any) -> list[dict[str, Any]]:
     if cur.description is None:
         return []
@@ -117,7 +122,18 @@ class TaskStore:
                 cur.execute(queries.get(name), params)
                 return _fetch(cur)
         with self.db.connection() as pooled, pooled.cursor() as cur:
-            cur.execute(queries.get(name), params)
+            if name in PREPARED and self.config.prepared_statements:
+                prepare, execute = queries.prepared(name)
+                if name not in pooled.prepared:
+                    cur.execute(prepare)
+                    pooled.prepared.add(name)
+                try:
+                    cur.execute(execute, params)
+                except Exception:
+                    pooled.prepared.clear()  # whatever the server has, prepare again
+                    raise
+            else:
+                cur.execute(queries.get(name), params)
             return _fetch(cur)
 
     def _tasks(self, name: str, params: dict[str, Any], conn: Any = None) -> list[Task]:

@@ -255,18 +255,30 @@ class Runner:
         level = logging.INFO if outcome.state is State.SUCCEEDED else logging.WARNING
         if log.isEnabledFor(level):
             word = "retrying" if outcome.state is State.QUEUED else outcome.state.value
-            log.log(
+            # Built by hand rather than with log.log(): that would walk the
+            # stack for the caller's line on every task, a worker's largest
+            # cost per task after the database.
+            record = log.makeRecord(
+                log.name,
                 level,
+                __file__,
+                0,
                 "task %s %s queue=%s attempt=%s/%s %s in %.3fs%s",
-                task.id,
-                task.name,
-                task.queue,
-                task.attempts,
-                task.max_attempts,
-                word,
-                outcome.duration,
-                f" (next attempt in {outcome.delay:.1f}s)" if outcome.state is State.QUEUED else "",
-                extra={
+                (
+                    task.id,
+                    task.name,
+                    task.queue,
+                    task.attempts,
+                    task.max_attempts,
+                    word,
+                    outcome.duration,
+                    f" (next attempt in {outcome.delay:.1f}s)"
+                    if outcome.state is State.QUEUED
+                    else "",
+                ),
+                None,
+                "announce",
+                {
                     "task_id": task.id,
                     "task_name": task.name,
                     "queue": task.queue,
@@ -275,29 +287,24 @@ class Runner:
                     "duration": outcome.duration,
                 },
             )
+            log.handle(record)
+        if outcome.state is State.SUCCEEDED:
+            signal, payload = signals.task_succeeded, {"duration": outcome.duration}
+        elif outcome.state is State.QUEUED:
+            signal = signals.task_retrying
+            payload = {"error": outcome.error, "delay": outcome.delay}
+        elif outcome.state is State.FAILED:
+            signal, payload = signals.task_failed, {"error": outcome.error}
+        else:
+            signal, payload = signals.task_cancelled, {"reason": outcome.error}
+        if not signal.receivers:
+            return  # the common case: no app context to push, no result to decode
+        if outcome.state is State.SUCCEEDED:
+            task.result = payload["result"] = (
+                json.loads(outcome.result) if outcome.result is not None else None
+            )
         with self.context():
-            if outcome.state is State.SUCCEEDED:
-                result = json.loads(outcome.result) if outcome.result is not None else None
-                task.result = result
-                signals.send(
-                    signals.task_succeeded,
-                    self.sender,
-                    task=task,
-                    result=result,
-                    duration=outcome.duration,
-                )
-            elif outcome.state is State.QUEUED:
-                signals.send(
-                    signals.task_retrying,
-                    self.sender,
-                    task=task,
-                    error=outcome.error,
-                    delay=outcome.delay,
-                )
-            elif outcome.state is State.FAILED:
-                signals.send(signals.task_failed, self.sender, task=task, error=outcome.error)
-            else:
-                signals.send(signals.task_cancelled, self.sender, task=task, reason=outcome.error)
+            signals.send(signal, self.sender, task=task, **payload)
 
     # -- a task claimed with pop() -----------------------------------------
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import playwright.sync_api as playwright_api  # the test extra installs it
 import pytest
 from flask import Flask, Response
 from werkzeug.serving import make_server
@@ -24,8 +25,6 @@ from werkzeug.serving import make_server
 from tests import worker_app
 from tests.helpers import poll_until, sql_all, sql_one
 from tests.worker_app import RUNS_TABLE
-
-playwright_api = pytest.importorskip("playwright.sync_api")
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"

@@ -9,7 +9,7 @@ import collections
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg2
 import pytest
@@ -25,7 +25,6 @@ from tests.worker_app import (
     exclusive,
     limited,
     mark,
-    slow,
     spin,
     stubborn,
 )
@@ -56,7 +55,7 @@ def state(task_id: int) -> State:
 
 def test_a_delayed_task_starts_on_time(app, dsn, start_worker):
     start_worker(settings={"PGTQ_POLL_INTERVAL": 0.2})
-    eta = datetime.now(timezone.utc) + timedelta(seconds=1.5)
+    eta = datetime.now(UTC) + timedelta(seconds=1.5)
     delayed = mark.options(delay=timedelta(seconds=1)).push("delayed")
     at_eta = mark.options(eta=eta).push("at-eta")
     poll_until(lambda: state(at_eta.id) is State.SUCCEEDED, 10, 0.02)
@@ -337,7 +336,7 @@ def test_a_fire_time_is_not_repeated_after_its_task_is_deleted(q, dsn):
         pass
 
     (schedule,) = q.schedules.values()
-    fire = datetime(2026, 3, 29, 1, 0, tzinfo=timezone.utc)  # 03:00 Paris, DST day
+    fire = datetime(2026, 3, 29, 1, 0, tzinfo=UTC)  # 03:00 Paris, DST day
     store = q._bound().store
     params = schedule.task_params("default", 3)
     first = store.fire_periodic(schedule.key, fire, params)
@@ -354,10 +353,10 @@ def test_schedules_follow_their_time_zone(q):
 
     (schedule,) = q.schedules.values()
     assert isinstance(schedule, Schedule)
-    now = datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)
-    assert schedule.latest_fire(now) == datetime(2026, 1, 15, 7, 30, tzinfo=timezone.utc)
-    summer = datetime(2026, 7, 15, 12, 0, tzinfo=timezone.utc)
-    assert schedule.latest_fire(summer) == datetime(2026, 7, 15, 6, 30, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+    assert schedule.latest_fire(now) == datetime(2026, 1, 15, 7, 30, tzinfo=UTC)
+    summer = datetime(2026, 7, 15, 12, 0, tzinfo=UTC)
+    assert schedule.latest_fire(summer) == datetime(2026, 7, 15, 6, 30, tzinfo=UTC)
     def other() -> None:
         pass
 

@@ -7,6 +7,7 @@ Needs Debian's ``pgbouncer`` package (``.ci/run`` installs it).
 from __future__ import annotations
 
 import collections
+import json
 import os
 import pwd
 import shutil
@@ -66,10 +67,12 @@ def bouncer_port(pg_server) -> Iterator[int]:
         for path in folder.iterdir():
             os.chown(path, entry.pw_uid, entry.pw_gid)
         command[1:1] = ["-u", "postgres"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Its log goes to the file above.  Never a pipe nobody reads: once the
+    # pipe is full, pgbouncer blocks on writing and every client hangs.
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def accepting() -> bool:
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert proc.poll() is None, (folder / "pgbouncer.log").read_text(errors="replace")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return True
@@ -93,9 +96,14 @@ def bounced(dsn: str, bouncer_port: int) -> str:
     return psycopg2.extensions.make_dsn(dsn, host="127.0.0.1", port=bouncer_port)
 
 
+#: Server-side prepared statements do not survive transaction pooling.
+NO_PREPARE = {"PGTQ_PREPARED_STATEMENTS": False}
+
+
 @pytest.fixture
 def app(bounced: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
     monkeypatch.setenv("PGTQ_TEST_APP_DSN", bounced)
+    monkeypatch.setenv("PGTQ_TEST_APP_SETTINGS", json.dumps(NO_PREPARE))
     app = worker_app.create_app()
     with app.app_context():
         yield app
@@ -110,7 +118,12 @@ def test_init_db_through_the_bouncer(empty_dsn: str, bouncer_port: int) -> None:
 
 def test_polling_alone_runs_every_task_exactly_once(app, bounced, dsn, start_worker) -> None:
     ids = [mark.push(f"pb{i}").id for i in range(200)]
-    settings = {"PGTQ_DSN": bounced, "PGTQ_LISTEN": False, "PGTQ_POLL_INTERVAL": 0.1}
+    settings = {
+        "PGTQ_DSN": bounced,
+        "PGTQ_LISTEN": False,
+        "PGTQ_POLL_INTERVAL": 0.1,
+        **NO_PREPARE,
+    }
     workers = [start_worker("--concurrency", "2", settings=settings) for _ in range(2)]
     poll_until(
         lambda: sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE state = 'succeeded'")[0]
@@ -135,22 +148,56 @@ def test_polling_alone_runs_every_task_exactly_once(app, bounced, dsn, start_wor
 
 
 def test_listen_goes_direct_while_the_rest_goes_through_the_bouncer(
-    app, bounced, dsn, start_worker
+    bounced, dsn, start_worker, monkeypatch
 ) -> None:
-    settings = {"PGTQ_DSN": bounced, "PGTQ_LISTEN_DSN": dsn, "PGTQ_POLL_INTERVAL": 30.0}
+    # The worker goes through the bouncer (LISTEN aside); this test's own
+    # pushes and reads go direct (pushing through the bouncer is tested above).
+    monkeypatch.setenv("PGTQ_TEST_APP_DSN", dsn)
+    direct = worker_app.create_app()
+    settings = {
+        "PGTQ_DSN": bounced,
+        "PGTQ_LISTEN_DSN": dsn,
+        "PGTQ_POLL_INTERVAL": 30.0,
+        **NO_PREPARE,
+    }
     worker = start_worker(settings=settings)
+    # Connected is not enough: wait until its LISTEN has run.
     poll_until(
         lambda: sql_one(
             dsn,
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+            "AND query LIKE 'LISTEN%%' AND state = 'idle'",
             (f"flask_pgtq-listen:{worker.pid}",),
         )[0],
         10,
         0.05,
         "a direct LISTEN connection",
     )
-    pushed = time.monotonic()
-    task = mark.push("direct-wakeup")
-    poll_until(lambda: runs(dsn, "direct-wakeup"), 5, 0.01, "NOTIFY to wake the worker")
-    assert time.monotonic() - pushed < 5, "woken by the poll, not NOTIFY"
-    poll_until(lambda: worker_app.q.get_task(task.id).state is State.SUCCEEDED, 10, 0.02)
+    with direct.app_context():
+        pushed = time.monotonic()
+        task = mark.push("direct-wakeup")
+        poll_until(lambda: runs(dsn, "direct-wakeup"), 5, 0.01, "NOTIFY to wake the worker")
+        assert time.monotonic() - pushed < 5, "woken by the poll, not NOTIFY"
+        poll_until(lambda: worker_app.q.get_task(task.id).state is State.SUCCEEDED, 10, 0.02)
+
+
+def test_prepared_statements_behind_the_bouncer_say_what_to_change(bounced: str) -> None:
+    from flask_pgtq import DatabaseError
+
+    # Two clients take turns on PgBouncer's few server connections: the
+    # second one's PREPARE meets the first one's (or its EXECUTE misses its
+    # own), and the error says how to fix it.
+    clients = [PgTq(dsn=bounced, prepared_statements=True) for _ in range(2)]
+    jobs = []
+    for q in clients:
+
+        @q.handler(name="job")
+        def job(n: int) -> None:
+            pass
+
+        jobs.append(job)
+    with pytest.raises(DatabaseError, match="PGTQ_PREPARED_STATEMENTS = False"):
+        for n in range(20):
+            jobs[n % 2].push(n)
+    for q in clients:
+        q._bound().db.close()

@@ -115,7 +115,11 @@ WITH durability AS (
         finished_at = NULL
     FROM picked
     WHERE t.id = picked.id
-    RETURNING t.*
+    -- What a run needs; not history, result, error or progress (decoding
+    -- them is a worker's largest cost per task).  Task.refresh() reads all.
+    RETURNING t.id, t.name, t.queue, t.args, t.kwargs, t.state, t.priority, t.attempts,
+              t.max_attempts, t.run_at, t.created_at, t.started_at, t.locked_by,
+              t.cancel_requested_at
 )
 -- Every CTE above must be referenced to run: hence the extra columns.
 SELECT f.done_ids, f.woken, f.durability, c.*
