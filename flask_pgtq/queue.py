@@ -93,6 +93,10 @@ def _fetch(cur: Any) -> list[dict[str, Any]]:
     return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
 
 
+def _tuples(cur: Any) -> list[tuple[Any, ...]]:
+    return cur.fetchall() if cur.description is not None else []
+
+
 def new_owner_id() -> str:
     """A fresh id for a worker (or a process that pops)."""
     return str(uuid.uuid4())
@@ -117,10 +121,13 @@ class TaskStore:
     ) -> list[dict[str, Any]]:
         """Run one named statement; on a pooled connection (committed at
         once) or, when given, on the caller's *conn* (in its transaction)."""
+        return self._execute(name, params, conn, _fetch)
+
+    def _execute(self, name: str, params: dict[str, Any], conn: Any, fetch: Any) -> Any:
         if conn is not None:
             with translated_errors(self.db), contextlib.closing(conn.cursor()) as cur:
                 cur.execute(queries.get(name), params)
-                return _fetch(cur)
+                return fetch(cur)
         with self.db.connection() as pooled, pooled.cursor() as cur:
             if name in PREPARED and self.config.prepared_statements:
                 prepare, execute = queries.prepared(name)
@@ -134,7 +141,7 @@ class TaskStore:
                     raise
             else:
                 cur.execute(queries.get(name), params)
-            return _fetch(cur)
+            return fetch(cur)
 
     def _tasks(self, name: str, params: dict[str, Any], conn: Any = None) -> list[Task]:
         return [Task.from_row(row, self.backend) for row in self._rows(name, params, conn)]
@@ -323,7 +330,7 @@ class TaskStore:
             from *owner*: lease lost), and the claimed tasks, best first.
         """
         batch = [o.as_json() for o in outcomes]
-        rows = self._rows(
+        rows = self._execute(
             "finish_and_claim",
             {
                 "owner": owner,
@@ -334,9 +341,38 @@ class TaskStore:
                 "prefetch": prefetch,
                 "limited": [lim.name for lim in limits] if excluded is None else list(excluded),
             },
+            None,
+            _tuples,
         )
-        done = set(rows[0]["done_ids"]) if rows else set()
-        tasks = [Task.from_row(row, self.backend) for row in rows if row["id"] is not None]
+        # Positions as in the statement's SELECT list.
+        done: set[int] = set()
+        started_at = None
+        claimed = []
+        for row in rows:
+            if row[0] == 0:
+                done, started_at = set(row[1]), row[2]
+            else:
+                claimed.append(row)
+        tasks = [
+            Task(
+                row[5],
+                row[6],
+                queue,
+                json.loads(row[7]),
+                {} if row[8] == "{}" else json.loads(row[8]),
+                State.RUNNING,
+                row[9],
+                row[10],
+                row[11],
+                row[12],
+                row[13],
+                started_at,
+                locked_by=owner,
+                cancel_requested_at=row[14],
+                _backend=self.backend,
+            )
+            for row in claimed
+        ]
         for lim in limits:
             if len(tasks) >= limit:
                 break

@@ -288,15 +288,18 @@ class Runner:
                 },
             )
             log.handle(record)
+        payload: dict[str, Any] = {"duration": outcome.duration}
         if outcome.state is State.SUCCEEDED:
-            signal, payload = signals.task_succeeded, {"duration": outcome.duration}
+            signal = signals.task_succeeded
         elif outcome.state is State.QUEUED:
             signal = signals.task_retrying
-            payload = {"error": outcome.error, "delay": outcome.delay}
+            payload.update(error=outcome.error, delay=outcome.delay)
         elif outcome.state is State.FAILED:
-            signal, payload = signals.task_failed, {"error": outcome.error}
+            signal = signals.task_failed
+            payload["error"] = outcome.error
         else:
-            signal, payload = signals.task_cancelled, {"reason": outcome.error}
+            signal = signals.task_cancelled
+            payload["reason"] = outcome.error
         if not signal.receivers:
             return  # the common case: no app context to push, no result to decode
         if outcome.state is State.SUCCEEDED:

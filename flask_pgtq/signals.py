@@ -45,15 +45,17 @@ task_started = _signals.signal("task-started")
 task_succeeded = _signals.signal("task-succeeded")
 
 #: An attempt failed and another one is scheduled.  Payload: ``task``,
-#: ``error`` (traceback text), ``delay`` (seconds until the next attempt).
+#: ``error`` (traceback text), ``delay`` (seconds until the next attempt),
+#: ``duration`` (seconds the attempt ran).
 task_retrying = _signals.signal("task-retrying")
 
 #: A task failed for good (attempts exhausted or not retryable).
-#: Payload: ``task``, ``error`` (traceback text).
+#: Payload: ``task``, ``error`` (traceback text), ``duration`` (seconds the
+#: last attempt ran).
 task_failed = _signals.signal("task-failed")
 
 #: A task was cancelled (by its handler raising :class:`~flask_pgtq.Cancel`).
-#: Payload: ``task``, ``reason``.
+#: Payload: ``task``, ``reason``, ``duration`` (seconds it ran).
 task_cancelled = _signals.signal("task-cancelled")
 
 #: A worker registered itself and is about to claim tasks.

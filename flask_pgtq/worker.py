@@ -119,6 +119,10 @@ class Worker:
         self._mean_run: float | None = None
         #: When each limited handler is next worth a claim (monotonic).
         self._limits_due: dict[str, float] = {}
+        #: Prefetched tasks left in the inbox at which a handler thread wakes
+        #: the main thread to claim more: the next round trip then overlaps
+        #: the tasks still waiting, instead of leaving the threads idle.
+        self._refill_at = 0
 
     # -- public -------------------------------------------------------------
 
@@ -307,6 +311,7 @@ class Worker:
         if self.config.prefetch and self._mean_run is not None:
             fits = self.concurrency * PREFETCH_WAIT / max(self._mean_run, 1e-6)
             prefetch = min(self.config.prefetch, int(fits))
+        self._refill_at = prefetch // 2
         held = len(self._running) - len(self._finished)
         free = max(self.concurrency - held, 0)
         ahead = max(self.concurrency + prefetch - held - free, 0)
@@ -477,8 +482,11 @@ class Worker:
                     outcome = self.runner.abandoned(task, type(exc))
             self._finished.append(outcome)  # type: ignore[arg-type]
             # The main thread flushes in batches: wake it when this thread
-            # runs out of work, or a batch is ready (else within FLUSH_DELAY).
-            if self._inbox.empty() or len(self._finished) >= FLUSH_BATCH:
+            # runs out of work, when the prefetched tasks run low (so that
+            # its next claim arrives before they run out), or when a batch
+            # is ready; else it flushes within FLUSH_DELAY.
+            left = self._inbox.qsize()
+            if left == 0 or left == self._refill_at or len(self._finished) >= FLUSH_BATCH:
                 self._wake()
 
     def _heartbeat(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -85,6 +86,7 @@ def q(app: Flask) -> PgTq:
 
     @q.handler(max_attempts=2)
     def broken() -> None:
+        time.sleep(0.02)  # so that the failed attempt has a measurable duration
         raise RuntimeError("always broken")
 
     @q.handler()
@@ -162,7 +164,8 @@ def test_failure_then_success_sends_retrying(
     assert "first attempt fails" in retrying["error"]
     assert "Traceback" in retrying["error"]
     assert 0 <= retrying["delay"] <= 0.05
-    assert set(retrying) == {"task", "error", "delay", "_app"}
+    assert retrying["duration"] >= 0
+    assert set(retrying) == {"task", "error", "delay", "duration", "_app"}
     assert db_state(dsn, pushed.id) == "queued"
 
     recorder.clear()
@@ -183,7 +186,8 @@ def test_exhausted_attempts_send_failed(app: Flask, q: PgTq, recorder: Recorder,
     failed = recorder.payload("task_failed")
     assert failed["task"].id == pushed.id
     assert "always broken" in failed["error"]
-    assert set(failed) == {"task", "error", "_app"}
+    assert 0.02 <= failed["duration"] < 5
+    assert set(failed) == {"task", "error", "duration", "_app"}
     assert db_state(dsn, pushed.id) == "failed"
 
 
@@ -195,7 +199,8 @@ def test_cancel_sends_cancelled(app: Flask, q: PgTq, recorder: Recorder, dsn: st
     cancelled = recorder.payload("task_cancelled")
     assert cancelled["task"].id == pushed.id
     assert cancelled["reason"] == "not needed any more"
-    assert set(cancelled) == {"task", "reason", "_app"}
+    assert cancelled["duration"] >= 0
+    assert set(cancelled) == {"task", "reason", "duration", "_app"}
     assert db_state(dsn, pushed.id) == "cancelled"
 
 

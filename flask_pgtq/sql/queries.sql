@@ -115,21 +115,26 @@ WITH durability AS (
         finished_at = NULL
     FROM picked
     WHERE t.id = picked.id
-    -- What a run needs; not history, result, error or progress (decoding
-    -- them is a worker's largest cost per task).  Task.refresh() reads all.
-    RETURNING t.id, t.name, t.queue, t.args, t.kwargs, t.state, t.priority, t.attempts,
-              t.max_attempts, t.run_at, t.created_at, t.started_at, t.locked_by,
-              t.cancel_requested_at
+    -- What a run needs and the worker does not know already (the queue, the
+    -- owner, the state and now() it does); not history, result, error or
+    -- progress.  Arguments as text: one json.loads each in the worker is
+    -- cheaper than a jsonb typecaster.  Task.refresh() reads everything.
+    RETURNING t.id, t.name, t.args::text AS args, t.kwargs::text AS kwargs, t.priority,
+              t.attempts, t.max_attempts, t.run_at, t.created_at, t.cancel_requested_at
 )
--- Every CTE above must be referenced to run: hence the extra columns.
-SELECT f.done_ids, f.woken, f.durability, c.*
-FROM (
-    SELECT coalesce(array_agg(id), '{}') AS done_ids,
-           (SELECT count(*) FROM woken) AS woken,
-           (SELECT setting FROM durability) AS durability
-    FROM done
-) AS f
-LEFT JOIN claimed AS c ON true;
+-- One summary row (kind 0: the ids recorded, the claim time), then one row
+-- per claimed task (kind 1).  Every CTE above must be referenced to run.
+SELECT 0 AS kind, coalesce(array_agg(id), '{}') AS done_ids, now() AS started_at,
+       (SELECT count(*) FROM woken) AS woken, (SELECT setting FROM durability) AS durability,
+       NULL::bigint AS id, NULL::text AS name, NULL::text AS args, NULL::text AS kwargs,
+       NULL::integer AS priority, NULL::integer AS attempts, NULL::integer AS max_attempts,
+       NULL::timestamptz AS run_at, NULL::timestamptz AS created_at,
+       NULL::timestamptz AS cancel_requested_at
+FROM done
+UNION ALL
+SELECT 1, NULL, NULL, NULL, NULL, c.id, c.name, c.args, c.kwargs, c.priority, c.attempts,
+       c.max_attempts, c.run_at, c.created_at, c.cancel_requested_at
+FROM claimed AS c;
 
 -- name: release_tasks
 -- Give tasks back at once (worker shutdown).  The interrupted attempt is not
