@@ -195,7 +195,8 @@ class TaskStore:
         ids in input order.  Arguments are validated JSON text, one per task."""
         if not args_json:
             return []
-        params = {**spec.params(), "args": args_json, "kwargs": kwargs_json}
+        kwargs = "[]" if all(k == "{}" for k in kwargs_json) else f"[{','.join(kwargs_json)}]"
+        params = {**spec.params(), "args": f"[{','.join(args_json)}]", "kwargs": kwargs}
         rows = self._rows("push_tasks", params, conn)
         return list(rows[0]["ids"])
 

@@ -46,7 +46,8 @@ def test_push_many_by_name_with_options(q: PgTq, dsn: str) -> None:
 
     q.push_many("job", [(n,) for n in range(1000)])
     job.options(queue="bulk", priority=7, delay=3600).push_many([(1,), (2,)])
-    assert sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE queue = 'default'")[0] == 1000
+    stored = sql_all(dsn, "SELECT args FROM pgtq_tasks WHERE queue = 'default' ORDER BY id")
+    assert [row[0] for row in stored] == [[n] for n in range(1000)]
     assert sql_one(
         dsn,
         "SELECT count(*) FROM pgtq_tasks WHERE queue = 'bulk' AND priority = 7 "

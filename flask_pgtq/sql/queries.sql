@@ -225,11 +225,17 @@ WHERE t.id = doomed.id;
 -- name: push_tasks
 -- Batch push: one statement for any number of tasks, in input order; the
 -- ids come back as one array (ascending: drawn from one sequence in order).
+-- Arguments come as two JSON arrays, one element per task (kwargs may be
+-- an empty array when no task has any): one literal each, parsed once,
+-- which costs both sides far less than an array of text literals.
 WITH inserted AS (
     INSERT INTO pgtq_tasks (queue, name, args, kwargs, priority, max_attempts, run_at)
-    SELECT %(queue)s, %(name)s, a::jsonb, k::jsonb, %(priority)s, %(max_attempts)s,
-           coalesce(%(run_at)s, now() + %(delay)s * interval '1 second')
-    FROM unnest(%(args)s::text[], %(kwargs)s::text[]) AS item(a, k)
+    SELECT %(queue)s, %(name)s, item.a, coalesce(item.k, '{}'), %(priority)s,
+           %(max_attempts)s, coalesce(%(run_at)s, now() + %(delay)s * interval '1 second')
+    FROM ROWS FROM (jsonb_array_elements(%(args)s::jsonb),
+                    jsonb_array_elements(%(kwargs)s::jsonb))
+         WITH ORDINALITY AS item(a, k, n)
+    ORDER BY item.n
     RETURNING id
 )
 SELECT array_agg(id ORDER BY id) AS ids FROM inserted;
