@@ -213,3 +213,36 @@ def test_worker_refuses_to_start_on_an_old_schema(dsn, start_worker):
     worker = start_worker(ready=False)
     assert worker.wait() != 0
     assert "flask pgtq init-db" in worker.output()
+
+
+def claim_sizes(dsn: str, name: str) -> list[int]:
+    """How many tasks of *name* each claim took: a claim statement stamps
+    every task it takes with the same ``started_at`` (its ``now()``)."""
+    rows = sql_all(
+        dsn, "SELECT count(*) FROM pgtq_tasks WHERE name = %s GROUP BY started_at", (name,)
+    )
+    return [row[0] for row in rows]
+
+
+@pytest.mark.slow
+def test_short_tasks_are_prefetched_up_to_the_cap(app, dsn, start_worker):
+    add.push_many([(i, i) for i in range(600)])
+    worker = start_worker("--burst", settings={"PGTQ_PREFETCH": 100}, ready=False)
+    assert worker.wait() == 0
+    sizes = claim_sizes(dsn, "add")
+    assert sum(sizes) == 600
+    # One handler thread: any claim of more than one task prefetched.
+    assert max(sizes) > 1, sizes
+    assert max(sizes) <= 1 + 100, sizes
+
+
+def test_slow_tasks_and_tasks_without_a_spare_attempt_are_not_prefetched(
+    app, dsn, start_worker
+):
+    for i in range(4):
+        slow.push(0.1, f"s{i}")  # 0.1 s each: two would take longer than 50 ms
+    add.options(max_attempts=1).push_many([(i, i) for i in range(100)])
+    worker = start_worker("--burst", ready=False)
+    assert worker.wait() == 0
+    assert claim_sizes(dsn, "slow") == [1, 1, 1, 1]
+    assert set(claim_sizes(dsn, "add")) == {1}
