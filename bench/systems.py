@@ -133,9 +133,6 @@ class FlaskPgtq(PostgresSystem):
         self.ctx: Any = None
         self.q: Any = None
         self.handlers: dict[str, Any] = {}
-        self._batch_form: str | None = None
-        self._batch_note = "no push_many yet"
-        self._detected = False
 
     def versions(self) -> dict[str, str]:
         import subprocess
@@ -188,52 +185,9 @@ class FlaskPgtq(PostgresSystem):
         self._open_client()
         self.q.init_db()
         self.expected = 0
-        if not self._detected:
-            self._detected = True
-            self._detect_batch()
-            self.close()
-            harness.recreate_database(self.dbname)
-            self._open_client()
-            self.q.init_db()
-
-    # push_many comes with another issue; its exact call form is not known
-    # here, so try the likely ones on a tiny batch and check what was stored.
-    _FORMS = {
-        "push_many([(i,), ...])": lambda items: [(i,) for i in items],
-        "push_many([[i], ...])": lambda items: [[i] for i in items],
-        "push_many([{'args': [i]}, ...])": lambda items: [{"args": [i]} for i in items],
-    }
-
-    def _detect_batch(self) -> None:
-        push_many = getattr(self.handlers["noop"], "push_many", None)
-        if push_many is None:
-            self._batch_note = "n/a: handler.push_many does not exist yet"
-            return
-        errors = []
-        for label, form in self._FORMS.items():
-            try:
-                push_many(form([7, 8]))
-                stored = self._probe().value(
-                    "SELECT array_agg(args ORDER BY id)::text FROM pgtq_tasks"
-                    " WHERE state = 'queued'"
-                )
-                self._probe().value("DELETE FROM pgtq_tasks RETURNING 1")
-                if stored == "{[7],[8]}":
-                    self._batch_form = label
-                    self._batch_note = f"handler.{label}"
-                    return
-                errors.append(f"{label}: stored {stored}")
-            except Exception as exc:  # noqa: BLE001 - we report what failed
-                errors.append(f"{label}: {type(exc).__name__}: {exc}")
-        self._batch_note = "n/a: push_many exists but no known call form worked: " + "; ".join(
-            errors
-        )
 
     def batch_api(self) -> str | None:
-        return self._batch_note if self._batch_form else None
-
-    def batch_note(self) -> str:
-        return self._batch_note
+        return "handler.push_many([(i,), ...])"
 
     def push_single(self, n: int) -> float:
         noop = self.handlers["noop"]
@@ -243,9 +197,7 @@ class FlaskPgtq(PostgresSystem):
         return time.perf_counter() - start
 
     def push_batch(self, n: int, size: int) -> float:
-        assert self._batch_form is not None
-        form = self._FORMS[self._batch_form]
-        chunks = [form(range(lo, min(n, lo + size))) for lo in range(0, n, size)]
+        chunks = [[(i,) for i in range(lo, min(n, lo + size))] for lo in range(0, n, size)]
         push_many = self.handlers["noop"].push_many
         start = time.perf_counter()
         for chunk in chunks:
@@ -253,18 +205,7 @@ class FlaskPgtq(PostgresSystem):
         return time.perf_counter() - start
 
     def prefill(self, n: int) -> None:
-        if self._batch_form is not None:
-            self.push_batch(n, BATCH_SIZE)
-        else:
-            # No batch API yet: insert rows as push would store them.
-            cfg = self.q.config
-            with self._probe().conn.cursor() as cur:
-                cur.execute(
-                    "INSERT INTO pgtq_tasks (queue, name, args, kwargs, max_attempts)"
-                    " SELECT %s, 'noop', jsonb_build_array(i), '{}', %s"
-                    " FROM generate_series(1, %s) AS i",
-                    (cfg.queue, cfg.max_attempts, n),
-                )
+        self.push_batch(n, BATCH_SIZE)
         self.expected += n
 
     def remaining(self) -> int:
@@ -327,10 +268,8 @@ class FlaskPgtq(PostgresSystem):
     def settings(self) -> dict[str, Any]:
         return {
             "client": "Flask app context, handler.push(i) (one INSERT + commit each)",
-            "batch": self._batch_note,
-            "prefill": "handler.push_many"
-            if self._batch_form
-            else "one INSERT ... SELECT generate_series (no batch API yet)",
+            "batch": "handler.push_many([(i,), ...])",
+            "prefill": "handler.push_many",
             "worker": "python -m flask --app bench.apps.pgtq_app pgtq worker",
             "task": "sync def noop(i): return None",
             "done when": "no task is queued or running",
