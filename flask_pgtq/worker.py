@@ -110,6 +110,9 @@ class Worker:
         self._inbox: SimpleQueue[Task | None] = SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._wake_r, self._wake_w = os.pipe()
+        #: A handler thread already woke the main thread since it last woke
+        #: (set by handler threads, cleared by the main thread).
+        self._woken = False
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._failures = 0
@@ -486,7 +489,12 @@ class Worker:
             # its next claim arrives before they run out), or when a batch
             # is ready; else it flushes within FLUSH_DELAY.
             left = self._inbox.qsize()
-            if left == 0 or left == self._refill_at or len(self._finished) >= FLUSH_BATCH:
+            if not self._woken and (
+                left == 0 or left <= self._refill_at or len(self._finished) >= FLUSH_BATCH
+            ):
+                # Once per wait of the main thread: a write per task costs
+                # the handler threads a system call each.
+                self._woken = True
                 self._wake()
 
     def _heartbeat(self) -> None:
@@ -528,6 +536,9 @@ class Worker:
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._wake_r, 4096):
                     pass
+        # Awake now and about to look at everything: handler threads may wake
+        # it again for what happens from here on.
+        self._woken = False
         if len(fds) > 1 and fds[1] in ready:
             for channel, payload in self.listener.drain():
                 if channel == "pgtq_cancel" and payload.isdigit():

@@ -402,6 +402,47 @@ def test_claim_uses_the_ready_index_with_a_large_history(dsn, db):
     assert "Seq Scan" not in plan, plan
 
 
+@pytest.mark.parametrize(
+    "statement, params",
+    [
+        ("rescue_tasks", {"backoff": 1.0, "backoff_max": 60.0}),
+        ("cancel_requests", {"owner": "00000000-0000-0000-0000-000000000000"}),
+        (
+            "claim_limited_tasks",
+            {
+                "owner": "00000000-0000-0000-0000-000000000000",
+                "queue": "default",
+                "limit": 5,
+                "name": "job",
+                "concurrency": 2,
+                "rate": None,
+                "period": None,
+            },
+        ),
+    ],
+)
+def test_running_task_lookups_use_the_running_index_with_a_large_history(
+    dsn, db, statement, params
+):
+    with db.cursor() as cur:
+        cur.execute(
+            "INSERT INTO pgtq_tasks (queue, name, state, finished_at) "
+            "SELECT 'default', 'job', 'succeeded', now() FROM generate_series(1, 50000)"
+        )
+        cur.execute(
+            "INSERT INTO pgtq_tasks (queue, name, state, locked_by, started_at) "
+            "SELECT 'default', 'job', 'running', gen_random_uuid(), now() "
+            "FROM generate_series(1, 100)"
+        )
+        cur.execute("ANALYZE pgtq_tasks")
+        from flask_pgtq import queries
+
+        cur.execute("EXPLAIN " + queries.get(statement), params)
+        plan = "\n".join(row[0] for row in cur.fetchall())
+    assert "pgtq_tasks_running_by_name" in plan, plan
+    assert "Seq Scan on pgtq_tasks" not in plan, plan
+
+
 def test_retention_deletes_in_small_batches(dsn, db):
     q = PgTq(dsn=dsn, keep_succeeded=3600, keep_failed=None, prune_batch=500)
     with db.cursor() as cur:
