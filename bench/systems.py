@@ -125,7 +125,7 @@ class PostgresSystem(System):
 class FlaskPgtq(PostgresSystem):
     name = "flask_pgtq"
     dbname = "bench_flask_pgtq"
-    sweep = ("2x1", "2x2", "2x4", "2x8", "2x32", "2x64", "2x256", "1x64", "1x256")
+    sweep = ("2x1", "2x4", "2x32", "2x256", "1x256", "2xp200", "2xp1000", "2xp2000")
 
     def __init__(self) -> None:
         super().__init__()
@@ -262,6 +262,14 @@ class FlaskPgtq(PostgresSystem):
             )
             configs[f"1x{c}"] = WorkerConfig(
                 f"1x{c}", f"1 process x --concurrency {c}", [argv("-c", str(c))], self.env()
+            )
+        for p in (200, 1000, 2000):
+            # PGTQ_PREFETCH through the environment (bench/apps/pgtq_app.py).
+            configs[f"2xp{p}"] = WorkerConfig(
+                f"2xp{p}",
+                f"2 processes x --concurrency 1, PGTQ_PREFETCH={p}",
+                [argv()] * 2,
+                {**self.env(), "BENCH_PGTQ_PREFETCH": str(p)},
             )
         return configs
 
@@ -405,7 +413,7 @@ class Procrastinate(PostgresSystem):
 class PgQueuer(PostgresSystem):
     name = "pgqueuer"
     dbname = "bench_pgqueuer"
-    sweep = ("2xb10", "2xb20", "2xb50", "2xb100", "2xb200")
+    sweep = ("2xb10", "2xb20", "2xb50", "2xb100", "2xb200", "2xb500", "2xb1000", "2xb2000")
 
     def __init__(self) -> None:
         super().__init__()
@@ -504,7 +512,7 @@ class PgQueuer(PostgresSystem):
                 self.env(),
             ),
         }
-        for b in (10, 20, 50, 100, 200):
+        for b in (10, 20, 50, 100, 200, 500, 1000, 2000):
             configs[f"2xb{b}"] = WorkerConfig(
                 f"2xb{b}",
                 f"2 processes x --batch-size {b}",

@@ -21,6 +21,9 @@ def create_app(dsn: str = DSN) -> tuple[Flask, PgTq, dict[str, Any]]:
     """A fresh app, extension and handlers (the harness makes one per fresh database)."""
     app = Flask(__name__)
     app.config["PGTQ_DSN"] = dsn
+    prefetch = os.environ.get("BENCH_PGTQ_PREFETCH")
+    if prefetch is not None:  # a sweep configuration; the default otherwise
+        app.config["PGTQ_PREFETCH"] = int(prefetch)
     q = PgTq(app)
 
     @q.handler()
