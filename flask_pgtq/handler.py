@@ -206,6 +206,8 @@ class Handler(Generic[P, R]):
             raise ConfigurationError(f"retry_backoff must be seconds >= 0, not {retry_backoff!r}")
         self.retry_backoff = retry_backoff
         functools.update_wrapper(self, func)
+        #: Argument shapes (positional count, keyword names) known to fit.
+        self._accepted: set[tuple[int, frozenset[str]]] = set()
 
     def __repr__(self) -> str:
         return f"<Handler {self.name!r}>"
@@ -214,6 +216,18 @@ class Handler(Generic[P, R]):
     def signature(self) -> inspect.Signature:
         """The function's signature, to check a task's arguments before a run."""
         return inspect.signature(self.func)
+
+    def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Raise :class:`TypeError` if the function cannot take these
+        arguments.  Whether it can depends only on how many positional
+        arguments there are and which keywords, so the shapes that passed
+        are remembered (a few dozen at most) and checked once."""
+        shape = (len(args), frozenset(kwargs))
+        if shape in self._accepted:
+            return
+        self.signature.bind(*args, **kwargs)
+        if len(self._accepted) < 64:
+            self._accepted.add(shape)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function now, in this thread.  No task is stored."""

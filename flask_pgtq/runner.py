@@ -123,7 +123,7 @@ class Runner:
                 "module that defines it)",
             )
         try:
-            handler.signature.bind(*task.args, **task.kwargs)
+            handler.check_arguments(task.args, task.kwargs)
         except TypeError as exc:
             return Outcome(
                 task,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from flask_pgtq import Cancel, NotClaimed, PgTq, Retry, State, current_task
+from flask_pgtq import Cancel, NotClaimed, PgTq, Retry, State, Task, current_task
 from flask_pgtq.runner import backoff_delay
 from tests.helpers import poll_until, sql_one
 
@@ -197,6 +198,27 @@ def test_unknown_names_and_bad_signatures_fail_without_retry(q: PgTq, dsn: str) 
     assert mismatch.state is State.FAILED
     assert "do not match the signature" in mismatch.error
     assert mismatch.attempts == 1
+
+
+def test_a_fitting_argument_shape_does_not_let_other_shapes_through(q: PgTq) -> None:
+    @q.handler()
+    def greet(name: str, *, loud: bool = False) -> str:
+        return name.upper() if loud else name
+
+    def run(*args: Any, **kwargs: Any) -> Task:
+        pushed = q.push("greet", *args, **kwargs)
+        task = q.pop()
+        assert task is not None and task.id == pushed.id
+        return task.run()
+
+    # Accepted shapes are remembered; each other shape is still checked.
+    assert run("a").result == "a"
+    assert run("b", loud=True).result == "B"
+    assert run("c").result == "c"
+    for args, kwargs in [(("x", "y"), {}), ((), {}), (("x",), {"shout": True})]:
+        task = run(*args, **kwargs)
+        assert task.state is State.FAILED
+        assert "do not match the signature" in task.error
 
 
 def test_a_result_that_is_not_json_fails_the_task(q: PgTq) -> None:
