@@ -253,7 +253,7 @@ class FlaskPgtq(PostgresSystem):
                 "1proc", "1 process, default settings (concurrency 1)", [argv()], self.env()
             ),
             "2cores": WorkerConfig(
-                "2cores", "2 processes x --concurrency 256", [argv("-c", "256")] * 2, self.env()
+                "2cores", "2 processes, default settings (concurrency 1)", [argv()] * 2, self.env()
             ),
         }
         for c in (1, 2, 4, 8, 16, 32, 64, 128, 256):
@@ -507,8 +507,8 @@ class PgQueuer(PostgresSystem):
             ),
             "2cores": WorkerConfig(
                 "2cores",
-                "2 processes x --batch-size 100",
-                [argv("--batch-size", "100")] * 2,
+                "2 processes x --batch-size 2000",
+                [argv("--batch-size", "2000")] * 2,
                 self.env(),
             ),
         }
