@@ -164,16 +164,21 @@ class TaskStore:
         if spec.unique_key is not None:
             return self._push_unique(params, conn)
         # Only the columns the database decides come back; the rest we sent.
-        (row,) = self._rows("push_task", params, conn)
-        row.update(
-            queue=spec.queue,
-            name=spec.name,
-            args=json.loads(args_json),
-            kwargs=json.loads(kwargs_json),
-            priority=spec.priority,
-            max_attempts=spec.max_attempts,
+        ((task_id, run_at, created_at),) = self._execute("push_task", params, conn, _tuples)
+        return Task(
+            task_id,
+            spec.name,
+            spec.queue,
+            json.loads(args_json),
+            {} if kwargs_json == "{}" else json.loads(kwargs_json),
+            State.QUEUED,
+            spec.priority,
+            0,
+            spec.max_attempts,
+            run_at,
+            created_at,
+            _backend=self.backend,
         )
-        return Task.from_row(row, self.backend)
 
     def _push_unique(self, params: dict[str, Any], conn: Any) -> Task:
         # A concurrent holder may commit (or roll back) while we wait on the

@@ -29,7 +29,8 @@ VALUES (
     %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s, %(max_attempts)s,
     coalesce(%(run_at)s, now() + %(delay)s * interval '1 second')
 )
-RETURNING id, state, run_at, created_at;
+-- Only what the database decides (a new task is always queued, attempt 0).
+RETURNING id, run_at, created_at;
 
 -- name: get_task
 SELECT * FROM pgtq_tasks WHERE id = %(id)s;
