@@ -52,7 +52,7 @@ WATCH = harness.CpuWatch()
 
 CONFIGS = {
     "1proc": Workers(processes=1),
-    "2cores": Workers(processes=2, concurrency=256),
+    "2cores": Workers(processes=2),
 }
 
 
@@ -178,7 +178,7 @@ def run_retention(
         "PGTQ_KEEP_SUCCEEDED": opts.keep_succeeded,
         "PGTQ_PRUNE_INTERVAL": opts.prune_interval,
     }
-    workers = Workers(processes=2, concurrency=256, config=config, dsn=dsn)
+    workers = Workers(processes=2, config=config, dsn=dsn)
     total = opts.tasks
     samples: list[dict[str, Any]] = []
     out: dict[str, Any] = {
