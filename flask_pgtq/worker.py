@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -333,6 +334,7 @@ class Worker:
         if not outcomes and room == 0:
             return 0
         got = 0
+        claimed: list[list[Task]] = []
         count = len(self.queues)
         start = self._turn
         self._turn = (self._turn + 1) % count
@@ -356,10 +358,16 @@ class Worker:
             self._note_limits(limits, tasks)
             for task in tasks:
                 self._running[task.id] = task
-                self._inbox.put(task)
+            claimed.append(tasks)
             got += len(tasks)
             if got >= room:
                 break
+        # Queues take turns in the inbox too: prefetched tasks of a flooded
+        # queue must not run before another queue's share.
+        for turn in itertools.zip_longest(*claimed):
+            for task in turn:
+                if task is not None:
+                    self._inbox.put(task)
         self.claimed += got
         return got
 
