@@ -57,6 +57,19 @@ def test_upgrade_applies_every_migration_once(
     assert sql_one(empty_dsn, "SELECT to_regclass('pgtq_tasks') IS NOT NULL") == (True,)
 
 
+def test_the_task_table_is_vacuumed_early_and_unthrottled(
+    empty_db: psycopg2.extensions.connection, empty_dsn: str
+) -> None:
+    schema.upgrade(empty_db)
+    (options,) = sql_one(
+        empty_dsn, "SELECT reloptions FROM pg_class WHERE oid = 'pgtq_tasks'::regclass"
+    )
+    settings = dict(option.split("=") for option in options)
+    assert float(settings["autovacuum_vacuum_scale_factor"]) <= 0.01
+    assert float(settings["autovacuum_vacuum_insert_scale_factor"]) <= 0.01
+    assert float(settings["autovacuum_vacuum_cost_delay"]) == 0
+
+
 def test_upgrade_keeps_the_connections_autocommit(
     empty_db: psycopg2.extensions.connection,
 ) -> None:
