@@ -334,7 +334,10 @@ class Worker:
         if not outcomes and room == 0:
             return 0
         got = 0
-        claimed: list[list[Task]] = []
+        # Free threads start at once; prefetched tasks wait for the round's
+        # end, to go to the inbox with the other queues' in turns.
+        starting = free
+        prefetched: list[list[Task]] = []
         count = len(self.queues)
         start = self._turn
         self._turn = (self._turn + 1) % count
@@ -358,13 +361,16 @@ class Worker:
             self._note_limits(limits, tasks)
             for task in tasks:
                 self._running[task.id] = task
-            claimed.append(tasks)
+            for task in tasks[:starting]:
+                self._inbox.put(task)
+            prefetched.append(tasks[starting:])
+            starting = max(starting - len(tasks), 0)
             got += len(tasks)
             if got >= room:
                 break
         # Queues take turns in the inbox too: prefetched tasks of a flooded
         # queue must not run before another queue's share.
-        for turn in itertools.zip_longest(*claimed):
+        for turn in itertools.zip_longest(*prefetched):
             for task in turn:
                 if task is not None:
                     self._inbox.put(task)
