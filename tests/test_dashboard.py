@@ -288,6 +288,52 @@ def test_retry_with_a_csrf_token(
     assert "queued again" in text(client.get(response.headers["Location"]))
 
 
+def test_retry_all_failed_of_a_queue(
+    client: FlaskClient, app: Flask, q: PgTq, tasks: dict[str, int], dsn: str
+) -> None:
+    with app.app_context():
+        more = [q.push("boom", f"again {i}").id for i in range(2)]
+        for _ in more:
+            q.pop("risky").run()
+    failed = [tasks["failed"], *more]
+    assert {state_of(dsn, t) for t in failed} == {"failed"}
+    # Offered only on the list filtered to failed (or cancelled) tasks.
+    assert 'id="retry-all"' not in text(client.get("/pgtq/tasks"))
+    page = text(client.get("/pgtq/tasks?state=failed&queue=risky"))
+    assert "Retry all 3 failed" in page
+    response = client.post(
+        "/pgtq/tasks/retry",
+        data={"csrf_token": csrf_token(page), "state": "failed", "queue": "risky"},
+    )
+    assert response.status_code == 303
+    assert {state_of(dsn, t) for t in failed} == {"queued"}
+    assert state_of(dsn, tasks["done"]) == "succeeded"
+    assert "3 tasks queued again" in text(client.get(response.headers["Location"]))
+
+
+@pytest.mark.parametrize(
+    "form",
+    [{"state": "succeeded"}, {"state": ""}, {"state": "failed", "queue": "x'; DROP TABLE"}],
+    ids=["succeeded", "no-state", "hostile-queue"],
+)
+def test_retry_all_refuses_what_it_cannot_retry(
+    client: FlaskClient, tasks: dict[str, int], dsn: str, form: dict[str, str]
+) -> None:
+    token = csrf_token(text(client.get("/pgtq/tasks?state=failed")))
+    response = client.post("/pgtq/tasks/retry", data={"csrf_token": token, **form})
+    assert response.status_code == 400
+    assert state_of(dsn, tasks["failed"]) == "failed"
+    assert state_of(dsn, tasks["done"]) == "succeeded"
+
+
+def test_retry_all_needs_a_csrf_token(
+    client: FlaskClient, tasks: dict[str, int], dsn: str
+) -> None:
+    response = client.post("/pgtq/tasks/retry", data={"state": "failed"})
+    assert response.status_code == 403
+    assert state_of(dsn, tasks["failed"]) == "failed"
+
+
 def test_cancel_and_delete(client: FlaskClient, tasks: dict[str, int], dsn: str) -> None:
     response = post_action(client, tasks["waiting"], "cancel")
     assert response.status_code == 303 and "done=cancelled" in response.headers["Location"]
@@ -366,6 +412,9 @@ def test_read_only_hides_and_refuses_actions(dsn: str) -> None:
     page = text(client.get(f"/pgtq/tasks/{task_id}"))
     assert "Read-only" in page and 'name="csrf_token"' not in page
     response = client.post(f"/pgtq/tasks/{task_id}/retry", data={"csrf_token": "x"})
+    assert response.status_code == 403
+    assert 'id="retry-all"' not in text(client.get("/pgtq/tasks?state=failed"))
+    response = client.post("/pgtq/tasks/retry", data={"csrf_token": "x", "state": "failed"})
     assert response.status_code == 403
     with app.app_context():
         assert q.get_task(task_id).state is State.FAILED

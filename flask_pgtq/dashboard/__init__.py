@@ -62,6 +62,8 @@ CSRF_COOKIE = "pgtq_csrf"
 CSRF_MAX_AGE = 12 * 3600
 #: Tasks per page of the task list.
 PAGE_SIZE = 50
+#: States whose tasks the list offers to retry all at once.
+RETRYABLE_STATES = ("failed", "cancelled")
 
 _NOT_CONFIGURED = (
     "The flask_pgtq dashboard has no access check, so it refuses every request. "
@@ -275,13 +277,18 @@ def tasks() -> Any:
     except (ValueError, InvalidName) as exc:
         return _page(400, "Bad filter", str(exc))
     queues = [q.queue for q in admin.status()]
+    done = _DONE.get(request.args.get("done", ""))
+    retried = _int_arg("retried")
+    if request.args.get("done") == "retried-all" and retried is not None:
+        done = f"{retried} task{'' if retried == 1 else 's'} queued again with fresh attempts."
     return render_template(
         "pgtq_dashboard/tasks.html",
         page_=page,
         filters=filters,
         states=FILTER_STATES,
         queues=queues,
-        done=_DONE.get(request.args.get("done", "")),
+        retryable=RETRYABLE_STATES,
+        done=done,
         page="tasks",
     )
 
@@ -321,6 +328,29 @@ def workers() -> Any:
 @blueprint.post("/tasks/<int:task_id>/retry")
 def retry(task_id: int) -> Any:
     return _act(task_id, lambda admin: (admin.retry(task_id), "retried")[1])
+
+
+@blueprint.post("/tasks/retry")
+def retry_all() -> Any:
+    """Retry every failed (or every cancelled) task, of one queue or all:
+    what the task list shows with that state filter and no name filter."""
+    refused = _refuse_action()
+    if refused is not None:
+        return refused
+    state = request.form.get("state", "")
+    queue = request.form.get("queue") or None
+    if state not in RETRYABLE_STATES:
+        return _page(
+            400, "Bad request", f"only failed or cancelled tasks can be retried, not {state!r}"
+        )
+    try:
+        ids = _admin().retry_all(states=[state], queue=queue)
+    except InvalidName as exc:
+        return _page(400, "Bad request", str(exc))
+    return redirect(
+        url_for(".tasks", state=state, queue=queue, done="retried-all", retried=len(ids)),
+        code=303,
+    )
 
 
 @blueprint.post("/tasks/<int:task_id>/cancel")
