@@ -498,13 +498,12 @@ class Worker:
                 if outcome is None:
                     outcome = self.runner.abandoned(task, type(exc))
             self._finished.append(outcome)  # type: ignore[arg-type]
-            # The main thread flushes in batches: wake it when this thread
-            # runs out of work, when the prefetched tasks run low (so that
+            # The main thread flushes in batches: wake it when the tasks
+            # waiting here run low (none left, or half the prefetch, so that
             # its next claim arrives before they run out), or when a batch
             # is ready; else it flushes within FLUSH_DELAY.
-            left = self._inbox.qsize()
             if not self._woken and (
-                left == 0 or left <= self._refill_at or len(self._finished) >= FLUSH_BATCH
+                self._inbox.qsize() <= self._refill_at or len(self._finished) >= FLUSH_BATCH
             ):
                 # Once per wait of the main thread: a write per task costs
                 # the handler threads a system call each.
