@@ -12,7 +12,7 @@ import random
 import time
 from typing import Any
 
-from .connection import Database, is_driver_error
+from .connection import Database, is_driver_error, translated_errors
 from .exceptions import DatabaseError
 
 log = logging.getLogger("flask_pgtq.worker")
@@ -50,13 +50,18 @@ class Listener:
         """Connect and LISTEN, unless connected or backing off."""
         if self._conn is not None or time.monotonic() < self.next_try:
             return
+        conn = None
         try:
             conn = self._db.connect(
                 keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3
             )
-            with conn.cursor() as cur:
+            # The connection can die between connect and LISTEN too.
+            with translated_errors(self._db), conn.cursor() as cur:
                 cur.execute("".join(f"LISTEN {channel};" for channel in self._channels))
         except DatabaseError as exc:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
             self.next_try = time.monotonic() + RETRY_CAP * random.uniform(0.5, 1)
             log.warning("%s cannot LISTEN (%s); polling until it can", self._label, exc)
             return

@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg2
 import pytest
@@ -179,6 +180,40 @@ def test_a_worker_waits_for_a_database_that_is_down(app, dsn, start_worker, pg_s
     assert worker_app.q.get_task(task.id).state in (State.RUNNING, State.SUCCEEDED)
     worker.terminate()
     assert worker.wait() == 0
+
+
+def test_a_listen_connection_killed_before_its_listen_is_retried_not_raised(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flask_pgtq.listener import Listener
+
+    listener = Listener(dsn, ("pgtq",), "test")
+    connect = listener._db.connect
+    killed: list[int] = []
+
+    def connect_then_kill(**options: Any) -> Any:
+        conn = connect(**options)
+        pid = conn.get_backend_pid()
+        sql_one(dsn, "SELECT pg_terminate_backend(%s)", (pid,))
+        poll_until(
+            lambda: not sql_one(dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                                (pid,))[0],
+            10, 0.01, "the backend to exit",
+        )
+        killed.append(pid)
+        return conn
+
+    monkeypatch.setattr(listener._db, "connect", connect_then_kill)
+    listener.ensure()  # the LISTEN fails: a warning and a later retry, no exception
+    assert killed and not listener.connected
+    assert listener.next_try > time.monotonic()
+    monkeypatch.undo()
+    listener.next_try = 0.0
+    listener.ensure()
+    try:
+        assert listener.connected
+    finally:
+        listener.close()
 
 
 def test_killed_listener_connection_is_rebuilt(app, dsn, start_worker):
