@@ -1,21 +1,108 @@
 """JSON as flask_pgtq stores it: arguments, results and progress.
 
-Strict: NaN and infinities are refused (they are not JSON), and so are dict
-keys that are not strings (JSON would silently turn ``{1: "a"}`` into
-``{"1": "a"}``, so the handler would get other data than was pushed).
+Strict, so that what a handler gets (or a waiter reads) is exactly what was
+given, and so that PostgreSQL can always store it:
+
+- NaN and infinities are refused (they are not JSON);
+- dict keys must be strings (JSON would silently turn ``{1: "a"}`` into
+  ``{"1": "a"}``);
+- strings must not hold NUL or lone surrogates (``jsonb`` cannot store
+  ``\\u0000``, and a lone surrogate is not text);
+- nesting is at most :data:`MAX_DEPTH` levels (deeper values would make a
+  decoder run out of stack in the worker);
+- the text is at most a given number of bytes.
+
+Every refusal is a :class:`ValueError` subclass naming what was wrong, never
+a driver error or a :class:`RecursionError`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .exceptions import ArgumentsNotSerializable, PayloadTooLarge
 
 #: Compact, strict JSON text of a value.  One shared encoder: ``json.dumps``
-#: with options builds a new encoder on every call.
+#: with options builds a new encoder on every call.  ASCII only: NUL and
+#: surrogates show up as ``\\u`` escapes, which :func:`encode` looks for.
 dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
+#: Deepest nesting of lists and dicts accepted in stored JSON.
+MAX_DEPTH = 100
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+class NotStorable(ValueError):
+    """A value that flask_pgtq cannot store as JSON; the message says why."""
+
+
+def encode(value: Any, max_bytes: int | None = None) -> str:
+    """Strict JSON text of *value*.
+
+    :param max_bytes: refuse text longer than this many bytes.
+    :raises NotStorable: the value cannot be stored faithfully (see the
+        module's rules); the message says what is wrong and where.
+    """
+    try:
+        text = dumps(value)
+    except RecursionError:
+        raise NotStorable(f"nested more than {MAX_DEPTH} levels deep") from None
+    except (TypeError, ValueError) as exc:
+        raise NotStorable(str(exc)) from None
+    if isinstance(value, dict | list | tuple):
+        check(value)
+    elif "\\u0000" in text or "\\ud" in text:
+        check(value)
+    if max_bytes is not None and len(text) > max_bytes:
+        # ASCII text: one byte per character.
+        raise PayloadTooLarge(f"{len(text)} bytes of JSON, more than the limit of {max_bytes}")
+    return text
+
+
+def check(value: Any, depth: int = 0) -> None:
+    """Refuse what :func:`dumps` lets through but the database or the
+    round trip would not keep: non-string keys, NUL and lone surrogates,
+    nesting past :data:`MAX_DEPTH`."""
+    if isinstance(value, str):
+        if _UNSTORABLE.search(value):
+            raise NotStorable(f"the string {_preview(value)} holds {_what(value)}")
+    elif isinstance(value, dict):
+        if depth >= MAX_DEPTH:
+            raise NotStorable(f"nested more than {MAX_DEPTH} levels deep")
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise NotStorable(
+                    f"dict keys must be strings, not {type(key).__name__} {key!r}"
+                )
+            check(key, depth + 1)
+            check(item, depth + 1)
+    elif isinstance(value, list | tuple):
+        if depth >= MAX_DEPTH:
+            raise NotStorable(f"nested more than {MAX_DEPTH} levels deep")
+        for item in value:
+            check(item, depth + 1)
+
+
+def _what(text: str) -> str:
+    return "a NUL character" if "\x00" in text else "a lone surrogate (not valid Unicode)"
+
+
+def _preview(text: str) -> str:
+    shown = storable_text(text[:40])
+    return repr(shown + ("..." if len(text) > 40 else ""))
+
+
+def storable_text(text: str) -> str:
+    """*text* with what PostgreSQL cannot store made visible instead:
+    NUL as ``\\x00`` and lone surrogates as ``\\udXXX``.  For error texts and
+    messages, which must be recorded whatever they hold."""
+    if not _UNSTORABLE.search(text):
+        return text
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def encode_arguments(
@@ -23,18 +110,15 @@ def encode_arguments(
 ) -> tuple[str, str]:
     """Encode a task's arguments as JSON text, or raise naming the bad one.
 
-    NaN and infinities are refused (they are not JSON).  The combined size is
-    checked against *max_bytes* before anything is stored.
+    :raises ArgumentsNotSerializable: an argument breaks the module's rules.
+    :raises PayloadTooLarge: the combined size is over *max_bytes*.
     """
     try:
-        args_json = dumps(list(args))
-        kwargs_json = dumps(dict(kwargs)) if kwargs else "{}"
-        _check_keys(args)
-        if kwargs:
-            _check_keys(kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ArgumentsNotSerializable(_which_argument(name, args, kwargs, exc)) from exc
-    size = len(args_json.encode()) + len(kwargs_json.encode())
+        args_json = encode(list(args))
+        kwargs_json = encode(dict(kwargs)) if kwargs else "{}"
+    except NotStorable as exc:
+        raise ArgumentsNotSerializable(_which_argument(name, args, kwargs, exc)) from None
+    size = len(args_json) + len(kwargs_json)
     if size > max_bytes:
         raise PayloadTooLarge(
             f"arguments of task {name!r} are {size} bytes of JSON, more than "
@@ -44,37 +128,22 @@ def encode_arguments(
     return args_json, kwargs_json
 
 
-def _check_keys(value: Any) -> None:
-    """Refuse dict keys that JSON would silently turn into strings
-    (``{1: "a"}`` would come back as ``{"1": "a"}``)."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"dict keys must be strings, not {type(key).__name__} {key!r}")
-            _check_keys(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _check_keys(item)
-
-
 def _which_argument(
     name: str, args: Sequence[Any], kwargs: Mapping[str, Any], exc: Exception
 ) -> str:
-    labelled = [(f"argument {i}", v) for i, v in enumerate(args)]
-    labelled += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
-    for label, value in labelled:
-        if not isinstance(label, str):
-            continue
-        try:
-            dumps(value)
-            _check_keys(value)
-        except (TypeError, ValueError) as inner:
-            return (
-                f"{label} of task {name!r} is not JSON-serialisable "
-                f"({type(value).__name__}): {inner}. Pass only JSON types "
-                "(str, int, float, bool, None, list, dict with str keys)."
-            )
     for key in kwargs:
         if not isinstance(key, str):
             return f"keyword argument names of task {name!r} must be strings, not {key!r}"
-    return f"arguments of task {name!r} are not JSON-serialisable: {exc}"
+    labelled = [(f"argument {i}", v) for i, v in enumerate(args)]
+    labelled += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in labelled:
+        try:
+            # One level down: the argument list itself is a level.
+            encode([value])
+        except (NotStorable, PayloadTooLarge) as inner:
+            return (
+                f"{label} of task {name!r} cannot be stored as JSON "
+                f"({type(value).__name__}): {inner}. Pass only JSON types "
+                "(str, int, float, bool, None, list, dict with str keys)."
+            )
+    return f"arguments of task {name!r} cannot be stored as JSON: {exc}"

@@ -79,6 +79,29 @@ def redact_dsn(dsn: str) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items())
 
 
+#: Longest delay accepted anywhere (a push's ``delay``, ``Retry(delay=...)``,
+#: a retry backoff): 100 years, far inside what PostgreSQL's timestamps hold.
+MAX_SECONDS = 100 * 365.25 * 24 * 3600
+
+
+def seconds(value: Any, what: str) -> float:
+    """Seconds from a number or a :class:`~datetime.timedelta`: finite,
+    ``>= 0`` and at most :data:`MAX_SECONDS`.
+
+    :raises ConfigurationError: naming *what* and the value.
+    """
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{what} must be seconds or a timedelta, not {value!r}")
+    if not math.isfinite(value) or not 0 <= value <= MAX_SECONDS:
+        raise ConfigurationError(
+            f"{what} must be a finite number of seconds from 0 to {MAX_SECONDS:.0f} "
+            f"(100 years), not {value!r}"
+        )
+    return float(value)
+
+
 def _positive(value: Any, key: str, *, number: type = float, zero: bool = False) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"{key} must be a number, not {value!r}")
@@ -154,6 +177,9 @@ class Config:
     prepared_statements: bool = True
     #: Largest accepted size, in bytes, of a task's JSON arguments.
     max_payload_bytes: int = 1_000_000
+    #: Largest stored size, in bytes, of a handler's JSON return value (and
+    #: of its progress); a larger one fails the task with a clear error.
+    max_result_bytes: int = 10_000_000
     #: Most pooled connections per process (per app).
     pool_size: int = 10
     #: Where to mount the dashboard, e.g. ``"/pgtq"``; ``None`` (the
@@ -235,7 +261,13 @@ class Config:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(f"PGTQ_{name.upper()} must be True or False")
         set_(self, "prefetch", _positive(self.prefetch, "PGTQ_PREFETCH", number=int, zero=True))
-        for name in ("concurrency", "max_payload_bytes", "pool_size", "prune_batch"):
+        for name in (
+            "concurrency",
+            "max_payload_bytes",
+            "max_result_bytes",
+            "pool_size",
+            "prune_batch",
+        ):
             set_(self, name, _positive(getattr(self, name), f"PGTQ_{name.upper()}", number=int))
         self._check_operations()
         if self.heartbeat_interval * 2 > self.lease:

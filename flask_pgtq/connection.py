@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import select
 import threading
 from collections.abc import Iterator
@@ -51,9 +52,34 @@ def _scrub(message: str, secrets: tuple[str, ...]) -> str:
     return message.strip()
 
 
+#: SQLSTATE classes whose messages may quote the statement's values:
+#: data exceptions, integrity violations, program limits.
+_ABOUT_DATA = ("22", "23", "54")
+_QUOTED_VALUE = re.compile(r':\s*".*$', re.DOTALL)
+
+
+def _message(exc: BaseException, secrets: tuple[str, ...]) -> str:
+    """The error's text, without the password, and without the values a
+    statement was given when the error is about data (PostgreSQL quotes
+    them in the message, DETAIL and CONTEXT: task arguments and results
+    must not reach logs)."""
+    code = getattr(exc, "pgcode", None)
+    if code and code[:2] in _ABOUT_DATA:
+        primary = getattr(getattr(exc, "diag", None), "message_primary", None) or ""
+        primary = _QUOTED_VALUE.sub("", primary)
+        return _scrub(f"{primary} (SQLSTATE {code}; values not shown)", secrets)
+    return _scrub(str(exc), secrets) or type(exc).__name__
+
+
 def translate(exc: BaseException, secrets: tuple[str, ...] = ()) -> DatabaseError:
     """The :class:`DatabaseError` to raise for a psycopg2 error."""
-    message = _scrub(str(exc), secrets) or type(exc).__name__
+    error = _translate(exc, secrets)
+    error.sqlstate = getattr(exc, "pgcode", None)
+    return error
+
+
+def _translate(exc: BaseException, secrets: tuple[str, ...]) -> DatabaseError:
+    message = _message(exc, secrets)
     if isinstance(exc, psycopg2.errors.UndefinedTable | psycopg2.errors.UndefinedFunction):
         return SchemaNotReady(
             "the flask_pgtq tables are missing or out of date: "
@@ -69,7 +95,11 @@ def translate(exc: BaseException, secrets: tuple[str, ...] = ()) -> DatabaseErro
         )
     if isinstance(exc, psycopg2.errors.AdminShutdown | psycopg2.errors.CannotConnectNow):
         return DatabaseUnavailable(message)
-    if isinstance(exc, _UNAVAILABLE):
+    code = getattr(exc, "pgcode", None)
+    if isinstance(exc, _UNAVAILABLE) and (code is None or code.startswith("08")):
+        # The connection broke or could not be made.  (psycopg2 makes other
+        # server errors OperationalError too, such as a cancelled statement:
+        # the connection is fine then, and the error is not "unavailable".)
         return DatabaseUnavailable(message)
     return DatabaseError(message)
 
@@ -186,14 +216,19 @@ class Database:
         """Lend a pooled autocommit connection to this thread for the block.
 
         At most ``max_connections`` are lent at once; further callers wait.
-        A connection that broke, or was left inside a transaction, is closed
-        rather than returned.  Driver errors raised in the block come out as
-        :class:`DatabaseError`.
+        A connection is either healthy or discarded: one that broke, was
+        left inside a transaction, or was lent to a block that raised
+        (whatever the error: a cancelled statement, a refused value, a
+        caller's own exception) is closed rather than returned, so no
+        half-known state (an aborted transaction, prepared statements the
+        server kept) reaches the next borrower.  Driver errors raised in the
+        block come out as :class:`DatabaseError`.
         """
         idle = self._idle_list()
         slots = self._slots
         slots.acquire()
         conn = None
+        healthy = False
         try:
             conn = self._take_idle(idle)
             if conn is None:
@@ -202,9 +237,10 @@ class Database:
                 yield conn
             except psycopg2.Error as exc:
                 raise translate(exc, self._secrets) from exc
+            healthy = True
         finally:
             if conn is not None:
-                self._give_back(conn, idle)
+                self._give_back(conn, idle, healthy)
             slots.release()
 
     def _take_idle(self, idle: list[Any]) -> Any:
@@ -232,9 +268,10 @@ class Database:
                 with contextlib.suppress(psycopg2.Error):
                     conn.close()
 
-    def _give_back(self, conn: Any, idle: list[Any]) -> None:
+    def _give_back(self, conn: Any, idle: list[Any], healthy: bool) -> None:
         reusable = (
-            not conn.closed
+            healthy
+            and not conn.closed
             and conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
         )
         if reusable and idle is self._idle:

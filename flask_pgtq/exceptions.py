@@ -8,6 +8,8 @@ handlers to steer their own task.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PgTqError(Exception):
     """Base class of every flask_pgtq error."""
@@ -18,11 +20,37 @@ class ConfigurationError(PgTqError, ValueError):
 
 
 class DatabaseError(PgTqError):
-    """The database reported an error.  The message never holds the password."""
+    """The database reported an error.  The message never holds the password,
+    nor (for errors about data) the values the statement was given.
+
+    :ivar sqlstate: PostgreSQL's five-character error code, when it sent one.
+    """
+
+    sqlstate: str | None = None
+
+    @property
+    def transient(self) -> bool:
+        """Trying the same statement again may work: the connection broke,
+        or the statement was cancelled, timed out, deadlocked, or lost a
+        serialization conflict or a lock wait."""
+        code = self.sqlstate or ""
+        return code[:2] in _TRANSIENT_CLASSES or code in _TRANSIENT_CODES
+
+
+#: SQLSTATE classes and codes of errors worth the same statement again:
+#: connection exceptions, transaction rollbacks (serialization failure,
+#: deadlock), operator intervention (cancel, shutdown), insufficient
+#: resources, and lock_not_available.
+_TRANSIENT_CLASSES = frozenset({"08", "40", "53", "57"})
+_TRANSIENT_CODES = frozenset({"55P03", "55006"})
 
 
 class DatabaseUnavailable(DatabaseError):
     """The database cannot be reached, or the connection broke."""
+
+    @property
+    def transient(self) -> bool:
+        return True
 
 
 class SchemaNotReady(DatabaseError):
@@ -81,12 +109,14 @@ class Retry(PgTqError):
     The attempt counts against ``max_attempts``; when none are left the task
     fails.
 
-    :param delay: seconds to wait before the next attempt; ``None`` uses the
-        handler's exponential backoff.
+    :param delay: seconds (or a :class:`~datetime.timedelta`) to wait before
+        the next attempt, from 0 to 100 years; ``None`` uses the handler's
+        exponential backoff.  Any other value (``nan``, a negative number, a
+        string) fails the task without retry, with an error that says why.
     :param reason: recorded as the task's error text.
     """
 
-    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+    def __init__(self, delay: Any = None, reason: str = "retry requested") -> None:
         super().__init__(reason)
         self.delay = delay
         self.reason = reason

@@ -379,7 +379,7 @@ class PgTq:
         )
         signals.send(signals.task_pushed, bound.runner.sender, task=task)
         value = self._handlers[name].func(*task.args, **task.kwargs)
-        task.result = json.loads(codec.dumps(value))
+        task.result = json.loads(codec.encode(value, bound.config.max_result_bytes))
         task.state = State.SUCCEEDED
         return task
 

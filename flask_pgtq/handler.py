@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from .config import validate_name
+from .codec import storable_text
+from .config import seconds, validate_name
 from .exceptions import ArgumentsNotSerializable, ConfigurationError
 
 if TYPE_CHECKING:
@@ -72,6 +72,11 @@ class PushOptions:
             raise ConfigurationError(f"unique_key must be a non-empty string, not {unique_key!r}")
         if unique_key is not None and len(unique_key) > 1000:
             raise ConfigurationError("unique_key must be at most 1000 characters")
+        if unique_key is not None and storable_text(unique_key) != unique_key:
+            raise ConfigurationError(
+                "unique_key must not hold NUL characters or lone surrogates, "
+                f"not {storable_text(unique_key)!r}"
+            )
         unique_seconds = None
         if unique_for is not None:
             if unique_key is None:
@@ -112,17 +117,8 @@ class PushOptions:
         )
 
 
-def _seconds(value: Any, what: str) -> float:
-    """Seconds from a number or a timedelta, finite and >= 0."""
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise ConfigurationError(f"{what} must be seconds or a timedelta, not {value!r}")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ConfigurationError(f"{what} must be a finite number >= 0, not {value!r}")
-    return seconds
+#: Seconds from a number or a timedelta, finite, >= 0, at most 100 years.
+_seconds = seconds
 
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([smhd])\s*$")

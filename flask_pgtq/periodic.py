@@ -79,8 +79,12 @@ class Schedule:
             zone = ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError, TypeError):
             raise ConfigurationError(f"unknown time zone {tz!r}") from None
-        args_json = codec.dumps(list(args))
-        kwargs_json = codec.dumps(dict(kwargs))
+        try:
+            args_json, kwargs_json = codec.encode_arguments(
+                handler.name, args, kwargs, max_bytes=2**31
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"periodic task {handler.name!r}: {exc}") from None
         digest = hashlib.sha1(
             json.dumps([handler.name, cron, tz, args_json, kwargs_json]).encode()
         ).hexdigest()[:12]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from . import queries
+from . import codec, queries
 from .config import Config
 from .connection import Database, translated_errors
 from .exceptions import DatabaseError, TaskNotFound, WaitTimeout
@@ -43,6 +43,12 @@ class Outcome:
     delay: float = 0.0
     duration: float = 0.0
     exception: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        if self.error is not None:
+            # An error text is recorded whatever it holds: what PostgreSQL
+            # cannot store (NUL, lone surrogates) is shown escaped instead.
+            self.error = codec.storable_text(self.error)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -97,6 +103,21 @@ def _tuples(cur: Any) -> list[tuple[Any, ...]]:
     return cur.fetchall() if cur.description is not None else []
 
 
+def _decode_arguments(args: str, kwargs: str) -> tuple[Any, Any]:
+    """A claimed task's arguments from their JSON text.  Arguments this
+    process cannot decode (nested too deeply for its stack, stored by other
+    means than a push) come back as ``None`` and ``{"problem": why}``: the
+    task is then failed without running, instead of ending the worker."""
+    try:
+        return json.loads(args), ({} if kwargs == "{}" else json.loads(kwargs))
+    except (ValueError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        return None, {
+            "problem": f"the task's stored arguments ({len(args) + len(kwargs)} bytes of "
+            f"JSON) cannot be decoded: {why}; failed without running the handler"
+        }
+
+
 def new_owner_id() -> str:
     """A fresh id for a worker (or a process that pops)."""
     return str(uuid.uuid4())
@@ -134,11 +155,9 @@ class TaskStore:
                 if name not in pooled.prepared:
                     cur.execute(prepare)
                     pooled.prepared.add(name)
-                try:
-                    cur.execute(execute, params)
-                except Exception:
-                    pooled.prepared.clear()  # whatever the server has, prepare again
-                    raise
+                # On any error the pool discards the connection, with what
+                # it prepared: no borrower inherits a half-known state.
+                cur.execute(execute, params)
             else:
                 cur.execute(queries.get(name), params)
             return fetch(cur)
@@ -364,8 +383,7 @@ class TaskStore:
                 row[5],
                 row[6],
                 queue,
-                json.loads(row[7]),
-                {} if row[8] == "{}" else json.loads(row[8]),
+                *_decode_arguments(row[7], row[8]),
                 State.RUNNING,
                 row[9],
                 row[10],
@@ -379,6 +397,9 @@ class TaskStore:
             )
             for row in claimed
         ]
+        for task in tasks:
+            if task.args is None:
+                task.args, task.problem = [], task.kwargs.pop("problem")
         for lim in limits:
             if len(tasks) >= limit:
                 break
@@ -408,11 +429,24 @@ class TaskStore:
                 raise
         return [Task.from_row(row, self.backend) for row in rows]
 
-    def release(self, owner: str, task_ids: Sequence[int]) -> list[int]:
-        """Put *owner*'s running tasks back in the queue at once, uncounted."""
-        if not task_ids:
+    def release(
+        self, owner: str, task_ids: Sequence[int], interrupted: Sequence[int] = ()
+    ) -> list[int]:
+        """Put *owner*'s running tasks back in the queue at once.
+
+        :param task_ids: tasks that never started (prefetched): their
+            attempt is not counted.
+        :param interrupted: tasks whose handler started but did not finish:
+            the attempt counts (a task with none left fails), and the
+            history records the released run.
+        :return: the ids released (queued or failed).
+        """
+        if not task_ids and not interrupted:
             return []
-        rows = self._rows("release_tasks", {"owner": owner, "ids": list(task_ids)})
+        rows = self._rows(
+            "release_tasks",
+            {"owner": owner, "ids": list(task_ids), "interrupted": list(interrupted)},
+        )
         return list(rows[0]["array"]) if rows else []
 
     def rescue(self) -> list[dict[str, Any]]:

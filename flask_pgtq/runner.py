@@ -22,11 +22,14 @@ from typing import TYPE_CHECKING, Any, cast
 from werkzeug.local import LocalProxy
 
 from . import codec, signals
-from .config import Config
+from .config import Config, seconds
 from .exceptions import (
     ArgumentsNotSerializable,
     Cancel,
+    ConfigurationError,
+    DatabaseError,
     NotClaimed,
+    PayloadTooLarge,
     Retry,
     TaskCancelled,
     TaskTimeout,
@@ -59,6 +62,23 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """
     ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
     return ceiling * random.uniform(0.5, 1.0)
+
+
+#: Marks an outcome that replaced one the database refused.
+_UNSTORABLE = RuntimeError("outcome refused by the database")
+
+
+def unstorable(outcome: Outcome, exc: BaseException) -> Outcome:
+    """A failure to record instead of *outcome*, which the database refused
+    (*exc* says why): it holds nothing but plain text, so it can be stored."""
+    return Outcome(
+        outcome.task,
+        State.FAILED,
+        error=f"the outcome of this attempt ({outcome.state.value}) could not be stored "
+        f"and was replaced by this failure; failed without retry. The database said: {exc}",
+        duration=outcome.duration,
+        exception=_UNSTORABLE,
+    )
 
 
 class Runner:
@@ -99,9 +119,9 @@ class Runner:
 
     def set_progress(self, task: Task, progress: Any) -> None:
         try:
-            encoded = codec.dumps(progress)
-        except (TypeError, ValueError) as exc:
-            raise ArgumentsNotSerializable(f"progress must be JSON: {exc}") from exc
+            encoded = codec.encode(progress, self.config.max_result_bytes)
+        except ValueError as exc:
+            raise ArgumentsNotSerializable(f"progress cannot be stored as JSON: {exc}") from None
         if task.state is not State.RUNNING or not self.store.set_progress(task, encoded):
             raise NotClaimed(
                 f"task {task.id} attempt {task.attempts} is not running here; "
@@ -122,6 +142,8 @@ class Runner:
                 "worker; it is failed without retry (check the worker imports the "
                 "module that defines it)",
             )
+        if task.problem is not None:
+            return Outcome(task, State.FAILED, error=task.problem)
         try:
             handler.check_arguments(task.args, task.kwargs)
         except TypeError as exc:
@@ -138,8 +160,18 @@ class Runner:
                 signals.send(signals.task_started, self.sender, task=task)
                 value = handler.func(*task.args, **task.kwargs)
         except Retry as exc:
+            try:
+                delay = None if exc.delay is None else seconds(exc.delay, "Retry(delay=...)")
+            except ConfigurationError as bad:
+                return Outcome(
+                    task,
+                    State.FAILED,
+                    error=f"{bad}; failed without retry\n\n{traceback.format_exc()}",
+                    duration=time.perf_counter() - started,
+                    exception=bad,
+                )
             return self._retry_or_fail(
-                task, handler, f"Retry: {exc.reason}", exc, started, delay=exc.delay
+                task, handler, f"Retry: {exc.reason}", exc, started, delay=delay
             )
         except TaskCancelled:
             return self.abandoned(task, TaskCancelled, started)
@@ -159,13 +191,14 @@ class Runner:
             _current_task.reset(token)
         duration = time.perf_counter() - started
         try:
-            result = codec.dumps(value)
-        except (TypeError, ValueError) as exc:
+            result = codec.encode(value, self.config.max_result_bytes)
+        except ValueError as exc:
+            limit = " (PGTQ_MAX_RESULT_BYTES)" if isinstance(exc, PayloadTooLarge) else ""
             return Outcome(
                 task,
                 State.FAILED,
-                error=f"the return value of handler {task.name!r} is not JSON-serialisable "
-                f"({type(value).__name__}): {exc}; failed without retry",
+                error=f"the return value of handler {task.name!r} cannot be stored as JSON "
+                f"({type(value).__name__}): {exc}{limit}; failed without retry",
                 duration=duration,
                 exception=exc,
             )
@@ -332,7 +365,13 @@ class Runner:
         finally:
             stop.set()
             beat.join()
-        if task.id not in self.record(owner, [outcome]):
+        try:
+            accepted = self.record(owner, [outcome])
+        except DatabaseError as exc:
+            if exc.transient:
+                raise
+            accepted = self.record(owner, [unstorable(outcome, exc)])
+        if task.id not in accepted:
             raise NotClaimed(
                 f"task {task.id} was rescued by a worker after its lease ran out; "
                 "this outcome was discarded"

@@ -76,6 +76,9 @@ class Task:
     #: Set by a push: ``True`` when it stored a new task, ``False`` when a
     #: unique key returned the task that already held it.
     is_new: bool | None = None
+    #: Why this claimed task cannot run (its stored arguments could not be
+    #: decoded), or ``None``; a worker fails such a task without running it.
+    problem: str | None = field(default=None, repr=False)
     _backend: Backend | None = field(default=None, repr=False)
 
     @classmethod
@@ -165,5 +168,7 @@ class Task:
 
 
 _COLUMNS = tuple(
-    f.name for f in fields(Task) if not f.name.startswith("_") and f.name != "is_new"
+    f.name
+    for f in fields(Task)
+    if not f.name.startswith("_") and f.name not in ("is_new", "problem")
 )

@@ -26,18 +26,25 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from queue import SimpleQueue
 from typing import Any
 
 from . import schema, signals
-from .exceptions import DatabaseError, SchemaNotReady, TaskCancelled, TaskTimeout
+from .exceptions import (
+    DatabaseError,
+    DatabaseUnavailable,
+    SchemaNotReady,
+    TaskCancelled,
+    TaskTimeout,
+)
 from .listener import Listener
 from .periodic import Schedule, Scheduler
 from .queue import Outcome, new_owner_id
-from .runner import Runner
-from .task import Task
+from .runner import _UNSTORABLE, Runner, unstorable
+from .task import State, Task
 from .watchdog import Watchdog
 
 log = logging.getLogger("flask_pgtq.worker")
@@ -53,6 +60,10 @@ PREFETCH_WAIT = 0.05
 #: while it still has tasks to run; and the longest an outcome waits.
 FLUSH_BATCH = 64
 FLUSH_DELAY = 0.02
+#: Tries of a batch of outcomes refused by transient errors (timeouts,
+#: cancels, deadlocks) before they are recorded one by one; and tries of one
+#: outcome before it is replaced by a failure that can be stored.
+OUTCOME_TRIES = 3
 
 
 class Worker:
@@ -105,6 +116,13 @@ class Worker:
             self.config.effective_listen_dsn, ("pgtq", "pgtq_cancel"), f"worker {self.id}"
         )
         self._running: dict[int, Task] = {}
+        #: Running tasks whose handler has started (the others wait in the
+        #: inbox): released at shutdown, their attempt counts.
+        self._started: set[int] = set()
+        #: Rounds in a row whose outcomes the database refused; past
+        #: OUTCOME_TRIES (or on an error about the data), outcomes are
+        #: recorded one by one so that one bad outcome holds back no other.
+        self._outcome_failures = 0
         self._abandoned: set[int] = set()
         self._cancels: set[int] = set()
         self._finished: collections.deque[Outcome] = collections.deque()
@@ -231,8 +249,10 @@ class Worker:
             self._flush()
         if self._running:
             ids = list(self._running)
+            interrupted = [i for i in ids if i in self._started]
+            waiting = [i for i in ids if i not in self._started]
             try:
-                released = self.store.release(self.id, ids)
+                released = self.store.release(self.id, waiting, interrupted)
                 log.warning(
                     "worker %s released %d unfinished task(s) back to the queue: %s",
                     self.id,
@@ -330,6 +350,8 @@ class Worker:
         were claimed."""
         free, ahead = self._room()
         room = free + ahead
+        if self._outcome_failures:
+            self._record_singly()
         outcomes = self._take_finished()
         if not outcomes and room == 0:
             return 0
@@ -352,10 +374,11 @@ class Worker:
                 accepted, tasks = self.store.finish_and_claim(
                     self.id, outcomes, queue, now, limits, self._limited_names, share - now
                 )
-            except BaseException:
-                self._finished.extendleft(reversed(outcomes))
+            except BaseException as exc:
+                self._outcomes_refused(outcomes, exc)
                 raise
             if outcomes:
+                self._outcome_failures = 0
                 self._recorded(outcomes, accepted)
                 outcomes = []
             self._note_limits(limits, tasks)
@@ -389,6 +412,7 @@ class Worker:
         """Bookkeeping, logs and signals once outcomes are committed."""
         for outcome in outcomes:
             self._running.pop(outcome.task.id, None)
+            self._started.discard(outcome.task.id)
             run = outcome.duration
             self._mean_run = run if self._mean_run is None else 0.9 * self._mean_run + 0.1 * run
             if outcome.task.name in self._limits_due:
@@ -397,15 +421,73 @@ class Worker:
 
     def _flush(self) -> None:
         """Record finished attempts without claiming (when stopping)."""
+        if self._outcome_failures:
+            self._record_singly()
         outcomes = self._take_finished()
         if not outcomes:
             return
         try:
             accepted = self.store.finish(self.id, outcomes)
-        except BaseException:
-            self._finished.extendleft(reversed(outcomes))
+        except BaseException as exc:
+            self._outcomes_refused(outcomes, exc)
             raise
+        self._outcome_failures = 0
         self._recorded(outcomes, accepted)
+
+    def _outcomes_refused(self, outcomes: list[Outcome], exc: BaseException) -> None:
+        """A statement carrying *outcomes* failed: keep them for the next try,
+        one by one if the error was about the data or keeps coming."""
+        self._finished.extendleft(reversed(outcomes))
+        if not outcomes or isinstance(exc, DatabaseUnavailable):
+            return
+        self._outcome_failures += 1
+        if not isinstance(exc, DatabaseError) or not exc.transient:
+            self._outcome_failures = max(self._outcome_failures, OUTCOME_TRIES)
+
+    def _record_singly(self) -> None:
+        """Record finished attempts one statement each, so that an outcome
+        the database refuses holds back no other.
+
+        Only after batches failed (:meth:`_outcomes_refused`).  An outcome
+        still refused (an error about its data, or :data:`OUTCOME_TRIES`
+        transient errors) is replaced by a failure that can be stored and
+        says why, so the task ends and its lease is not held forever.
+        """
+        if self._outcome_failures < OUTCOME_TRIES:
+            return
+        outcomes = self._take_finished()
+        for i, outcome in enumerate(outcomes):
+            try:
+                outcome, accepted = self._finish_one(outcome)
+            except DatabaseError:
+                self._finished.extendleft(reversed(outcomes[i:]))
+                raise
+            self._recorded([outcome], accepted)
+        self._outcome_failures = 0
+
+    def _finish_one(self, outcome: Outcome) -> tuple[Outcome, set[int]]:
+        """Record one outcome; if the database refuses it for good, record
+        a failure that says why in its place.  Returns what was recorded."""
+        for tries in itertools.count(1):
+            try:
+                return outcome, self.store.finish(self.id, [outcome])
+            except DatabaseError as exc:
+                if isinstance(exc, DatabaseUnavailable):
+                    raise
+                if exc.transient and tries < OUTCOME_TRIES:
+                    continue
+                if outcome.exception is _UNSTORABLE:
+                    raise
+                log.error(
+                    "worker %s: the outcome of task %s (%s) could not be recorded (%s); "
+                    "recording the attempt as failed instead",
+                    self.id,
+                    outcome.task.id,
+                    outcome.task.name,
+                    exc,
+                )
+                outcome = unstorable(outcome, exc)
+        raise AssertionError("unreachable")
 
     def _due_limits(self) -> list[Any]:
         """Limited handlers worth a claim now.  Each costs a short transaction,
@@ -484,20 +566,18 @@ class Worker:
             task = self._inbox.get()
             if task is None:
                 return
-            handler = self.runner.handlers.get(task.name)
-            outcome: Outcome | None = None
+            self._started.add(task.id)
             try:
-                self.watchdog.started(task.id, handler.timeout if handler else None)
-                try:
-                    outcome = self.runner.execute(task)
-                finally:
-                    # After this no stop can be raised in this thread.
-                    self.watchdog.finished(task.id)
-            except (TaskTimeout, TaskCancelled) as exc:
-                # Raised just outside the handler's own try: still an outcome.
-                if outcome is None:
-                    outcome = self.runner.abandoned(task, type(exc))
-            self._finished.append(outcome)  # type: ignore[arg-type]
+                outcome = self._run(task)
+            except BaseException:  # noqa: BLE001 - no input may end this thread
+                log.exception("worker %s: internal error running task %s", self.id, task.id)
+                outcome = Outcome(
+                    task,
+                    State.FAILED,
+                    error="the worker could not run or record this task; failed without "
+                    f"retry:\n{traceback.format_exc()}",
+                )
+            self._finished.append(outcome)
             # The main thread flushes in batches: wake it when the tasks
             # waiting here run low (none left, or half the prefetch, so that
             # its next claim arrives before they run out), or when a batch
@@ -509,6 +589,22 @@ class Worker:
                 # the handler threads a system call each.
                 self._woken = True
                 self._wake()
+
+    def _run(self, task: Task) -> Outcome:
+        handler = self.runner.handlers.get(task.name)
+        outcome: Outcome | None = None
+        try:
+            self.watchdog.started(task.id, handler.timeout if handler else None)
+            try:
+                outcome = self.runner.execute(task)
+            finally:
+                # After this no stop can be raised in this thread.
+                self.watchdog.finished(task.id)
+        except (TaskTimeout, TaskCancelled) as exc:
+            # Raised just outside the handler's own try: still an outcome.
+            if outcome is None:
+                outcome = self.runner.abandoned(task, type(exc))
+        return outcome
 
     def _heartbeat(self) -> None:
         while not self._heartbeat_stop.wait(self.config.heartbeat_interval):

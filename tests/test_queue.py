@@ -229,7 +229,7 @@ def test_a_result_that_is_not_json_fails_the_task(q: PgTq) -> None:
     weird.push()
     task = q.pop().run()
     assert task.state is State.FAILED
-    assert "not JSON-serialisable" in task.error
+    assert "cannot be stored as JSON" in task.error
 
 
 def test_expired_lease_is_rescued_and_the_stale_outcome_is_rejected(

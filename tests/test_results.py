@@ -157,7 +157,7 @@ def test_progress_must_be_json_and_needs_a_running_task(q: PgTq) -> None:
     task = job.push()
     ran = q.pop().run()
     assert ran.state is State.QUEUED  # the handler's error is an ordinary failure
-    assert "progress must be JSON" in ran.error
+    assert "progress cannot be stored as JSON" in ran.error
     with pytest.raises(NotClaimed):
         q.get_task(task.id).set_progress(50)
     with pytest.raises(ArgumentsNotSerializable):

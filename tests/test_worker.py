@@ -114,11 +114,16 @@ def test_tasks_left_after_the_grace_period_are_released_at_once(app, dsn, start_
     worker.terminate()
     assert worker.wait(10) == 0
     assert time.monotonic() - stopped < 5
-    state, attempts, locked_by = sql_one(
-        dsn, "SELECT state, attempts, locked_by FROM pgtq_tasks WHERE id = %s", (task.id,)
+    state, attempts, locked_by, history = sql_one(
+        dsn,
+        "SELECT state, attempts, locked_by, history FROM pgtq_tasks WHERE id = %s",
+        (task.id,),
     )
-    # Back in the queue now (not after the lease), the interrupted attempt uncounted.
-    assert (state, attempts, locked_by) == ("queued", 0, None)
+    # Back in the queue now (not after the lease).  The interrupted attempt
+    # counts, so a task that never gets to finish cannot come back forever,
+    # and the history shows the released run.
+    assert (state, attempts, locked_by) == ("queued", 1, None)
+    assert [(h["attempt"], h["state"]) for h in history] == [(1, "released")]
     assert "released 1 unfinished task" in worker.output()
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import timedelta
+from typing import Any
 
 import psycopg2
 from flask import Flask, current_app, g
@@ -177,6 +179,62 @@ def limited(tag: str) -> str:
 @q.periodic("* * * * * *", queue="periodic")
 def every_second() -> None:
     record("tick")
+
+
+def bad_value(kind: str) -> Any:
+    """A value PostgreSQL cannot store as a result, or that breaks a codec."""
+    if kind == "nul":
+        return "a\x00b"
+    if kind == "surrogate":
+        return {"text": "\ud800"}
+    if kind == "int-key":
+        return {1: "a"}
+    if kind == "deep":
+        value: Any = []
+        for _ in range(100_000):
+            value = [value]
+        return value
+    if kind == "big":
+        return "x" * 2_000
+    if kind == "nan":
+        return float("nan")
+    return kind
+
+
+@q.handler(max_attempts=2)
+def bad_result(kind: str, tag: str) -> Any:
+    """Record a run, then return a value that cannot be stored as is."""
+    record(tag)
+    return bad_value(kind)
+
+
+@q.handler(max_attempts=2)
+def bad_error(kind: str, tag: str) -> None:
+    """Fail with an error text PostgreSQL could not store as is."""
+    record(tag)
+    raise ValueError("bad " + {"nul": "nul\x00here", "surrogate": "surrogate\ud800here"}[kind])
+
+
+@q.handler(max_attempts=3)
+def bad_retry(delay: Any, tag: str) -> None:
+    """Retry with the given delay (a number, or ["timedelta", seconds]), once."""
+    record(tag)
+    if current_task.attempts > 1:
+        return
+    if isinstance(delay, list):
+        delay = timedelta(seconds=delay[1])
+    elif isinstance(delay, str) and delay in ("nan", "inf", "1e300"):
+        delay = float(delay)
+    raise Retry(delay=delay)
+
+
+@q.handler(max_attempts=5)
+def chaos(kind: str, tag: str) -> Any:
+    """The fault-injection drain's task: good, unstorable or a bad Retry."""
+    record(tag)
+    if kind == "bad-retry":
+        raise Retry(delay=float("nan"))
+    return bad_value(kind) if kind != "good" else tag
 
 
 def create_app() -> Flask:

@@ -138,18 +138,44 @@ SELECT 1, NULL, NULL, NULL, NULL, c.id, c.name, c.args, c.kwargs, c.priority, c.
 FROM claimed AS c;
 
 -- name: release_tasks
--- Give tasks back at once (worker shutdown).  The interrupted attempt is not
--- counted.  Listening workers are woken.
+-- Give tasks back at once (worker shutdown).  %(ids)s never started
+-- (prefetched): their attempt is not counted.  %(interrupted)s started and
+-- were stopped: the attempt counts, so a task that never gets to finish
+-- cannot come back forever; with no attempt left it fails.  Progress is
+-- cleared; listening workers and waiters are woken.
 WITH released AS (
-    UPDATE pgtq_tasks
-    SET state = 'queued', attempts = attempts - 1, locked_by = NULL,
-        run_at = now(), started_at = NULL
-    WHERE id = ANY(%(ids)s) AND locked_by = %(owner)s AND state = 'running'
-    RETURNING id, queue
+    UPDATE pgtq_tasks AS t
+    SET state = CASE WHEN r.interrupted AND t.attempts >= t.max_attempts
+                     THEN 'failed' ELSE 'queued' END,
+        attempts = CASE WHEN r.interrupted THEN t.attempts ELSE t.attempts - 1 END,
+        error = CASE WHEN r.interrupted
+                     THEN 'released: attempt ' || t.attempts
+                          || ' was interrupted when its worker stopped'
+                     ELSE t.error END,
+        history = CASE WHEN r.interrupted THEN t.history || jsonb_build_object(
+                      'attempt', t.attempts, 'state', 'released', 'worker', t.locked_by,
+                      'started_at', t.started_at, 'finished_at', now(),
+                      'error', 'released: interrupted when its worker stopped')
+                  ELSE t.history END,
+        progress = NULL,
+        locked_by = NULL,
+        run_at = now(),
+        started_at = CASE WHEN r.interrupted THEN t.started_at END,
+        finished_at = CASE WHEN r.interrupted AND t.attempts >= t.max_attempts
+                           THEN now() END
+    FROM (SELECT id, false AS interrupted FROM unnest(%(ids)s::bigint[]) AS id
+          UNION ALL
+          SELECT id, true FROM unnest(%(interrupted)s::bigint[]) AS id) AS r
+    WHERE t.id = r.id AND t.locked_by = %(owner)s AND t.state = 'running'
+    RETURNING t.id, t.queue, t.state
 ), woken AS (
-    SELECT pg_notify('pgtq', q.queue) FROM (SELECT DISTINCT queue FROM released) AS q
+    SELECT pg_notify('pgtq', q.queue)
+    FROM (SELECT DISTINCT queue FROM released WHERE state = 'queued') AS q
+), done AS (
+    SELECT pg_notify('pgtq_done', string_agg(id::text, ','))
+    FROM released WHERE state = 'failed' HAVING count(*) > 0
 )
-SELECT (SELECT count(*) FROM woken), array(SELECT id FROM released);
+SELECT (SELECT count(*) FROM woken) + (SELECT count(*) FROM done), array(SELECT id FROM released);
 
 -- name: register_owner
 INSERT INTO pgtq_workers (id, hostname, pid, queues, concurrency, lease_expires_at)
@@ -196,6 +222,7 @@ SET state = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' E
         'attempt', t.attempts, 'state', 'lost', 'worker', t.locked_by,
         'started_at', t.started_at, 'finished_at', now(),
         'error', 'lease expired: the worker stopped sending heartbeats'),
+    progress = NULL,
     locked_by = NULL,
     run_at = CASE WHEN t.attempts >= t.max_attempts THEN t.run_at
              ELSE now() + least(%(backoff_max)s,
