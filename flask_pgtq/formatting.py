@@ -1,5 +1,6 @@
-"""Showing tasks to people: one-line error summaries, times, ages, durations
-and JSON.  Shared by the command line and the dashboard; no Flask here."""
+"""Showing tasks to people: one-line error summaries, times, ages, durations,
+JSON, and text made safe for a terminal.  Shared by the command line and the
+dashboard; no Flask here."""
 
 from __future__ import annotations
 
@@ -126,3 +127,38 @@ def parse_duration(text: str) -> float:
 def dumps(value: Any) -> str:
     """Pretty JSON for people (arguments, results, progress)."""
     return json.dumps(jsonable(value), indent=2, ensure_ascii=False, sort_keys=False)
+
+
+# Characters that move the cursor, change colours, set the window title,
+# ring the bell or reorder text when printed to a terminal: C0 controls, DEL,
+# C1 controls (0x9b is a one-byte CSI), Unicode line/paragraph separators and
+# bidirectional overrides.  Newline and tab are allowed in multi-line text.
+_UNSAFE = "\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_UNSAFE_LINE = re.compile(f"[{_UNSAFE}\t\n]")
+_UNSAFE_MULTILINE = re.compile(f"[{_UNSAFE}]")
+
+
+def printable(text: str, *, multiline: bool = False) -> str:
+    """*text* (from a task: its name, error, arguments...) safe to print to a
+    terminal: every control character written as an escape (``\\x1b``,
+    ``\\x9b``, ``\\u202e``), so no stored text can drive the terminal.
+
+    :param multiline: keep newlines and tabs (a traceback); otherwise they
+        are escaped too, so the text stays on one line (a table cell).
+    """
+    pattern = _UNSAFE_MULTILINE if multiline else _UNSAFE_LINE
+    return pattern.sub(_escape, text)
+
+
+def printable_json(text: str) -> str:
+    """JSON text (from ``json.dumps(..., ensure_ascii=False)``) safe to print
+    to a terminal: the control characters :func:`json.dumps` leaves as they
+    are (DEL, C1, separators, bidirectional overrides) as ``\\u`` escapes,
+    so the text still decodes to the same value."""
+    # Newlines and tabs in strings are escaped already; the others are layout.
+    return _UNSAFE_MULTILINE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
