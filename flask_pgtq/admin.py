@@ -36,6 +36,8 @@ FINAL_STATES = (State.SUCCEEDED.value, State.FAILED.value, State.CANCELLED.value
 COUNT_STATES = ("ready", "scheduled", "running", "succeeded", "failed", "cancelled")
 #: Most rows one page of :meth:`Admin.tasks` returns.
 MAX_PAGE = 500
+#: Range of a PostgreSQL ``bigint``: task ids and paging cursors.
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 
 
 class ActionNotAllowed(PgTqError, ValueError):
@@ -207,6 +209,9 @@ class Admin:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
         if before is not None and after is not None:
             raise ValueError("give before or after, not both")
+        for cursor, value in (("before", before), ("after", after)):
+            if value is not None:
+                check_bigint(value, cursor)
         rows = self._page(filters, before=before, after=after, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
@@ -241,7 +246,7 @@ class Admin:
 
         :raises TaskNotFound: no such task.
         """
-        rows = self._rows("get_task", {"id": task_id})
+        rows = self._rows("get_task", {"id": check_bigint(task_id, "task id")})
         if not rows:
             raise TaskNotFound(f"no task with id {task_id}")
         return Task.from_row(rows[0], self.backend)
@@ -271,9 +276,8 @@ class Admin:
         :raises TaskNotFound: no such task.
         :raises ActionNotAllowed: the task is queued, running or succeeded.
         """
-        (row,) = self._rows(
-            "admin_retry_tasks", {"ids": [task_id], "states": None, "queue": None}
-        )
+        ids = [check_bigint(task_id, "task id")]
+        (row,) = self._rows("admin_retry_tasks", {"ids": ids, "states": None, "queue": None})
         if not row["ids"]:
             task = self.get(task_id)
             raise ActionNotAllowed(
@@ -306,7 +310,7 @@ class Admin:
         :raises TaskNotFound: no such task.
         :raises ActionNotAllowed: the task has already ended.
         """
-        rows = self._rows("admin_cancel_task", {"id": task_id})
+        rows = self._rows("admin_cancel_task", {"id": check_bigint(task_id, "task id")})
         if not rows:
             task = self.get(task_id)
             raise ActionNotAllowed(
@@ -322,7 +326,7 @@ class Admin:
         :raises TaskNotFound: no such task.
         :raises ActionNotAllowed: the task has not ended; cancel it first.
         """
-        if not self._rows("admin_delete_task", {"id": task_id}):
+        if not self._rows("admin_delete_task", {"id": check_bigint(task_id, "task id")}):
             task = self.get(task_id)
             raise ActionNotAllowed(
                 f"task {task_id} is {task.state.value}: only finished tasks can be "
@@ -375,6 +379,20 @@ class Admin:
 #: States :meth:`Admin.tasks` filters on: the task states, plus ``ready``
 #: and ``scheduled`` (the two kinds of ``queued``).
 FILTER_STATES = ("queued", "ready", "scheduled", "running", *FINAL_STATES)
+
+
+def check_bigint(value: int, what: str) -> int:
+    """*value*, an id or paging cursor, if PostgreSQL can compare it with a
+    ``bigint`` column.
+
+    :raises ValueError: naming *what* and the range (the database would
+        answer ``bigint out of range``).
+    """
+    if not BIGINT_MIN <= value <= BIGINT_MAX:
+        raise ValueError(
+            f"{what} {value} is out of range: it must be between {BIGINT_MIN} and {BIGINT_MAX}"
+        )
+    return value
 
 
 def _filters(state: str | None, queue: str | None, name: str | None) -> dict[str, Any]:

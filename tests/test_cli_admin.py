@@ -173,6 +173,17 @@ def test_show_an_unknown_task_fails(runner: FlaskCliRunner) -> None:
     assert "no task with id 424242" in out
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["show", "99999999999999999999"], ["cancel", "99999999999999999999"],
+     ["tasks", "--before", "99999999999999999999"]],
+    ids=lambda a: a[0],
+)
+def test_ids_out_of_range_fail_with_a_message(runner: FlaskCliRunner, args: list[str]) -> None:
+    out = invoke(runner, *args, code=1)
+    assert "99999999999999999999 is out of range" in out and "9223372036854775807" in out
+
+
 def test_retry_one_task_then_all_failed(
     app: Flask, q: PgTq, runner: FlaskCliRunner, tasks: dict[str, int]
 ) -> None:

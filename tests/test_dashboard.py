@@ -224,6 +224,37 @@ def test_bad_filters_are_a_400(client: FlaskClient) -> None:
     assert "<script>" not in text(response)
 
 
+TOO_BIG = "99999999999999999999"  # more than a bigint holds
+
+
+@pytest.mark.parametrize(
+    "query",
+    [f"before={TOO_BIG}", f"after={TOO_BIG}", f"before=-{TOO_BIG}", "before=abc",
+     "after=1.5", "before=" + "9" * 5000, f"done=retried-all&retried={TOO_BIG}"],
+    ids=["before", "after", "negative", "not-a-number", "fraction", "huge", "retried"],
+)
+def test_numbers_out_of_range_are_a_400(client: FlaskClient, query: str) -> None:
+    response = client.get(f"/pgtq/tasks?{query}")
+    assert response.status_code == 400
+    page = text(response)
+    name = query.split("=")[-2].rsplit("&", 1)[-1]
+    assert f"{name} " in page and "9223372036854775807" in page
+    assert "Database unavailable" not in page
+
+
+def test_task_ids_out_of_range_are_a_400(client: FlaskClient, tasks: dict[str, int]) -> None:
+    response = client.get(f"/pgtq/tasks/{TOO_BIG}")
+    assert response.status_code == 400
+    assert f"task id {TOO_BIG} is out of range" in text(response)
+    token = csrf_token(text(client.get(f"/pgtq/tasks/{tasks['failed']}")))
+    for action in ("retry", "cancel", "delete"):
+        posted = client.post(f"/pgtq/tasks/{TOO_BIG}/{action}", data={"csrf_token": token})
+        assert posted.status_code == 400, action
+    # The largest id is a fine id that no task has.
+    assert client.get("/pgtq/tasks/9223372036854775807").status_code == 404
+    assert client.get("/pgtq/tasks?before=9223372036854775807").status_code == 200
+
+
 def test_task_detail_shows_everything(
     client: FlaskClient, tasks: dict[str, int], dsn: str
 ) -> None:
