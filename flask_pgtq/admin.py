@@ -5,7 +5,9 @@ Part of the core: no Flask here.  Every write is one compare-and-set
 statement on the task's state (see ``sql/admin.sql``), so an action never
 overwrites a transition a worker made at the same moment; when the task is
 no longer in a state the action applies to, :class:`ActionNotAllowed` says
-what state it is in.
+what state it is in.  Task data is read to be shown: a ``jsonb`` value
+nested too deeply for Python to decode comes back as a
+:class:`~flask_pgtq.formatting.Unshown` placeholder string.
 
 Get one from the extension, inside the app context::
 
@@ -22,11 +24,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+import psycopg2.extras
+
 from . import queries
 from .config import validate_name
 from .connection import Database
 from .exceptions import PgTqError, TaskNotFound
-from .formatting import error_summary, jsonable
+from .formatting import error_summary, jsonable, loads_for_display
 from .task import State, Task
 
 #: States a task can end in; only these can be deleted or purged.
@@ -147,6 +151,10 @@ class Admin:
 
     def _rows(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self.db.connection() as conn, conn.cursor() as cur:
+            # What is read here is shown to people: JSON nested too deeply
+            # for Python (jsonb takes it) becomes a placeholder, not a
+            # RecursionError.  Only this cursor: workers decode as before.
+            psycopg2.extras.register_default_jsonb(cur, loads=loads_for_display)
             cur.execute(queries.get(name), params or {})
             if cur.description is None:
                 return []

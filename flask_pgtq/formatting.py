@@ -125,8 +125,41 @@ def parse_duration(text: str) -> float:
 
 
 def dumps(value: Any) -> str:
-    """Pretty JSON for people (arguments, results, progress)."""
-    return json.dumps(jsonable(value), indent=2, ensure_ascii=False, sort_keys=False)
+    """Pretty JSON for people (arguments, results, progress).
+
+    A :class:`Unshown` placeholder is shown as it is, not as a JSON string;
+    a value nested too deeply to encode is shown as one.
+    """
+    if isinstance(value, Unshown):
+        return str(value)
+    try:
+        return json.dumps(jsonable(value), indent=2, ensure_ascii=False, sort_keys=False)
+    except RecursionError:
+        return str(Unshown.too_deep(None))
+
+
+class Unshown(str):
+    """What people see instead of a stored JSON value that cannot be shown,
+    e.g. ``<JSON nested too deeply to show, 10000 bytes>``."""
+
+    @classmethod
+    def too_deep(cls, size: int | None) -> Unshown:
+        """The placeholder for a value nested deeper than Python decodes;
+        *size* is its JSON text's length in bytes, when known."""
+        if size is None:
+            return cls("<JSON nested too deeply to show>")
+        return cls(f"<JSON nested too deeply to show, {size} bytes>")
+
+
+def loads_for_display(text: str) -> Any:
+    """Decode stored JSON to show it: like :func:`json.loads`, but JSON
+    nested deeper than Python's recursion limit (PostgreSQL's ``jsonb``
+    accepts it) gives an :class:`Unshown` placeholder instead of a
+    :class:`RecursionError`."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return Unshown.too_deep(len(text.encode()))
 
 
 # Characters that move the cursor, change colours, set the window title,

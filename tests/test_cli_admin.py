@@ -168,6 +168,21 @@ def test_show_prints_arguments_error_and_history(
     assert "RuntimeError: disk full" in data["error"]
 
 
+def test_show_json_nested_too_deeply(runner: FlaskCliRunner, dsn: str) -> None:
+    (task_id,) = sql_all(
+        dsn,
+        "INSERT INTO pgtq_tasks (queue, name, state, args, result)"
+        " VALUES ('default', 'add', 'succeeded', (repeat('[', 5000) || repeat(']', 5000))::jsonb,"
+        " (repeat('[', 5000) || '7' || repeat(']', 5000))::jsonb) RETURNING id",
+    )[0]
+    out = invoke(runner, "show", str(task_id))
+    assert "\nargs:\n  <JSON nested too deeply to show, 10000 bytes>\n" in out
+    assert "\nresult:\n  <JSON nested too deeply to show, 10001 bytes>" in out
+    data = json.loads(invoke(runner, "show", str(task_id), "--json"))
+    assert data["args"] == "<JSON nested too deeply to show, 10000 bytes>"
+    assert data["kwargs"] == {}
+
+
 def test_show_an_unknown_task_fails(runner: FlaskCliRunner) -> None:
     out = invoke(runner, "show", "424242", code=1)
     assert "no task with id 424242" in out

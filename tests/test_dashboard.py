@@ -277,6 +277,25 @@ def test_task_detail_shows_everything(
     assert PASSWORD not in failed + done + waiting
 
 
+def test_json_nested_too_deeply_is_shown_as_a_placeholder(
+    client: FlaskClient, dsn: str
+) -> None:
+    (task_id,) = sql_one(
+        dsn,
+        "INSERT INTO pgtq_tasks (queue, name, state, args, kwargs, result)"
+        " VALUES ('default', 'add', 'succeeded', (repeat('[', 5000) || repeat(']', 5000))::jsonb,"
+        " (repeat('{\"a\": ', 5000) || '1' || repeat('}', 5000))::jsonb,"
+        " (repeat('[', 5000) || '7' || repeat(']', 5000))::jsonb) RETURNING id",
+    )
+    response = client.get(f"/pgtq/tasks/{task_id}")
+    assert response.status_code == 200
+    page = text(response)
+    for block, size in (("args", 10000), ("kwargs", 35001), ("result", 10001)):
+        assert re.search(
+            rf'<pre id="{block}">&lt;JSON nested too deeply to show, {size} bytes&gt;</pre>', page
+        ), block
+
+
 def test_unknown_task_is_a_404(client: FlaskClient) -> None:
     assert client.get("/pgtq/tasks/999999").status_code == 404
 
