@@ -5,7 +5,9 @@ Part of the core: no Flask here.  Every write is one compare-and-set
 statement on the task's state (see ``sql/admin.sql``), so an action never
 overwrites a transition a worker made at the same moment; when the task is
 no longer in a state the action applies to, :class:`ActionNotAllowed` says
-what state it is in.
+what state it is in.  Task data is read to be shown: a ``jsonb`` value
+nested too deeply for Python to decode comes back as a
+:class:`~flask_pgtq.formatting.Unshown` placeholder string.
 
 Get one from the extension, inside the app context::
 
@@ -22,11 +24,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+import psycopg2.extras
+
 from . import queries
 from .config import validate_name
 from .connection import Database
 from .exceptions import PgTqError, TaskNotFound
-from .formatting import error_summary, jsonable
+from .formatting import error_summary, jsonable, loads_for_display
 from .task import State, Task
 
 #: States a task can end in; only these can be deleted or purged.
@@ -36,6 +40,8 @@ FINAL_STATES = (State.SUCCEEDED.value, State.FAILED.value, State.CANCELLED.value
 COUNT_STATES = ("ready", "scheduled", "running", "succeeded", "failed", "cancelled")
 #: Most rows one page of :meth:`Admin.tasks` returns.
 MAX_PAGE = 500
+#: Range of a PostgreSQL ``bigint``: task ids and paging cursors.
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 
 
 class ActionNotAllowed(PgTqError, ValueError):
@@ -145,6 +151,10 @@ class Admin:
 
     def _rows(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self.db.connection() as conn, conn.cursor() as cur:
+            # What is read here is shown to people: JSON nested too deeply
+            # for Python (jsonb takes it) becomes a placeholder, not a
+            # RecursionError.  Only this cursor: workers decode as before.
+            psycopg2.extras.register_default_jsonb(cur, loads=loads_for_display)
             cur.execute(queries.get(name), params or {})
             if cur.description is None:
                 return []
@@ -207,6 +217,9 @@ class Admin:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
         if before is not None and after is not None:
             raise ValueError("give before or after, not both")
+        for cursor, value in (("before", before), ("after", after)):
+            if value is not None:
+                check_bigint(value, cursor)
         rows = self._page(filters, before=before, after=after, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
@@ -241,7 +254,7 @@ class Admin:
 
         :raises TaskNotFound: no such task.
         """
-        rows = self._rows("get_task", {"id": task_id})
+        rows = self._rows("get_task", {"id": check_bigint(task_id, "task id")})
         if not rows:
             raise TaskNotFound(f"no task with id {task_id}")
         return Task.from_row(rows[0], self.backend)
@@ -271,9 +284,8 @@ class Admin:
         :raises TaskNotFound: no such task.
         :raises ActionNotAllowed: the task is queued, running or succeeded.
         """
-        (row,) = self._rows(
-            "admin_retry_tasks", {"ids": [task_id], "states": None, "queue": None}
-        )
+        ids = [check_bigint(task_id, "task id")]
+        (row,) = self._rows("admin_retry_tasks", {"ids": ids, "states": None, "queue": None})
         if not row["ids"]:
             task = self.get(task_id)
             raise ActionNotAllowed(
@@ -306,7 +318,7 @@ class Admin:
         :raises TaskNotFound: no such task.
         :raises ActionNotAllowed: the task has already ended.
         """
-        rows = self._rows("admin_cancel_task", {"id": task_id})
+        rows = self._rows("admin_cancel_task", {"id": check_bigint(task_id, "task id")})
         if not rows:
             task = self.get(task_id)
             raise ActionNotAllowed(
@@ -322,7 +334,7 @@ class Admin:
         :raises TaskNotFound: no such task.
         :raises ActionNotAllowed: the task has not ended; cancel it first.
         """
-        if not self._rows("admin_delete_task", {"id": task_id}):
+        if not self._rows("admin_delete_task", {"id": check_bigint(task_id, "task id")}):
             task = self.get(task_id)
             raise ActionNotAllowed(
                 f"task {task_id} is {task.state.value}: only finished tasks can be "
@@ -375,6 +387,20 @@ class Admin:
 #: States :meth:`Admin.tasks` filters on: the task states, plus ``ready``
 #: and ``scheduled`` (the two kinds of ``queued``).
 FILTER_STATES = ("queued", "ready", "scheduled", "running", *FINAL_STATES)
+
+
+def check_bigint(value: int, what: str) -> int:
+    """*value*, an id or paging cursor, if PostgreSQL can compare it with a
+    ``bigint`` column.
+
+    :raises ValueError: naming *what* and the range (the database would
+        answer ``bigint out of range``).
+    """
+    if not BIGINT_MIN <= value <= BIGINT_MAX:
+        raise ValueError(
+            f"{what} {value} is out of range: it must be between {BIGINT_MIN} and {BIGINT_MAX}"
+        )
+    return value
 
 
 def _filters(state: str | None, queue: str | None, name: str | None) -> dict[str, Any]:

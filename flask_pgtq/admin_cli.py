@@ -4,6 +4,11 @@ commands over :class:`flask_pgtq.admin.Admin`.
 Tables for people, ``--json`` for scripts.  Every error (an unknown id, an
 action the task's state does not allow, an unreachable database) exits with
 status 1 and a one-line message.
+
+Task data (names, errors, arguments, results) is stored text anyone who can
+push a task controls, so everything printed goes through
+:func:`~flask_pgtq.formatting.printable`: control characters come out as
+escapes (``\\x1b``), never as bytes that drive the terminal.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from .formatting import (
     history_label,
     jsonable,
     parse_duration,
+    printable,
+    printable_json,
     task_as_json,
 )
 
@@ -47,7 +54,7 @@ def _admin() -> Iterator[Admin]:
 
 
 def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(jsonable(value), indent=2, ensure_ascii=False))
+    click.echo(printable_json(json.dumps(jsonable(value), indent=2, ensure_ascii=False)))
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -72,11 +79,12 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _cell(value: Any) -> str:
+    """One table cell or field value, on one line and safe to print."""
     if value is None:
         return "-"
     if isinstance(value, datetime):
         return format_time(value)
-    return str(value)
+    return printable(str(value))
 
 
 def _clip(text: str | None, width: int = 60) -> str | None:
@@ -199,7 +207,7 @@ def show_command(task_id: int, as_json: bool) -> None:
     ]
     for title, text in sections:
         if text is not None:
-            click.echo(f"\n{title}:\n{_indent(text)}")
+            click.echo(f"\n{title}:\n{_indent(printable(text, multiline=True))}")
     if task.history:
         rows = [
             [

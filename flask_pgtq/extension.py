@@ -49,22 +49,34 @@ class PgTq:
 
     With an app (or later :meth:`init_app`), settings come from the app's
     ``PGTQ_*`` config keys and every operation works on the current app.
-    Without Flask, pass ``dsn=`` (and any setting by its lower-case name)::
+    Without Flask, pass a DSN (and any setting by its lower-case name)::
 
         q = PgTq(dsn="dbname=q user=postgres", queue="test_queue")
+        q = PgTq("test_queue", "dbname=q user=postgres")  # the same, as PGTQ wrote it
 
-    :param app: a Flask app to set up now.
+    :param app: a Flask app to set up now; or, without Flask, the name of
+        the default queue (then *dsn* is required).
     :param dsn: a libpq connection string, for standalone use without Flask.
     :param settings: other settings for standalone use, e.g. ``queue="emails"``.
+    :raises TypeError: *app* is neither an app, a queue name nor ``None``, or
+        a queue name comes without a DSN or twice.
     """
 
-    def __init__(self, app: Any = None, *, dsn: str | None = None, **settings: Any) -> None:
+    def __init__(self, app: Any = None, dsn: str | None = None, **settings: Any) -> None:
         self._handlers: dict[str, Handler[Any, Any]] = {}
         self._schedules: dict[str, Any] = {}
         self._standalone: Bound | None = None
         #: Per-app state, keyed by app (as Flask-SQLAlchemy keeps its engines):
         #: the extension object itself holds no app.
         self._apps: WeakKeyDictionary[Any, Bound] = WeakKeyDictionary()
+        if isinstance(app, str):
+            settings = _queue_first(app, dsn, settings)
+            app = None
+        elif app is not None and not _is_app(app):
+            raise TypeError(
+                f"PgTq() takes a Flask app or, without Flask, a queue name and a DSN "
+                f"(PgTq('test_queue', 'dbname=q')), not {type(app).__name__} {app!r}"
+            )
         if dsn is not None:
             if app is not None:
                 raise ConfigurationError("pass either an app or dsn=..., not both")
@@ -462,6 +474,34 @@ class PgTq:
         bound = self._bound()
         with bound.db.connection() as conn:
             return schema.upgrade(conn)
+
+
+def _is_app(obj: Any) -> bool:
+    """Whether *obj* looks like a Flask app (without importing Flask)."""
+    return all(hasattr(obj, name) for name in ("config", "extensions", "cli"))
+
+
+def _queue_first(queue: str, dsn: str | None, settings: dict[str, Any]) -> dict[str, Any]:
+    """*settings* with the queue name of ``PgTq("test_queue", dsn)``, PGTQ's
+    order; a name without a DSN or a queue named twice is a TypeError."""
+    if dsn is None:
+        raise TypeError(
+            f"PgTq({queue!r}) needs a DSN after the queue name, e.g. "
+            f"PgTq({queue!r}, 'dbname=q user=postgres'); with Flask, pass the app instead"
+        )
+    if _looks_like_dsn(queue) and not _looks_like_dsn(dsn):
+        # No values in the message: the DSN may hold a password.
+        raise TypeError("PgTq(queue, dsn): the queue name comes first, then the DSN")
+    if "queue" in settings:
+        raise TypeError(
+            f"PgTq() got the queue twice: {queue!r} as the first argument and "
+            f"queue={settings['queue']!r}"
+        )
+    return {**settings, "queue": queue}
+
+
+def _looks_like_dsn(text: Any) -> bool:
+    return isinstance(text, str) and ("=" in text or "://" in text)
 
 
 def _queue_list(queues: str | Iterable[str] | None, default: str) -> list[str]:

@@ -1,5 +1,6 @@
-"""Showing tasks to people: one-line error summaries, times, ages, durations
-and JSON.  Shared by the command line and the dashboard; no Flask here."""
+"""Showing tasks to people: one-line error summaries, times, ages, durations,
+JSON, and text made safe for a terminal.  Shared by the command line and the
+dashboard; no Flask here."""
 
 from __future__ import annotations
 
@@ -124,5 +125,73 @@ def parse_duration(text: str) -> float:
 
 
 def dumps(value: Any) -> str:
-    """Pretty JSON for people (arguments, results, progress)."""
-    return json.dumps(jsonable(value), indent=2, ensure_ascii=False, sort_keys=False)
+    """Pretty JSON for people (arguments, results, progress).
+
+    A :class:`Unshown` placeholder is shown as it is, not as a JSON string;
+    a value nested too deeply to encode is shown as one.
+    """
+    if isinstance(value, Unshown):
+        return str(value)
+    try:
+        return json.dumps(jsonable(value), indent=2, ensure_ascii=False, sort_keys=False)
+    except RecursionError:
+        return str(Unshown.too_deep(None))
+
+
+class Unshown(str):
+    """What people see instead of a stored JSON value that cannot be shown,
+    e.g. ``<JSON nested too deeply to show, 10000 bytes>``."""
+
+    @classmethod
+    def too_deep(cls, size: int | None) -> Unshown:
+        """The placeholder for a value nested deeper than Python decodes;
+        *size* is its JSON text's length in bytes, when known."""
+        if size is None:
+            return cls("<JSON nested too deeply to show>")
+        return cls(f"<JSON nested too deeply to show, {size} bytes>")
+
+
+def loads_for_display(text: str) -> Any:
+    """Decode stored JSON to show it: like :func:`json.loads`, but JSON
+    nested deeper than Python's recursion limit (PostgreSQL's ``jsonb``
+    accepts it) gives an :class:`Unshown` placeholder instead of a
+    :class:`RecursionError`."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return Unshown.too_deep(len(text.encode()))
+
+
+# Characters that move the cursor, change colours, set the window title,
+# ring the bell or reorder text when printed to a terminal: C0 controls, DEL,
+# C1 controls (0x9b is a one-byte CSI), Unicode line/paragraph separators and
+# bidirectional overrides.  Newline and tab are allowed in multi-line text.
+_UNSAFE = "\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_UNSAFE_LINE = re.compile(f"[{_UNSAFE}\t\n]")
+_UNSAFE_MULTILINE = re.compile(f"[{_UNSAFE}]")
+
+
+def printable(text: str, *, multiline: bool = False) -> str:
+    """*text* (from a task: its name, error, arguments...) safe to print to a
+    terminal: every control character written as an escape (``\\x1b``,
+    ``\\x9b``, ``\\u202e``), so no stored text can drive the terminal.
+
+    :param multiline: keep newlines and tabs (a traceback); otherwise they
+        are escaped too, so the text stays on one line (a table cell).
+    """
+    pattern = _UNSAFE_MULTILINE if multiline else _UNSAFE_LINE
+    return pattern.sub(_escape, text)
+
+
+def printable_json(text: str) -> str:
+    """JSON text (from ``json.dumps(..., ensure_ascii=False)``) safe to print
+    to a terminal: the control characters :func:`json.dumps` leaves as they
+    are (DEL, C1, separators, bidirectional overrides) as ``\\u`` escapes,
+    so the text still decodes to the same value."""
+    # Newlines and tabs in strings are escaped already; the others are layout.
+    return _UNSAFE_MULTILINE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -167,9 +168,35 @@ def test_show_prints_arguments_error_and_history(
     assert "RuntimeError: disk full" in data["error"]
 
 
+def test_show_json_nested_too_deeply(runner: FlaskCliRunner, dsn: str) -> None:
+    (task_id,) = sql_all(
+        dsn,
+        "INSERT INTO pgtq_tasks (queue, name, state, args, result)"
+        " VALUES ('default', 'add', 'succeeded', (repeat('[', 5000) || repeat(']', 5000))::jsonb,"
+        " (repeat('[', 5000) || '7' || repeat(']', 5000))::jsonb) RETURNING id",
+    )[0]
+    out = invoke(runner, "show", str(task_id))
+    assert "\nargs:\n  <JSON nested too deeply to show, 10000 bytes>\n" in out
+    assert "\nresult:\n  <JSON nested too deeply to show, 10001 bytes>" in out
+    data = json.loads(invoke(runner, "show", str(task_id), "--json"))
+    assert data["args"] == "<JSON nested too deeply to show, 10000 bytes>"
+    assert data["kwargs"] == {}
+
+
 def test_show_an_unknown_task_fails(runner: FlaskCliRunner) -> None:
     out = invoke(runner, "show", "424242", code=1)
     assert "no task with id 424242" in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["show", "99999999999999999999"], ["cancel", "99999999999999999999"],
+     ["tasks", "--before", "99999999999999999999"]],
+    ids=lambda a: a[0],
+)
+def test_ids_out_of_range_fail_with_a_message(runner: FlaskCliRunner, args: list[str]) -> None:
+    out = invoke(runner, *args, code=1)
+    assert "99999999999999999999 is out of range" in out and "9223372036854775807" in out
 
 
 def test_retry_one_task_then_all_failed(
@@ -262,6 +289,53 @@ def test_workers_table_and_json(app: Flask, q: PgTq, runner: FlaskCliRunner) -> 
     (worker,) = json.loads(invoke(runner, "workers", "--json"))
     assert worker["alive"] is True
     assert worker["tasks"][0]["id"] == task.id
+
+
+# -- task data is untrusted text ------------------------------------------------------
+
+#: Sets the terminal's title and rings the bell (OSC ... BEL), then turns text
+#: red with a one-byte CSI (0x9b): what a task's error must not do to a terminal.
+NASTY = "\x1b]0;pwned\x07 and \x9b31m red \x7f\u202e"
+#: Control characters (but newline and tab) as raw bytes.
+RAW_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e]")
+
+
+def test_control_characters_in_task_data_are_printed_escaped(
+    app: Flask, q: PgTq, runner: FlaskCliRunner, dsn: str
+) -> None:
+    with app.app_context():
+        failed = q.push("boom", NASTY).id
+        q.pop("risky").run()
+    (planted,) = sql_all(
+        dsn,
+        "INSERT INTO pgtq_tasks (queue, name, args, kwargs, state, result, error, history)"
+        " SELECT t, t, jsonb_build_array(t), jsonb_build_object(t, 1), 'succeeded',"
+        " to_jsonb(t), t, jsonb_build_array(jsonb_build_object("
+        " 'attempt', 1, 'state', t, 'worker', t, 'error', t))"
+        " FROM (SELECT %(t)s::text AS t) AS nasty RETURNING id",
+        {"t": f"multi\nline\t{NASTY}"},
+    )[0]
+
+    outputs = {
+        "tasks": invoke(runner, "tasks"),
+        "status": invoke(runner, "status"),
+        "show failed": invoke(runner, "show", str(failed)),
+        "show planted": invoke(runner, "show", str(planted)),
+        "show --json": invoke(runner, "show", str(planted), "--json"),
+        "tasks --json": invoke(runner, "tasks", "--json"),
+        "status --json": invoke(runner, "status", "--json"),
+    }
+    for command, out in outputs.items():
+        assert not RAW_CONTROL.findall(out), f"raw control characters in {command}: {out!r}"
+    assert r"RuntimeError: \x1b]0;pwned\x07 and \x9b31m red \x7f\u202e" in outputs["tasks"]
+    assert r"multi\x0aline\x09\x1b]0;pwned" in outputs["status"]  # one line per queue
+    # A traceback keeps its lines; a table cell stays on one line.
+    assert "\n  Traceback (most recent call last):\n" in outputs["show failed"]
+    assert r"\x9b31m" in outputs["show planted"].split("\nresult:\n", 1)[1]
+    # JSON escapes decode to the stored text.
+    data = json.loads(outputs["show --json"])
+    assert data["name"] == data["error"] == data["result"] == f"multi\nline\t{NASTY}"
+    assert json.loads(outputs["tasks --json"])["total"] == 2
 
 
 @pytest.mark.parametrize(

@@ -224,6 +224,37 @@ def test_bad_filters_are_a_400(client: FlaskClient) -> None:
     assert "<script>" not in text(response)
 
 
+TOO_BIG = "99999999999999999999"  # more than a bigint holds
+
+
+@pytest.mark.parametrize(
+    "query",
+    [f"before={TOO_BIG}", f"after={TOO_BIG}", f"before=-{TOO_BIG}", "before=abc",
+     "after=1.5", "before=" + "9" * 5000, f"done=retried-all&retried={TOO_BIG}"],
+    ids=["before", "after", "negative", "not-a-number", "fraction", "huge", "retried"],
+)
+def test_numbers_out_of_range_are_a_400(client: FlaskClient, query: str) -> None:
+    response = client.get(f"/pgtq/tasks?{query}")
+    assert response.status_code == 400
+    page = text(response)
+    name = query.split("=")[-2].rsplit("&", 1)[-1]
+    assert f"{name} " in page and "9223372036854775807" in page
+    assert "Database unavailable" not in page
+
+
+def test_task_ids_out_of_range_are_a_400(client: FlaskClient, tasks: dict[str, int]) -> None:
+    response = client.get(f"/pgtq/tasks/{TOO_BIG}")
+    assert response.status_code == 400
+    assert f"task id {TOO_BIG} is out of range" in text(response)
+    token = csrf_token(text(client.get(f"/pgtq/tasks/{tasks['failed']}")))
+    for action in ("retry", "cancel", "delete"):
+        posted = client.post(f"/pgtq/tasks/{TOO_BIG}/{action}", data={"csrf_token": token})
+        assert posted.status_code == 400, action
+    # The largest id is a fine id that no task has.
+    assert client.get("/pgtq/tasks/9223372036854775807").status_code == 404
+    assert client.get("/pgtq/tasks?before=9223372036854775807").status_code == 200
+
+
 def test_task_detail_shows_everything(
     client: FlaskClient, tasks: dict[str, int], dsn: str
 ) -> None:
@@ -244,6 +275,25 @@ def test_task_detail_shows_everything(
     assert 'id="progress"' in waiting and "&#34;of&#34;: 10" in waiting
     assert 'value="cancel"' in waiting and 'value="retry"' not in waiting
     assert PASSWORD not in failed + done + waiting
+
+
+def test_json_nested_too_deeply_is_shown_as_a_placeholder(
+    client: FlaskClient, dsn: str
+) -> None:
+    (task_id,) = sql_one(
+        dsn,
+        "INSERT INTO pgtq_tasks (queue, name, state, args, kwargs, result)"
+        " VALUES ('default', 'add', 'succeeded', (repeat('[', 5000) || repeat(']', 5000))::jsonb,"
+        " (repeat('{\"a\": ', 5000) || '1' || repeat('}', 5000))::jsonb,"
+        " (repeat('[', 5000) || '7' || repeat(']', 5000))::jsonb) RETURNING id",
+    )
+    response = client.get(f"/pgtq/tasks/{task_id}")
+    assert response.status_code == 200
+    page = text(response)
+    for block, size in (("args", 10000), ("kwargs", 35001), ("result", 10001)):
+        assert re.search(
+            rf'<pre id="{block}">&lt;JSON nested too deeply to show, {size} bytes&gt;</pre>', page
+        ), block
 
 
 def test_unknown_task_is_a_404(client: FlaskClient) -> None:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -205,6 +206,41 @@ def test_standalone_push_pop_run(dsn: str) -> None:
     assert q.get_task(pushed.id).result == 5
     assert q.pop() is None
     assert sql_one(dsn, "SELECT state, queue FROM pgtq_tasks") == ("succeeded", "test_queue")
+
+
+def test_pgtq_order_queue_name_then_dsn(dsn: str) -> None:
+    q = PgTq("test_queue", dsn)
+    assert q.config.queue == "test_queue" and q.config.dsn == dsn
+    assert PgTq("test_queue", dsn=dsn, max_attempts=5).config.max_attempts == 5
+    assert PgTq(None, dsn).config.queue == "default"
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        (("test_queue",), {}, "needs a DSN after the queue name"),
+        (("test_queue", "dbname=q"), {"dsn": "dbname=r"}, "multiple values for argument 'dsn'"),
+        (("test_queue", "dbname=q"), {"queue": "other"}, "got the queue twice"),
+        (("dbname=q password=s3cret", "test_queue"), {}, "the queue name comes first"),
+        ((42,), {}, "not int 42"),
+        ((b"test_queue", "dbname=q"), {}, "not bytes"),
+    ],
+    ids=["no-dsn", "dsn-twice", "queue-twice", "swapped", "int", "bytes"],
+)
+def test_other_first_arguments_are_a_type_error(
+    args: tuple[Any, ...], kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(TypeError, match=message) as caught:
+        PgTq(*args, **kwargs)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_an_app_first_keeps_its_meaning(dsn: str) -> None:
+    app = make_app(dsn)
+    q = PgTq(app=app)
+    assert app.extensions["pgtq"] is q
+    with pytest.raises(ConfigurationError, match="not both"):
+        PgTq(make_app(dsn), dsn)
 
 
 def test_standalone_settings_are_validated() -> None:

@@ -17,6 +17,7 @@ them off too.  Every asset is served by the blueprint: it works offline.
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from typing import Any
 
@@ -33,10 +34,13 @@ from flask import (
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from ..admin import (
+    BIGINT_MAX,
+    BIGINT_MIN,
     FILTER_STATES,
     FINAL_STATES,
     ActionNotAllowed,
     Admin,
+    check_bigint,
 )
 from ..exceptions import DatabaseError, InvalidName, TaskNotFound
 from ..formatting import (
@@ -226,6 +230,23 @@ def database_error(exc: DatabaseError) -> Response:
     return _page(503, "Database unavailable", f"The queue's database did not answer: {exc}")
 
 
+class BadParameter(Exception):
+    """A query parameter or part of the URL the dashboard cannot use: a 400."""
+
+
+@blueprint.errorhandler(BadParameter)
+def bad_parameter(exc: BadParameter) -> Response:
+    return _page(400, "Bad request", str(exc))
+
+
+def _bigint(value: int, what: str) -> int:
+    """*value* if the database can compare it with an id, else a 400."""
+    try:
+        return check_bigint(value, what)
+    except ValueError as exc:
+        raise BadParameter(str(exc)) from None
+
+
 # -- pages -------------------------------------------------------------------------
 
 
@@ -256,14 +277,23 @@ def _arg(name: str) -> str | None:
     return value or None
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
+
+
 def _int_arg(name: str) -> int | None:
+    """The whole-number query parameter *name* (an id, a cursor), ``None``
+    when absent; anything else, or a number out of the ``bigint`` range,
+    is a 400."""
     value = _arg(name)
     if value is None:
         return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
+    if not _INTEGER.fullmatch(value):
+        shown = value if len(value) <= 40 else value[:39] + "…"
+        raise BadParameter(
+            f"{name} must be a whole number between {BIGINT_MIN} and {BIGINT_MAX}, "
+            f"not {shown!r}"
+        )
+    return _bigint(int(value), name)
 
 
 @blueprint.get("/tasks")
@@ -295,6 +325,7 @@ def tasks() -> Any:
 
 @blueprint.get("/tasks/<int:task_id>")
 def task(task_id: int, problem: str | None = None, status: int = 200) -> Any:
+    _bigint(task_id, "task id")
     admin = _admin()
     try:
         found = admin.get(task_id)
@@ -363,6 +394,7 @@ def cancel(task_id: int) -> Any:
 
 @blueprint.post("/tasks/<int:task_id>/delete")
 def delete(task_id: int) -> Any:
+    _bigint(task_id, "task id")
     refused = _refuse_action()
     if refused is not None:
         return refused
@@ -376,6 +408,7 @@ def delete(task_id: int) -> Any:
 
 
 def _act(task_id: int, action: Any) -> Any:
+    _bigint(task_id, "task id")
     refused = _refuse_action()
     if refused is not None:
         return refused
