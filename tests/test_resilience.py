@@ -494,3 +494,99 @@ def test_concurrent_pushes_survive_a_cancel_storm(dsn: str) -> None:
         stop.set()
         canceller.join()
         q._bound().db.close()
+
+
+# -- the fault-injection drain ----------------------------------------------------
+
+
+@pytest.fixture
+def chaos_dsn(dsn: str) -> str:
+    """*dsn* as a role whose statements time out after 50 ms in this database."""
+    database = psycopg2.extensions.parse_dsn(dsn)["dbname"]
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "DO $$ BEGIN CREATE ROLE pgtq_chaos LOGIN SUPERUSER; "
+            "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        )
+        cur.execute(
+            psycopg2.sql.SQL(
+                "ALTER ROLE pgtq_chaos IN DATABASE {} SET statement_timeout = '50ms'"
+            ).format(psycopg2.sql.Identifier(database))
+        )
+    conn.close()
+    return psycopg2.extensions.make_dsn(dsn, user="pgtq_chaos")
+
+
+@pytest.mark.slow
+def test_a_drain_under_bad_values_timeouts_and_cancels_loses_nothing(
+    app, dsn, chaos_dsn, start_worker, capsys
+):
+    """1,000 tasks: 2 % return unstorable results, 1 % raise Retry with a bad
+    delay; the workers' role has a 50 ms statement timeout and their
+    statements are cancelled every 200 ms.  Every good task succeeds exactly
+    once, every bad one fails with a readable reason, no worker restarts."""
+    from tests.worker_app import chaos
+
+    kinds = ["nul"] * 20 + ["bad-retry"] * 10 + ["good"] * 970
+    random = __import__("random").Random(12)
+    random.shuffle(kinds)
+    chaos.push_many([(kind, f"c{i}") for i, kind in enumerate(kinds)])
+    settings = {"PGTQ_DSN": chaos_dsn, "PGTQ_RETRY_BACKOFF": 0.05}
+    workers = [start_worker("--concurrency", "2", settings=settings) for _ in range(2)]
+    pids = [w.pid for w in workers]
+    stop = threading.Event()
+    cancels = [0]
+
+    def cancel_every_200_ms() -> None:
+        while not stop.wait(0.2):
+            rows = sql_all(
+                dsn,
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                "WHERE usename = 'pgtq_chaos' AND application_name LIKE 'flask_pgtq%%'",
+            )
+            cancels[0] += sum(1 for (sent,) in rows if sent)
+
+    canceller = threading.Thread(target=cancel_every_200_ms)
+    started = time.monotonic()
+    canceller.start()
+    try:
+        poll_until(
+            lambda: sql_one(
+                dsn, "SELECT count(*) FROM pgtq_tasks WHERE state IN ('queued', 'running')"
+            )[0]
+            == 0,
+            240,
+            0.2,
+            "the drain to end",
+        )
+    finally:
+        stop.set()
+        canceller.join()
+    elapsed = time.monotonic() - started
+    rows = sql_all(dsn, "SELECT args->>1, args->>0, state, attempts, result, error FROM pgtq_tasks")
+    ran = {}
+    for (tag,) in sql_all(dsn, "SELECT tag FROM test_runs"):
+        ran[tag] = ran.get(tag, 0) + 1
+    outcomes: dict[str, int] = {}
+    for tag, kind, state, attempts, result, error in rows:
+        outcomes[f"{kind}:{state}"] = outcomes.get(f"{kind}:{state}", 0) + 1
+        if kind == "good":
+            assert (state, result) == ("succeeded", tag), (tag, state, error)
+            assert ran[tag] == 1, f"{tag} ran {ran[tag]} times"
+        elif kind == "nul":
+            assert (state, attempts) == ("failed", 1), (tag, state, error)
+            assert "NUL character" in error and "cannot be stored as JSON" in error
+        else:
+            assert (state, attempts) == ("failed", 1), (tag, state, error)
+            assert "Retry(delay=...) must be a finite number" in error
+    assert outcomes == {"good:succeeded": 970, "nul:failed": 20, "bad-retry:failed": 10}
+    outputs = [w.output() for w in workers]
+    errors = sum(o.count("database error while") for o in outputs)
+    for worker, pid, output in zip(workers, pids, outputs, strict=True):
+        assert worker.proc.poll() is None and worker.pid == pid
+        assert "restarting" not in output
+    with capsys.disabled():
+        print(
+            f"\nfault-injection drain: 1000 tasks in {elapsed:.1f}s, {cancels[0]} cancels "
+            f"sent, {errors} database errors survived by the workers, {outcomes}"
+        )
