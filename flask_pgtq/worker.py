@@ -7,7 +7,9 @@ and fires periodic schedules.  A heartbeat thread renews this worker's lease
 whatever the handlers do.  Between rounds the main thread sleeps in
 ``select()`` on a LISTEN connection (new tasks, cancel requests) and a pipe
 (finished tasks, signals); polling every ``PGTQ_POLL_INTERVAL`` seconds is
-the correctness path, LISTEN only a hint.
+the correctness path, LISTEN only a hint.  An ``isolated=True`` handler
+runs in a child process that its handler thread waits for
+(:mod:`flask_pgtq.isolation`).
 
 Database outages never end the worker: every step retries with capped,
 jittered backoff, and the LISTEN connection is rebuilt and health-checked.
@@ -31,7 +33,7 @@ from datetime import UTC, datetime
 from queue import SimpleQueue
 from typing import Any
 
-from . import schema, signals
+from . import isolation, schema, signals
 from .exceptions import DatabaseError, SchemaNotReady, TaskCancelled, TaskTimeout
 from .listener import Listener
 from .periodic import Schedule, Scheduler
@@ -231,6 +233,7 @@ class Worker:
             self._flush()
         if self._running:
             ids = list(self._running)
+            self.watchdog.stop_all(TaskCancelled)  # isolated ones: kill their children first
             try:
                 released = self.store.release(self.id, ids)
                 log.warning(
@@ -487,12 +490,17 @@ class Worker:
             handler = self.runner.handlers.get(task.name)
             outcome: Outcome | None = None
             try:
-                self.watchdog.started(task.id, handler.timeout if handler else None)
-                try:
-                    outcome = self.runner.execute(task)
-                finally:
-                    # After this no stop can be raised in this thread.
-                    self.watchdog.finished(task.id)
+                if handler is not None and handler.isolated:
+                    outcome = isolation.run_attempt(
+                        self.runner, self.watchdog, task, handler.timeout
+                    )
+                else:
+                    self.watchdog.started(task.id, handler.timeout if handler else None)
+                    try:
+                        outcome = self.runner.execute(task)
+                    finally:
+                        # After this no stop can be raised in this thread.
+                        self.watchdog.finished(task.id)
             except (TaskTimeout, TaskCancelled) as exc:
                 # Raised just outside the handler's own try: still an outcome.
                 if outcome is None:
