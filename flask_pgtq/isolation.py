@@ -182,6 +182,10 @@ class Child:
             with contextlib.suppress(BlockingIOError, OSError):
                 self._read(chunks)  # what it wrote just before it ended
         finally:
+            with self._lock:
+                if self._status is None:  # this wait was interrupted: end the child
+                    os.kill(self.pid, signal.SIGKILL)
+                    self._status = os.waitpid(self.pid, 0)[1]
             os.close(self._pipe)
             if self._pidfd is not None:
                 os.close(self._pidfd)

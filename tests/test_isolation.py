@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -98,6 +99,28 @@ def test_a_grandchild_holding_the_pipe_does_not_delay_the_end() -> None:
     ended = Child.start(work).wait()
     assert ended.output == "done"
     assert time.monotonic() - started < 5
+
+
+def test_the_python_3_12_warning_about_forking_threads_is_silenced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_fork = os.fork
+
+    def fork() -> int:
+        warnings.warn(
+            f"This process (pid={os.getpid()}) is multi-threaded, use of fork() may "
+            "lead to deadlocks in the child.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Child.start(lambda: "quiet").wait().output == "quiet"
+        with pytest.raises(DeprecationWarning):
+            warnings.warn("other warnings still count", DeprecationWarning, stacklevel=1)
 
 
 def test_a_pool_lock_held_by_another_thread_does_not_hang_the_child(dsn: str) -> None:
