@@ -138,8 +138,13 @@ class Child:
             warnings.filterwarnings(
                 "ignore", message=r".*multi-threaded.*fork", category=DeprecationWarning
             )
-            pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child, measured there
+            try:
+                pid = os.fork()
+            except OSError:
+                os.close(read_end)
+                os.close(write_end)
+                raise
+        if pid == 0:  # pragma: no cover - runs in the child
             _child(read_end, write_end, parent, work)
         os.close(write_end)
         os.set_blocking(read_end, False)
