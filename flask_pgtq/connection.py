@@ -19,6 +19,7 @@ import os
 import re
 import select
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,6 +44,20 @@ log = logging.getLogger("flask_pgtq")
 _orphans: list[Any] = []
 
 _UNAVAILABLE = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+#: Every pool of this process, for :func:`_after_fork_in_child`.
+_pools: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Only the forking thread lives on in a child: a pool lock another
+    # thread held at the fork would stay locked for ever.  The pool starts
+    # afresh on first use anyway, so a new lock is all it needs.
+    for pool in list(_pools):
+        pool._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _scrub(message: str, secrets: tuple[str, ...]) -> str:
@@ -180,6 +195,7 @@ class Database:
         self._pid = os.getpid()
         self._idle: list[Any] = []
         self._slots = threading.BoundedSemaphore(max_connections)
+        _pools.add(self)
 
     def __repr__(self) -> str:
         return f"<Database pid={self._pid} max_connections={self._max}>"

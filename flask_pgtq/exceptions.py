@@ -133,6 +133,13 @@ class Cancel(PgTqError):
         self.reason = reason
 
 
+class ChildFailed(PgTqError):
+    """An attempt of an ``isolated=True`` handler failed in its child
+    process: the child died before it sent a result, or this stands for the
+    exception the handler raised there (its type and message; the original
+    cannot cross between processes).  The task's error holds the full text."""
+
+
 class TaskTimeout(BaseException):
     """Raised inside a handler that ran past its ``timeout``.
 

@@ -179,6 +179,7 @@ class PgTq:
         timeout: float | None = None,
         concurrency: int | None = None,
         rate_limit: str | None = None,
+        isolated: bool = False,
     ) -> Callable[[Callable[P, R]], Handler[P, R]]: ...
 
     def handler(  # type: ignore[misc]  # mypy and ParamSpec in overloads
@@ -194,6 +195,7 @@ class PgTq:
         timeout: float | None = None,
         concurrency: int | None = None,
         rate_limit: str | None = None,
+        isolated: bool = False,
     ) -> Any:
         """Register a function as a task handler.
 
@@ -211,6 +213,12 @@ class PgTq:
             across all workers.
         :param rate_limit: most starts per period across all workers, e.g.
             ``"10/m"`` (``s``, ``m``, ``h``, ``d``; also ``"5/10s"``).
+        :param isolated: a worker runs each attempt in a child process forked
+            for it, killed (``SIGKILL``) at the timeout or on a cancel
+            request: for handlers that hold the GIL in C code, which would
+            stall the worker's heartbeat and timeout (see "Isolated
+            handlers" in the README).  Costs a fork per attempt.  Plain
+            calls, ``PGTQ_EAGER`` and :meth:`Task.run` stay in-process.
         :raises DuplicateHandler: the name is taken.
         """
 
@@ -232,6 +240,7 @@ class PgTq:
                 timeout=timeout,
                 concurrency=concurrency,
                 rate_limit=rate_limit,
+                isolated=isolated,
             )
             self._handlers[task_name] = h
             return h

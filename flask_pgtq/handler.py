@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -181,6 +182,7 @@ class Handler(Generic[P, R]):
         timeout: float | None = None,
         concurrency: int | None = None,
         rate_limit: str | None = None,
+        isolated: bool = False,
     ) -> None:
         self.pgtq = pgtq
         self.func = func
@@ -189,6 +191,13 @@ class Handler(Generic[P, R]):
         self.timeout = None if timeout is None else _seconds(timeout, "timeout")
         if self.timeout == 0:
             raise ConfigurationError("timeout must be > 0")
+        if not isinstance(isolated, bool):
+            raise ConfigurationError(f"isolated must be True or False, not {isolated!r}")
+        if isolated and not hasattr(os, "fork"):
+            raise ConfigurationError("isolated=True needs os.fork(), which this platform lacks")
+        #: Whether a worker runs each attempt in a child process of its own
+        #: (see :mod:`flask_pgtq.isolation`).
+        self.isolated = isolated
         #: Limits across all workers, or ``None``.
         self.limit = Limit.build(self.name, concurrency, rate_limit)
         self.defaults = PushOptions.build(

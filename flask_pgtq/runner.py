@@ -26,6 +26,7 @@ from .config import Config, seconds
 from .exceptions import (
     ArgumentsNotSerializable,
     Cancel,
+    ChildFailed,
     ConfigurationError,
     DatabaseError,
     NotClaimed,
@@ -225,6 +226,13 @@ class Runner:
             TaskTimeout(),
             time.perf_counter() - duration,
         )
+
+    def failed_attempt(self, task: Task, error: str, started: float) -> Outcome:
+        """The outcome of an attempt that failed outside its handler's code
+        (an isolated handler's child process died): *error* is recorded, and
+        the task retried while attempts are left."""
+        handler = self.handlers[task.name]
+        return self._retry_or_fail(task, handler, error, ChildFailed(error), started)
 
     def _retry_or_fail(
         self,

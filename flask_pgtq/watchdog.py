@@ -11,6 +11,12 @@ Python cannot kill a thread.  The watchdog stops a handler in two steps:
    attempt is recorded as timed out (or cancelled) and the worker restarts
    its process (after letting the other tasks finish): the only way to
    really end a blocked thread.
+
+A handler running in a child process (``isolated=True``, see
+:mod:`flask_pgtq.isolation`) is registered with a *stop* function instead:
+at its deadline the watchdog calls it, which kills the child at once.  It
+cannot see a cancel request, so a cancel stops it without waiting for
+``PGTQ_CANCEL_GRACE``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .exceptions import TaskCancelled, TaskTimeout
@@ -35,6 +42,7 @@ class Watched:
     cancel_deadline: float | None = None
     raised: type[BaseException] | None = None
     raised_at: float = 0.0
+    stop: Callable[[type[BaseException]], None] | None = None
 
 
 class Watchdog:
@@ -45,11 +53,21 @@ class Watchdog:
         self._lock = threading.Lock()
         self._watched: dict[int, Watched] = {}
 
-    def started(self, task_id: int, timeout: float | None) -> None:
-        """Called by a handler thread before it runs the task."""
+    def started(
+        self,
+        task_id: int,
+        timeout: float | None,
+        stop: Callable[[type[BaseException]], None] | None = None,
+    ) -> None:
+        """Called by a handler thread before it runs the task.
+
+        :param stop: stops the task at once, given the reason
+            (:class:`TaskTimeout` or :class:`TaskCancelled`); called instead
+            of raising in the thread.  For a task run in a child process.
+        """
         with self._lock:
             self._watched[task_id] = Watched(
-                task_id, threading.get_ident(), time.monotonic(), timeout
+                task_id, threading.get_ident(), time.monotonic(), timeout, stop=stop
             )
 
     def finished(self, task_id: int) -> None:
@@ -57,7 +75,7 @@ class Watchdog:
         exception raised too late to matter."""
         with self._lock:
             watched = self._watched.pop(task_id, None)
-            if watched is not None and watched.raised is not None:
+            if watched is not None and watched.raised is not None and watched.stop is None:
                 _raise_in(watched.thread_id, None)
 
     def cancel_requested(self, task_id: int) -> bool:
@@ -67,8 +85,19 @@ class Watchdog:
             if watched is None:
                 return False
             if watched.cancel_deadline is None:
-                watched.cancel_deadline = time.monotonic() + self.cancel_grace
+                grace = self.cancel_grace if watched.stop is None else 0.0
+                watched.cancel_deadline = time.monotonic() + grace
             return True
+
+    def stop_all(self, reason: type[BaseException]) -> None:
+        """Stop at once every task registered with a *stop* function (their
+        child processes are killed).  Thread-run handlers end with the process."""
+        with self._lock:
+            for watched in self._watched.values():
+                if watched.stop is not None and watched.raised is None:
+                    watched.raised = reason
+                    watched.raised_at = time.monotonic()
+                    watched.stop(reason)
 
     def enforce(self) -> list[tuple[int, type[BaseException]]]:
         """Raise in handlers past their deadline; return the ``(task id,
@@ -82,7 +111,10 @@ class Watchdog:
                     if reason is not None:
                         watched.raised = reason
                         watched.raised_at = now
-                        _raise_in(watched.thread_id, reason)
+                        if watched.stop is not None:
+                            watched.stop(reason)
+                        else:
+                            _raise_in(watched.thread_id, reason)
                 elif now >= watched.raised_at + STUCK_GRACE:
                     stuck.append((watched.task_id, watched.raised))
                     del self._watched[watched.task_id]

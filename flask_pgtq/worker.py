@@ -7,7 +7,9 @@ and fires periodic schedules.  A heartbeat thread renews this worker's lease
 whatever the handlers do.  Between rounds the main thread sleeps in
 ``select()`` on a LISTEN connection (new tasks, cancel requests) and a pipe
 (finished tasks, signals); polling every ``PGTQ_POLL_INTERVAL`` seconds is
-the correctness path, LISTEN only a hint.
+the correctness path, LISTEN only a hint.  An ``isolated=True`` handler
+runs in a child process that its handler thread waits for
+(:mod:`flask_pgtq.isolation`).
 
 Database outages never end the worker: every step retries with capped,
 jittered backoff, and the LISTEN connection is rebuilt and health-checked.
@@ -32,7 +34,7 @@ from datetime import UTC, datetime
 from queue import SimpleQueue
 from typing import Any
 
-from . import schema, signals
+from . import isolation, schema, signals
 from .exceptions import (
     DatabaseError,
     DatabaseUnavailable,
@@ -251,6 +253,7 @@ class Worker:
             ids = list(self._running)
             interrupted = [i for i in ids if i in self._started]
             waiting = [i for i in ids if i not in self._started]
+            self.watchdog.stop_all(TaskCancelled)  # isolated ones: kill their children first
             try:
                 released = self.store.release(self.id, waiting, interrupted)
                 log.warning(
@@ -592,6 +595,8 @@ class Worker:
 
     def _run(self, task: Task) -> Outcome:
         handler = self.runner.handlers.get(task.name)
+        if handler is not None and handler.isolated:
+            return isolation.run_attempt(self.runner, self.watchdog, task, handler.timeout)
         outcome: Outcome | None = None
         try:
             self.watchdog.started(task.id, handler.timeout if handler else None)

@@ -10,7 +10,9 @@ table ``test_runs`` (see :data:`RUNS_TABLE`), so tests can count executions.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import time
 from datetime import timedelta
 from typing import Any
@@ -174,6 +176,53 @@ def exclusive(tag: str) -> str:
 def limited(tag: str) -> str:
     record(tag)
     return tag
+
+
+def hold_gil(seconds: float) -> None:
+    """Run about *seconds* in one C call that never releases the GIL: a
+    catastrophic regular expression (each extra "a" doubles its time)."""
+    started = time.perf_counter()
+    re.match(r"(a+)+$", "a" * 18 + "b")
+    unit = max(time.perf_counter() - started, 1e-4)
+    n = 18 + max(0, round(math.log2(seconds / unit)))
+    re.match(r"(a+)+$", "a" * n + "b")
+
+
+@q.handler(isolated=True, timeout=2, max_attempts=2)
+def isolated_regex(seconds: float, tag: str) -> str:
+    """Holds the GIL past its timeout, in a child process."""
+    record(tag, "started")
+    hold_gil(seconds)
+    record(tag, "finished")
+    return tag
+
+
+@q.handler(isolated=True, max_attempts=2)
+def isolated(how: str, tag: str) -> object:
+    """Does *how* in a child process of the worker."""
+    if how == "none":
+        return None
+    record(tag, "started")
+    g.tag = tag  # the teardown records it: in the child, which has this g
+    if how == "result":
+        return {"pid": os.getpid(), "parent": os.getppid(), "attempt": current_task.attempts}
+    if how == "retry":
+        raise Retry(delay=0.2, reason="later, please")
+    if how == "cancel":
+        raise Cancel("not worth it")
+    if how == "raise":
+        raise ValueError(f"boom in {tag}")
+    if how == "exit":
+        os._exit(3)
+    if how == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)
+    if how == "not-json":
+        return {1, 2}
+    if how == "sleep":
+        time.sleep(60)
+    return None
 
 
 @q.periodic("* * * * * *", queue="periodic")
