@@ -1,11 +1,22 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages
 from setuptools import setup
 
+HERE = Path(__file__).parent
+#: The version is written once, in flask_pgtq/__init__.py.
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"$',
+    (HERE / "flask_pgtq" / "__init__.py").read_text(encoding="utf-8"),
+    re.MULTILINE,
+)[1]
+
 setup(
     name="flask_pgtq",
-    version="0.1.0.dev0",
+    version=VERSION,
     description="A background task queue for Flask whose only infrastructure is PostgreSQL.",
-    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description=(HERE / "README.rst").read_text(encoding="utf-8"),
     long_description_content_type="text/x-rst",
     license="BSD-3-Clause",
     packages=find_packages(include=["flask_pgtq", "flask_pgtq.*"]),

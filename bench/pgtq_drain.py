@@ -95,7 +95,7 @@ class Queue:
         with contextlib.suppress(Exception):
             self.conn.close()
         with contextlib.suppress(Exception):
-            self.q._bound().db.close()  # best effort: a private handle
+            self.q.close()  # best effort: a private handle
         with contextlib.suppress(Exception):
             self.ctx.pop()
 

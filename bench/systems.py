@@ -174,7 +174,7 @@ class FlaskPgtq(PostgresSystem):
         self._close_probe()
         if self.ctx is not None:
             with contextlib.suppress(Exception):
-                self.q._bound().db.close()  # best effort: a private handle
+                self.q.close()  # best effort: a private handle
             self.ctx.pop()
             self.ctx = None
         self.app = self.q = None

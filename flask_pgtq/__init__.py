@@ -2,27 +2,66 @@
 
 from __future__ import annotations
 
-from .exceptions import ArgumentsNotSerializable as ArgumentsNotSerializable
-from .exceptions import Cancel as Cancel
-from .exceptions import ConfigurationError as ConfigurationError
-from .exceptions import DatabaseError as DatabaseError
-from .exceptions import DatabaseUnavailable as DatabaseUnavailable
-from .exceptions import DuplicateHandler as DuplicateHandler
-from .exceptions import InvalidName as InvalidName
-from .exceptions import NotClaimed as NotClaimed
-from .exceptions import PayloadTooLarge as PayloadTooLarge
-from .exceptions import PgTqError as PgTqError
-from .exceptions import Retry as Retry
-from .exceptions import SchemaNotReady as SchemaNotReady
-from .exceptions import TaskFailed as TaskFailed
-from .exceptions import TaskNotFound as TaskNotFound
-from .exceptions import UnknownTask as UnknownTask
-from .exceptions import WaitTimeout as WaitTimeout
-from .extension import PgTq as PgTq
-from .handler import Args as Args
-from .handler import Handler as Handler
-from .runner import current_task as current_task
-from .task import State as State
-from .task import Task as Task
+from .exceptions import (
+    ArgumentsNotSerializable,
+    Cancel,
+    ChildFailed,
+    ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailable,
+    DuplicateHandler,
+    InvalidName,
+    InvalidRequest,
+    NotClaimed,
+    PayloadTooLarge,
+    PgTqError,
+    Retry,
+    SchemaNotReady,
+    SetupError,
+    TaskCancelled,
+    TaskFailed,
+    TaskNotFound,
+    TaskTimeout,
+    UnknownTask,
+    UsageError,
+    WaitTimeout,
+)
+from .extension import PgTq
+from .handler import Args, Handler
+from .runner import current_task
+from .task import State, Task
 
+__all__ = [
+    "Args",
+    "ArgumentsNotSerializable",
+    "Cancel",
+    "ChildFailed",
+    "ConfigurationError",
+    "DatabaseError",
+    "DatabaseUnavailable",
+    "DuplicateHandler",
+    "Handler",
+    "InvalidName",
+    "InvalidRequest",
+    "NotClaimed",
+    "PayloadTooLarge",
+    "PgTq",
+    "PgTqError",
+    "Retry",
+    "SchemaNotReady",
+    "SetupError",
+    "State",
+    "Task",
+    "TaskCancelled",
+    "TaskFailed",
+    "TaskNotFound",
+    "TaskTimeout",
+    "UnknownTask",
+    "UsageError",
+    "WaitTimeout",
+    "__version__",
+    "current_task",
+]
+
+#: The version, read by setup.py from here (the one place it is written).
 __version__ = "0.1.0.dev0"

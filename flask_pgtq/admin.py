@@ -29,7 +29,7 @@ import psycopg2.extras
 from . import queries
 from .config import validate_name
 from .connection import Database
-from .exceptions import PgTqError, TaskNotFound
+from .exceptions import InvalidRequest, PgTqError, TaskNotFound
 from .formatting import error_summary, jsonable, loads_for_display
 from .task import State, Task
 
@@ -165,7 +165,7 @@ class Admin:
 
     def now(self) -> datetime:
         """The database's clock."""
-        (row,) = self._rows("admin_now")
+        (row,) = self._rows("database_now")
         return row["now"]  # type: ignore[no-any-return]
 
     def status(self) -> list[QueueStatus]:
@@ -214,9 +214,9 @@ class Admin:
         """
         filters = _filters(state, queue, name)
         if not 1 <= limit <= MAX_PAGE:
-            raise ValueError(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
+            raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
         if before is not None and after is not None:
-            raise ValueError("give before or after, not both")
+            raise InvalidRequest("give before or after, not both")
         for cursor, value in (("before", before), ("after", after)):
             if value is not None:
                 check_bigint(value, cursor)
@@ -263,7 +263,7 @@ class Admin:
         """Tasks that ended in each of the last *minutes* minutes, oldest first:
         ``minute`` (a datetime), ``succeeded``, ``failed``, ``cancelled``."""
         if not 1 <= minutes <= 24 * 60:
-            raise ValueError("minutes must be between 1 and 1440")
+            raise InvalidRequest("minutes must be between 1 and 1440")
         if queue is not None:
             validate_name(queue, "queue")
         rows = self._rows("admin_throughput", {"minutes": minutes, "queue": queue})
@@ -302,7 +302,9 @@ class Admin:
         states = list(states)
         for state in states:
             if state not in ("failed", "cancelled"):
-                raise ValueError(f"only failed or cancelled tasks can be retried, not {state!r}")
+                raise InvalidRequest(
+                    f"only failed or cancelled tasks can be retried, not {state!r}"
+                )
         if queue is not None:
             validate_name(queue, "queue")
         (row,) = self._rows("admin_retry_tasks", {"ids": None, "states": states, "queue": queue})
@@ -318,7 +320,10 @@ class Admin:
         :raises TaskNotFound: no such task.
         :raises ActionNotAllowed: the task has already ended.
         """
-        rows = self._rows("admin_cancel_task", {"id": check_bigint(task_id, "task id")})
+        rows = self._rows(
+            "cancel_task",
+            {"id": check_bigint(task_id, "task id"), "reason": "cancelled by an operator"},
+        )
         if not rows:
             task = self.get(task_id)
             raise ActionNotAllowed(
@@ -358,15 +363,15 @@ class Admin:
         """
         states = sorted(set(states))
         if not states:
-            raise ValueError("give at least one state to purge")
+            raise InvalidRequest("give at least one state to purge")
         for state in states:
             if state not in FINAL_STATES:
-                raise ValueError(
+                raise InvalidRequest(
                     f"only finished tasks can be purged ({', '.join(FINAL_STATES)}), "
                     f"not {state!r}"
                 )
         if not math.isfinite(older_than) or older_than < 0:
-            raise ValueError("older_than must be a number of seconds >= 0")
+            raise InvalidRequest("older_than must be a number of seconds >= 0")
         if queue is not None:
             validate_name(queue, "queue")
         params = {"states": states, "older_than": older_than, "queue": queue, "batch": batch}
@@ -397,7 +402,7 @@ def check_bigint(value: int, what: str) -> int:
         answer ``bigint out of range``).
     """
     if not BIGINT_MIN <= value <= BIGINT_MAX:
-        raise ValueError(
+        raise InvalidRequest(
             f"{what} {value} is out of range: it must be between {BIGINT_MIN} and {BIGINT_MAX}"
         )
     return value
@@ -407,7 +412,7 @@ def _filters(state: str | None, queue: str | None, name: str | None) -> dict[str
     due = None
     if state is not None:
         if state not in FILTER_STATES:
-            raise ValueError(f"unknown state {state!r}; known: {', '.join(FILTER_STATES)}")
+            raise InvalidRequest(f"unknown state {state!r}; known: {', '.join(FILTER_STATES)}")
         if state in ("ready", "scheduled"):
             due = state == "ready"
             state = State.QUEUED.value

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any
@@ -100,6 +100,34 @@ def seconds(value: Any, what: str) -> float:
             f"(100 years), not {value!r}"
         )
     return float(value)
+
+
+def whole_number(value: Any, what: str, *, minimum: int | None = None) -> int:
+    """An ``int`` (not a ``bool``) that fits PostgreSQL's ``integer``, at
+    least *minimum* when given.
+
+    :raises ConfigurationError: naming *what* and the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{what} must be an integer, not {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigurationError(f"{what} must be an integer >= {minimum}, not {value!r}")
+    if not -(2**31) <= value < 2**31:
+        raise ConfigurationError(f"{what} must fit in 32 bits, not {value!r}")
+    return value
+
+
+def queue_list(queues: str | Iterable[str] | None, default: str) -> list[str]:
+    """Queue names from one name, several or ``None`` (*default*), each
+    validated, duplicates dropped, order kept."""
+    if queues is None:
+        return [default]
+    if isinstance(queues, str):
+        queues = [queues]
+    names = [validate_name(q, "queue") for q in queues]
+    if not names:
+        raise ConfigurationError("give at least one queue")
+    return list(dict.fromkeys(names))
 
 
 def _positive(value: Any, key: str, *, number: type = float, zero: bool = False) -> Any:

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .config import parse_dsn
-from .exceptions import DatabaseError, DatabaseUnavailable, SchemaNotReady
+from .exceptions import DatabaseError, DatabaseUnavailable, SchemaNotReady, UsageError
 
 try:
     import psycopg2
@@ -158,7 +158,7 @@ def dbapi_connection(obj: Any) -> Any:
             return raw
     if hasattr(obj, "cursor") and hasattr(obj, "commit"):
         return obj
-    raise TypeError(
+    raise UsageError(
         f"cannot push on {type(obj).__name__!r}: pass a psycopg2 connection, or a "
         "SQLAlchemy Connection or Session"
     )
@@ -293,12 +293,16 @@ class Database:
         if reusable and idle is self._idle:
             with self._lock:
                 idle.append(conn)
-        elif idle is self._idle:
+        elif idle is self._idle or self._pid == os.getpid():
+            # Broken, or lent before close(): closed.  (A connection of the
+            # parent, given back in a forked child, is left alone.)
             with contextlib.suppress(psycopg2.Error):
                 conn.close()
 
     def close(self) -> None:
-        """Close every idle pooled connection of this process."""
+        """Close every pooled connection of this process: idle ones now,
+        lent ones when they are given back.  Idempotent; the pool opens new
+        connections if it is used again."""
         with self._lock:
             if self._pid == os.getpid():
                 for conn in self._idle:

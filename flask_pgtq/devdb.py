@@ -42,7 +42,8 @@ from weakref import WeakKeyDictionary
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
-    from .extension import Bound, PgTq
+    from .app_queue import AppQueue
+    from .extension import PgTq
     from .worker import Worker
 
 log = logging.getLogger("flask_pgtq.devdb")
@@ -252,7 +253,7 @@ class DevWorker:
     first one starts the thread.  :meth:`stop` runs at exit.
     """
 
-    def __init__(self, extension: PgTq, bound: Bound) -> None:
+    def __init__(self, extension: PgTq, bound: AppQueue) -> None:
         self.extension = extension
         self.bound = bound
         self.worker: Worker | None = None
@@ -285,7 +286,7 @@ class DevWorker:
             return
         if timeout is None:
             timeout = self.bound.config.shutdown_grace + 5
-        if worker._running:
+        if worker.busy:
             log.info(
                 "development worker: running tasks get up to %ss to finish "
                 "(interrupt again to put them back in the queue now)",
@@ -337,7 +338,7 @@ class DevWorker:
 _dev_workers: WeakKeyDictionary[Any, DevWorker] = WeakKeyDictionary()
 
 
-def add_dev_worker(app: Any, extension: PgTq, bound: Bound) -> DevWorker:
+def add_dev_worker(app: Any, extension: PgTq, bound: AppQueue) -> DevWorker:
     """Run a :class:`DevWorker` in *app*'s serving process from its first request."""
     dev = DevWorker(extension, bound)
     app.before_request(dev.ensure_started)

@@ -19,6 +19,23 @@ class ConfigurationError(PgTqError, ValueError):
     """A ``PGTQ_*`` setting or a handler option is missing or invalid."""
 
 
+class SetupError(PgTqError, RuntimeError):
+    """The queue is used outside its setup: outside an app context, on an app
+    the extension is not registered on, registered twice, a task not bound to
+    a queue, or ``current_task`` outside a handler."""
+
+
+class UsageError(PgTqError, TypeError):
+    """An API was called with an argument of the wrong kind (for example
+    ``PgTq(42)``, or a connection object that is not a database connection)."""
+
+
+class InvalidRequest(PgTqError, ValueError):
+    """An inspection or operator request (``q.admin``, the CLI, the
+    dashboard) has a bad argument: an id out of range, an unknown state, a
+    task that cannot be retried in its state."""
+
+
 class DatabaseError(PgTqError):
     """The database reported an error.  The message never holds the password,
     nor (for errors about data) the values the statement was given.

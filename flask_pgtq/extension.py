@@ -2,46 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 from weakref import WeakKeyDictionary
 
-from . import codec, signals
 from .admin import Admin
-from .codec import encode_arguments
-from .config import Config, redact_dsn, validate_name
-from .connection import Database, dbapi_connection
-from .exceptions import ConfigurationError, DuplicateHandler, UnknownTask
-from .handler import Handler, PushOptions, split_item
-from .queue import TaskStore, new_owner_id
-from .runner import Runner
-from .task import State, Task
+from .app_queue import AppQueue
+from .config import Config, redact_dsn
+from .exceptions import (
+    ConfigurationError,
+    DuplicateHandler,
+    SetupError,
+    UnknownTask,
+    UsageError,
+)
+from .handler import Handler
+from .task import Task
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-@dataclass
-class Bound:
-    """What one app (or one standalone queue) uses: settings, pool, core, runner."""
-
-    config: Config
-    db: Database
-    store: TaskStore
-    runner: Runner
-    extension: PgTq
-    #: Lease owner for tasks this process claims with pop().
-    pop_owner: str | None = None
-
-    @classmethod
-    def build(cls, extension: PgTq, config: Config, app: Any) -> Bound:
-        db = Database(config.dsn, max_connections=config.pool_size)
-        store = TaskStore(config, db)
-        runner = Runner(config, store, extension._handlers, app, app or extension)
-        store.backend = runner
-        return cls(config, db, store, runner, extension)
 
 
 class PgTq:
@@ -65,15 +44,15 @@ class PgTq:
     def __init__(self, app: Any = None, dsn: str | None = None, **settings: Any) -> None:
         self._handlers: dict[str, Handler[Any, Any]] = {}
         self._schedules: dict[str, Any] = {}
-        self._standalone: Bound | None = None
+        self._standalone: AppQueue | None = None
         #: Per-app state, keyed by app (as Flask-SQLAlchemy keeps its engines):
         #: the extension object itself holds no app.
-        self._apps: WeakKeyDictionary[Any, Bound] = WeakKeyDictionary()
+        self._apps: WeakKeyDictionary[Any, AppQueue] = WeakKeyDictionary()
         if isinstance(app, str):
             settings = _queue_first(app, dsn, settings)
             app = None
         elif app is not None and not _is_app(app):
-            raise TypeError(
+            raise UsageError(
                 f"PgTq() takes a Flask app or, without Flask, a queue name and a DSN "
                 f"(PgTq('test_queue', 'dbname=q')), not {type(app).__name__} {app!r}"
             )
@@ -83,7 +62,7 @@ class PgTq:
             config = Config.from_mapping(
                 {"PGTQ_DSN": dsn, **{f"PGTQ_{k.upper()}": v for k, v in settings.items()}}
             )
-            self._standalone = Bound.build(self, config, None)
+            self._standalone = AppQueue(config, self._handlers, None, self)
         elif settings:
             raise ConfigurationError(
                 "settings as keyword arguments are for standalone use with dsn=...; "
@@ -103,7 +82,7 @@ class PgTq:
         if self._standalone is not None:
             raise ConfigurationError("a standalone PgTq(dsn=...) cannot be added to an app")
         if "pgtq" in app.extensions:
-            raise RuntimeError(
+            raise SetupError(
                 "a PgTq extension is already registered on this app; create only one "
                 "PgTq per app"
             )
@@ -112,7 +91,7 @@ class PgTq:
 
             app.config["PGTQ_DSN"] = start_dev_database(app.instance_path).dsn
         config = Config.from_mapping(app.config)
-        self._apps[app] = Bound.build(self, config, app)
+        self._apps[app] = AppQueue(config, self._handlers, app, app)
         if config.dev_worker:
             from .devdb import add_dev_worker
 
@@ -132,35 +111,42 @@ class PgTq:
 
     # -- the state for the current app ---------------------------------------
 
-    def _bound(self) -> Bound:
+    def app_queue(self) -> AppQueue:
+        """The current app's queue (or the standalone one): settings, pool,
+        queue core and runner, with push, pop and close.  For tools and
+        integrations; applications use the methods of this class.
+
+        :raises PgTqError: outside an app context, or on an app this
+            extension is not registered on.
+        """
         if self._standalone is not None:
             return self._standalone
         from flask import current_app, has_app_context
 
         if not has_app_context():
-            raise RuntimeError(
+            raise SetupError(
                 "Working outside of application context: flask_pgtq needs the app to "
                 "find its database. Call this in a request or CLI command, or inside "
                 "'with app.app_context():'."
             )
-        bound = self._apps.get(current_app._get_current_object())  # type: ignore[attr-defined]
-        if bound is None:
-            raise RuntimeError(
+        queue = self._apps.get(current_app._get_current_object())  # type: ignore[attr-defined]
+        if queue is None:
+            raise SetupError(
                 "this PgTq is not registered on the current app: call q.init_app(app)"
             )
-        return bound
+        return queue
 
     @property
     def config(self) -> Config:
         """The settings of the current app (or of the standalone queue)."""
-        return self._bound().config
+        return self.app_queue().config
 
     @property
     def admin(self) -> Admin:
         """Inspection and operator actions (status, task lists, retry,
         cancel, purge...) for the current app: an :class:`~flask_pgtq.admin.Admin`."""
-        bound = self._bound()
-        return Admin(bound.db, bound.store.backend)
+        queue = self.app_queue()
+        return Admin(queue.db, queue.runner)
 
     # -- handlers -----------------------------------------------------------
 
@@ -305,7 +291,7 @@ class PgTq:
         A name with no handler registered here is an :class:`UnknownTask`
         error; register it (or use a producer that imports it).
         """
-        return self._push(name, args, kwargs, self._handler_named(name).defaults)
+        return self.app_queue().push(name, args, kwargs, self._handler_named(name).defaults)
 
     def push_many(self, name: str, items: Iterable[Any], /) -> list[int]:
         """Batch push by name; see :meth:`Handler.push_many`."""
@@ -320,90 +306,6 @@ class PgTq:
             )
         return handler
 
-    def _push(
-        self,
-        name: str,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        options: PushOptions,
-        connection: Any = None,
-    ) -> Task:
-        bound = self._bound()
-        config = bound.config
-        args_json, kwargs_json = encode_arguments(name, args, kwargs, config.max_payload_bytes)
-        if config.eager:
-            return self._run_eagerly(bound, name, args_json, kwargs_json, options)
-        task = bound.store.push(
-            options.insert(name, config),
-            args_json,
-            kwargs_json,
-            None if connection is None else dbapi_connection(connection),
-        )
-        if task.is_new is not False:
-            signals.send(signals.task_pushed, bound.runner.sender, task=task)
-        return task
-
-    def _push_many(
-        self,
-        name: str,
-        items: Iterable[Any],
-        options: PushOptions,
-        connection: Any = None,
-    ) -> list[int]:
-        bound = self._bound()
-        config = bound.config
-        args_json: list[str] = []
-        kwargs_json: list[str] = []
-        for item in items:
-            args, kwargs = split_item(item)
-            encoded = encode_arguments(name, args, kwargs, config.max_payload_bytes)
-            args_json.append(encoded[0])
-            kwargs_json.append(encoded[1])
-        if config.eager:
-            for a, k in zip(args_json, kwargs_json, strict=True):
-                self._run_eagerly(bound, name, a, k, options)
-            return [0] * len(args_json)
-        spec = options.insert(name, config)
-        ids = bound.store.push_many(
-            spec,
-            args_json,
-            kwargs_json,
-            None if connection is None else dbapi_connection(connection),
-        )
-        if signals.tasks_pushed.receivers:
-            signals.send(
-                signals.tasks_pushed,
-                bound.runner.sender,
-                name=name,
-                queue=spec.queue,
-                ids=ids,
-                args=[json.loads(a) for a in args_json],
-                kwargs=[json.loads(k) for k in kwargs_json],
-            )
-        return ids
-
-    def _run_eagerly(
-        self, bound: Bound, name: str, args_json: str, kwargs_json: str, options: PushOptions
-    ) -> Task:
-        """``PGTQ_EAGER``: run now, with arguments as a worker would see them."""
-        spec = options.insert(name, bound.config)
-        task = Task(
-            id=0,
-            name=name,
-            queue=spec.queue,
-            args=json.loads(args_json),
-            kwargs=json.loads(kwargs_json),
-            state=State.RUNNING,
-            priority=spec.priority,
-            attempts=1,
-            max_attempts=spec.max_attempts,
-        )
-        signals.send(signals.task_pushed, bound.runner.sender, task=task)
-        value = self._handlers[name].func(*task.args, **task.kwargs)
-        task.result = json.loads(codec.encode(value, bound.config.max_result_bytes))
-        task.state = State.SUCCEEDED
-        return task
-
     # -- consuming ----------------------------------------------------------
 
     def pop(self, queues: str | Iterable[str] | None = None) -> Task | None:
@@ -415,17 +317,7 @@ class PgTq:
 
         :param queues: a queue name or several; default ``PGTQ_QUEUE``.
         """
-        bound = self._bound()
-        names = _queue_list(queues, bound.config.queue)
-        if bound.pop_owner is None:
-            bound.pop_owner = new_owner_id()
-        bound.store.register_owner(bound.pop_owner)
-        limits = [h.limit for h in self._handlers.values() if h.limit is not None]
-        for name in names:
-            tasks = bound.store.claim(bound.pop_owner, name, 1, limits)
-            if tasks:
-                return tasks[0]
-        return None
+        return self.app_queue().pop(queues)
 
     def drain(
         self, queues: str | Iterable[str] | None = None, max_tasks: int = 10_000
@@ -460,16 +352,26 @@ class PgTq:
         :return: the task as it is now.
         :raises TaskNotFound: no such task.
         """
-        bound = self._bound()
-        bound.store.cancel(task_id, reason)
-        return bound.store.get(task_id)
+        return self.app_queue().store.cancel(task_id, reason)
 
     def get_task(self, task_id: int) -> Task:
         """A fresh copy of the task from the database.
 
         :raises TaskNotFound: no such task.
         """
-        return self._bound().store.get(task_id)
+        return self.app_queue().store.get(task_id)
+
+    def close(self) -> None:
+        """Close the connection pools of every app this extension serves
+        (and of the standalone queue).  Idempotent: connections in use are
+        closed when given back, and a later call opens new ones.  Call it
+        before dropping or cloning a database the queue used (tests), or
+        when shutting down."""
+        queues = list(self._apps.values())
+        if self._standalone is not None:
+            queues.append(self._standalone)
+        for queue in queues:
+            queue.close()
 
     # -- schema -------------------------------------------------------------
 
@@ -480,8 +382,7 @@ class PgTq:
         """
         from . import schema
 
-        bound = self._bound()
-        with bound.db.connection() as conn:
+        with self.app_queue().db.connection() as conn:
             return schema.upgrade(conn)
 
 
@@ -494,15 +395,15 @@ def _queue_first(queue: str, dsn: str | None, settings: dict[str, Any]) -> dict[
     """*settings* with the queue name of ``PgTq("test_queue", dsn)``, PGTQ's
     order; a name without a DSN or a queue named twice is a TypeError."""
     if dsn is None:
-        raise TypeError(
+        raise UsageError(
             f"PgTq({queue!r}) needs a DSN after the queue name, e.g. "
             f"PgTq({queue!r}, 'dbname=q user=postgres'); with Flask, pass the app instead"
         )
     if _looks_like_dsn(queue) and not _looks_like_dsn(dsn):
         # No values in the message: the DSN may hold a password.
-        raise TypeError("PgTq(queue, dsn): the queue name comes first, then the DSN")
+        raise UsageError("PgTq(queue, dsn): the queue name comes first, then the DSN")
     if "queue" in settings:
-        raise TypeError(
+        raise UsageError(
             f"PgTq() got the queue twice: {queue!r} as the first argument and "
             f"queue={settings['queue']!r}"
         )
@@ -511,14 +412,3 @@ def _queue_first(queue: str, dsn: str | None, settings: dict[str, Any]) -> dict[
 
 def _looks_like_dsn(text: Any) -> bool:
     return isinstance(text, str) and ("=" in text or "://" in text)
-
-
-def _queue_list(queues: str | Iterable[str] | None, default: str) -> list[str]:
-    if queues is None:
-        return [default]
-    if isinstance(queues, str):
-        queues = [queues]
-    names = [validate_name(q, "queue") for q in queues]
-    if not names:
-        raise ConfigurationError("give at least one queue")
-    return list(dict.fromkeys(names))

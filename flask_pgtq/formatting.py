@@ -9,6 +9,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from .exceptions import InvalidRequest
 from .task import State, Task
 
 _EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(: .*)?")
@@ -112,11 +113,11 @@ def parse_duration(text: str) -> float:
     pos, total = 0, 0.0
     text = text.strip()
     if not text:
-        raise ValueError("empty duration")
+        raise InvalidRequest("empty duration")
     while pos < len(text):
         match = _DURATION.match(text, pos)
         if match is None or match.end() == pos:
-            raise ValueError(
+            raise InvalidRequest(
                 f"not a duration: {text!r} (use seconds or e.g. 90s, 15m, 12h, 7d, 2w)"
             )
         total += float(match.group(1)) * _UNITS[match.group(2).lower()]

@@ -10,154 +10,21 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from .codec import storable_text
 from .config import seconds, validate_name
 from .exceptions import ArgumentsNotSerializable, ConfigurationError
+from .values import Limit, PushOptions
 
 if TYPE_CHECKING:
-    from .config import Config
     from .extension import PgTq
-    from .queue import Insert
     from .task import Task
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{what} must be an integer >= 1, not {value!r}")
-    return value
-
-
-def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(f"{what} must be an integer, not {value!r}")
-    if not -(2**31) <= value < 2**31:
-        raise ConfigurationError(f"{what} must fit in 32 bits, not {value!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class PushOptions:
-    """How a task is pushed.  ``None`` means: the handler's (or app's) default."""
-
-    queue: str | None = None
-    priority: int | None = None
-    max_attempts: int | None = None
-    delay: float = 0.0
-    eta: datetime | None = None
-    unique_key: str | None = None
-    unique_for: float | None = None
-
-    @classmethod
-    def build(
-        cls,
-        *,
-        queue: str | None = None,
-        priority: int | None = None,
-        max_attempts: int | None = None,
-        delay: float | timedelta | None = None,
-        eta: datetime | None = None,
-        unique_key: str | None = None,
-        unique_for: float | timedelta | None = None,
-    ) -> PushOptions:
-        """Validate options given by a caller."""
-        if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
-            raise ConfigurationError(f"unique_key must be a non-empty string, not {unique_key!r}")
-        if unique_key is not None and len(unique_key) > 1000:
-            raise ConfigurationError("unique_key must be at most 1000 characters")
-        if unique_key is not None and storable_text(unique_key) != unique_key:
-            raise ConfigurationError(
-                "unique_key must not hold NUL characters or lone surrogates, "
-                f"not {storable_text(unique_key)!r}"
-            )
-        unique_seconds = None
-        if unique_for is not None:
-            if unique_key is None:
-                raise ConfigurationError("unique_for needs a unique_key")
-            unique_seconds = _seconds(unique_for, "unique_for")
-        if queue is not None:
-            validate_name(queue, "queue")
-        if priority is not None:
-            _int(priority, "priority")
-        if max_attempts is not None:
-            _positive_int(max_attempts, "max_attempts")
-        seconds = 0.0 if delay is None else _seconds(delay, "delay")
-        if eta is not None:
-            if not isinstance(eta, datetime):
-                raise ConfigurationError(f"eta must be a datetime, not {eta!r}")
-            if eta.tzinfo is None or eta.utcoffset() is None:
-                raise ConfigurationError(
-                    "eta must be an aware datetime (with tzinfo), e.g. "
-                    "datetime.now(timezone.utc) + timedelta(minutes=5)"
-                )
-            if delay is not None:
-                raise ConfigurationError("give delay or eta, not both")
-        return cls(queue, priority, max_attempts, seconds, eta, unique_key, unique_seconds)
-
-    def insert(self, name: str, config: Config) -> Insert:
-        """How to insert tasks of handler *name*, app defaults filled in."""
-        from .queue import Insert
-
-        return Insert(
-            name=name,
-            queue=self.queue or config.queue,
-            max_attempts=self.max_attempts or config.max_attempts,
-            priority=self.priority or 0,
-            delay=self.delay,
-            run_at=self.eta,
-            unique_key=self.unique_key,
-            unique_for=self.unique_for,
-        )
-
-
-#: Seconds from a number or a timedelta, finite, >= 0, at most 100 years.
-_seconds = seconds
-
-
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([smhd])\s*$")
-_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-@dataclass(frozen=True)
-class Limit:
-    """A handler's limits, enforced across all workers.
-
-    :ivar concurrency: most tasks of the handler running at once, or ``None``.
-    :ivar rate: most starts per ``period`` seconds, or ``None``.
-    """
-
-    name: str
-    concurrency: int | None = None
-    rate: int | None = None
-    period: float | None = None
-
-    @classmethod
-    def build(cls, name: str, concurrency: Any, rate_limit: Any) -> Limit | None:
-        if concurrency is not None:
-            _positive_int(concurrency, "concurrency")
-        rate = period = None
-        if rate_limit is not None:
-            match = _RATE.match(rate_limit) if isinstance(rate_limit, str) else None
-            if match is None or int(match[1]) < 1 or match[2] in (".",):
-                raise ConfigurationError(
-                    f"rate_limit must look like '10/m' (per s, m, h or d; also '5/10s'), "
-                    f"not {rate_limit!r}"
-                )
-            rate = int(match[1])
-            period = float(match[2] or 1) * _UNIT[match[3]]
-            if period <= 0:
-                raise ConfigurationError(f"rate_limit period must be > 0: {rate_limit!r}")
-        if concurrency is None and rate is None:
-            return None
-        return cls(name, concurrency, rate, period)
 
 
 class Handler(Generic[P, R]):
@@ -188,7 +55,7 @@ class Handler(Generic[P, R]):
         self.func = func
         self.name = validate_name(name, "task name")
         #: Seconds an attempt may run before it is stopped, or ``None``.
-        self.timeout = None if timeout is None else _seconds(timeout, "timeout")
+        self.timeout = None if timeout is None else seconds(timeout, "timeout")
         if self.timeout == 0:
             raise ConfigurationError("timeout must be > 0")
         if not isinstance(isolated, bool):
@@ -203,13 +70,9 @@ class Handler(Generic[P, R]):
         self.defaults = PushOptions.build(
             queue=queue, priority=priority, max_attempts=max_attempts
         )
-        if retry_backoff is not None and (
-            isinstance(retry_backoff, bool)
-            or not isinstance(retry_backoff, (int, float))
-            or retry_backoff < 0
-        ):
-            raise ConfigurationError(f"retry_backoff must be seconds >= 0, not {retry_backoff!r}")
-        self.retry_backoff = retry_backoff
+        self.retry_backoff = (
+            None if retry_backoff is None else seconds(retry_backoff, "retry_backoff")
+        )
         functools.update_wrapper(self, func)
         #: Argument shapes (positional count, keyword names) known to fit.
         self._accepted: set[tuple[int, frozenset[str]]] = set()
@@ -245,7 +108,7 @@ class Handler(Generic[P, R]):
             :class:`TypeError`); nothing is stored.
         :raises PayloadTooLarge: the arguments exceed ``PGTQ_MAX_PAYLOAD_BYTES``.
         """
-        return self.pgtq._push(self.name, args, kwargs, self.defaults)
+        return self.pgtq.app_queue().push(self.name, args, kwargs, self.defaults)
 
     def push_many(self, items: Iterable[Any]) -> list[int]:
         """Store many tasks of this handler in one statement; return their ids
@@ -256,7 +119,7 @@ class Handler(Generic[P, R]):
         Every item is validated first: one bad item rejects the whole batch
         and nothing is stored.
         """
-        return self.pgtq._push_many(self.name, items, self.defaults)
+        return self.pgtq.app_queue().push_many(self.name, items, self.defaults)
 
     def options(
         self,
@@ -317,13 +180,13 @@ class BoundOptions(Generic[P]):
 
     def push(self, *args: P.args, **kwargs: P.kwargs) -> Task:
         """Like :meth:`Handler.push`, with these options."""
-        return self.handler.pgtq._push(
+        return self.handler.pgtq.app_queue().push(
             self.handler.name, args, kwargs, self.push_options, self.connection
         )
 
     def push_many(self, items: Iterable[Any]) -> list[int]:
         """Like :meth:`Handler.push_many`, with these options."""
-        return self.handler.pgtq._push_many(
+        return self.handler.pgtq.app_queue().push_many(
             self.handler.name, items, self.push_options, self.connection
         )
 

@@ -15,7 +15,7 @@ Two layers:
   of tasks.
 - :func:`run_attempt`: one attempt of a task in a :class:`Child`, watched
   by the worker's :class:`~flask_pgtq.watchdog.Watchdog`, turned into an
-  :class:`~flask_pgtq.queue.Outcome`.
+  :class:`~flask_pgtq.values.Outcome`.
 
 The child runs :meth:`Runner.execute <flask_pgtq.runner.Runner.execute>`,
 exactly as a handler thread does (fresh app context, ``current_task``,
@@ -50,8 +50,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .exceptions import ChildFailed
-from .queue import Outcome
 from .task import State
+from .values import Outcome
 
 if TYPE_CHECKING:
     from .runner import Runner

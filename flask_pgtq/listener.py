@@ -12,6 +12,7 @@ import random
 import time
 from typing import Any
 
+from . import queries
 from .connection import Database, is_driver_error, translated_errors
 from .exceptions import DatabaseError
 
@@ -57,7 +58,7 @@ class Listener:
             )
             # The connection can die between connect and LISTEN too.
             with translated_errors(self._db), conn.cursor() as cur:
-                cur.execute("".join(f"LISTEN {channel};" for channel in self._channels))
+                cur.execute(queries.listen(self._channels))
         except DatabaseError as exc:
             if conn is not None:
                 with contextlib.suppress(Exception):

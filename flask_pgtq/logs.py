@@ -23,6 +23,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from .exceptions import ConfigurationError
+
 #: Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = frozenset(
     logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
@@ -69,5 +71,5 @@ def make_handler(log_format: str, stream: Any = None) -> logging.Handler:
     elif log_format == "text":
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     else:
-        raise ValueError(f"log format must be 'text' or 'json', not {log_format!r}")
+        raise ConfigurationError(f"log format must be 'text' or 'json', not {log_format!r}")
     return handler

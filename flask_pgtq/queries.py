@@ -8,8 +8,21 @@ Parameters are written ``%(name)s``; identifiers never come from users.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import cache
 from importlib import resources
+
+from psycopg2 import sql
+
+from .exceptions import PgTqError
+
+#: NOTIFY channels, the names the ``pg_notify`` calls in ``sql/`` use:
+#: new tasks (payload: the queue), cancel requests (payload: the task id)
+#: and tasks that reached a final state (payload: ids, comma-separated).
+NEW_TASKS = "pgtq"
+CANCEL_REQUESTS = "pgtq_cancel"
+FINISHED = "pgtq_done"
+CHANNELS = (NEW_TASKS, CANCEL_REQUESTS, FINISHED)
 
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
@@ -20,7 +33,7 @@ def parse(text: str) -> dict[str, str]:
     queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in queries:
-            raise ValueError(f"query {name!r} is defined twice")
+            raise PgTqError(f"query {name!r} is defined twice")
         queries[name] = body.strip()
     return queries
 
@@ -34,7 +47,7 @@ def _all() -> dict[str, str]:
             continue
         for name, body in parse(entry.read_text("utf-8")).items():
             if name in queries:
-                raise ValueError(f"query {name!r} is defined in two files")
+                raise PgTqError(f"query {name!r} is defined in two files")
             queries[name] = body
     return queries
 
@@ -65,3 +78,10 @@ def prepared(name: str) -> tuple[str, str]:
     statement = f"pgtq_{name}"
     arguments = ", ".join(f"%({p})s" for p in order)
     return f"PREPARE {statement} AS {body}", f"EXECUTE {statement}({arguments})"
+
+
+def listen(channels: Iterable[str]) -> sql.Composed:
+    """``LISTEN`` on each of *channels*, identifiers quoted."""
+    return sql.Composed(
+        [sql.SQL("LISTEN {};").format(sql.Identifier(channel)) for channel in channels]
+    )

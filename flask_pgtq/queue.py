@@ -7,7 +7,9 @@ returns) and gives back :class:`~flask_pgtq.task.Task` objects.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import json
 import os
 import select
@@ -15,77 +17,15 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from . import codec, queries
+from . import queries
 from .config import Config
 from .connection import Database, translated_errors
 from .exceptions import DatabaseError, TaskNotFound, WaitTimeout
-from .handler import Limit
 from .task import State, Task
-
-
-@dataclass
-class Outcome:
-    """What one attempt came to, ready to be recorded.
-
-    :param state: ``succeeded``, ``failed``, ``cancelled``, or ``queued`` for a retry.
-    :param result: the return value, already encoded as JSON text.
-    :param delay: seconds before the retry, when ``state`` is ``queued``.
-    """
-
-    task: Task
-    state: State
-    result: str | None = None
-    error: str | None = None
-    delay: float = 0.0
-    duration: float = 0.0
-    exception: BaseException | None = None
-
-    def __post_init__(self) -> None:
-        if self.error is not None:
-            # An error text is recorded whatever it holds: what PostgreSQL
-            # cannot store (NUL, lone surrogates) is shown escaped instead.
-            self.error = codec.storable_text(self.error)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.task.id,
-            "attempt": self.task.attempts,
-            "state": self.state.value,
-            "result": self.result,
-            "error": self.error,
-            "delay": self.delay,
-        }
-
-
-@dataclass(frozen=True)
-class Insert:
-    """Where and how tasks of one handler are inserted (arguments aside)."""
-
-    name: str
-    queue: str
-    max_attempts: int
-    priority: int = 0
-    delay: float = 0.0
-    run_at: datetime | None = None
-    unique_key: str | None = None
-    unique_for: float | None = None
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "queue": self.queue,
-            "max_attempts": self.max_attempts,
-            "priority": self.priority,
-            "delay": self.delay,
-            "run_at": self.run_at,
-            "unique_key": self.unique_key,
-            "unique_for": self.unique_for,
-        }
-
+from .values import Insert, Limit, Outcome
 
 #: Statements run often enough to be prepared once per connection (server
 #: side), saving their parsing and planning: the push and the worker's round.
@@ -101,6 +41,20 @@ def _fetch(cur: Any) -> list[dict[str, Any]]:
 
 def _tuples(cur: Any) -> list[tuple[Any, ...]]:
     return cur.fetchall() if cur.description is not None else []
+
+
+@functools.cache
+def _row_type(columns: tuple[str, ...]) -> Any:
+    return collections.namedtuple("Row", columns)  # type: ignore[misc]
+
+
+def _named(cur: Any) -> list[Any]:
+    """Rows as named tuples, read by column name (cheaper than dicts on the
+    worker's hot path: the tuple type is made once per column list)."""
+    if cur.description is None:
+        return []
+    make = _row_type(tuple(d.name for d in cur.description))._make
+    return [make(row) for row in cur.fetchall()]
 
 
 def _decode_arguments(args: str, kwargs: str) -> tuple[Any, Any]:
@@ -242,7 +196,7 @@ class TaskStore:
     def wait(self, task_id: int, timeout: float | None) -> Task:
         """Block until the task reaches a final state and return it.
 
-        Woken by NOTIFY on ``pgtq_done`` (one dedicated connection for the
+        Woken by NOTIFY on :data:`~flask_pgtq.queries.FINISHED` (one dedicated connection for the
         wait), with a poll every ``poll_interval`` as the fallback.
 
         :raises WaitTimeout: not final after *timeout* seconds.
@@ -251,7 +205,7 @@ class TaskStore:
         listener = self.db.connect()
         try:
             with listener.cursor() as cur:
-                cur.execute("LISTEN pgtq_done")
+                cur.execute(queries.listen([queries.FINISHED]))
             wanted = str(task_id)
             check = True
             while True:
@@ -367,32 +321,31 @@ class TaskStore:
                 "limited": [lim.name for lim in limits] if excluded is None else list(excluded),
             },
             None,
-            _tuples,
+            _named,
         )
-        # Positions as in the statement's SELECT list.
         done: set[int] = set()
         started_at = None
         claimed = []
         for row in rows:
-            if row[0] == 0:
-                done, started_at = set(row[1]), row[2]
+            if row.kind == 0:
+                done, started_at = set(row.done_ids), row.started_at
             else:
                 claimed.append(row)
         tasks = [
             Task(
-                row[5],
-                row[6],
+                row.id,
+                row.name,
                 queue,
-                *_decode_arguments(row[7], row[8]),
+                *_decode_arguments(row.args, row.kwargs),
                 State.RUNNING,
-                row[9],
-                row[10],
-                row[11],
-                row[12],
-                row[13],
+                row.priority,
+                row.attempts,
+                row.max_attempts,
+                row.run_at,
+                row.created_at,
                 started_at,
                 locked_by=owner,
-                cancel_requested_at=row[14],
+                cancel_requested_at=row.cancel_requested_at,
                 _backend=self.backend,
             )
             for row in claimed
@@ -484,12 +437,14 @@ class TaskStore:
 
     # -- flow control --------------------------------------------------------
 
-    def cancel(self, task_id: int, reason: str) -> str:
-        """Cancel a queued task, or ask a running one to stop; return its state."""
-        rows = self._rows("cancel_task", {"id": task_id, "reason": reason})
-        if not rows:
-            raise TaskNotFound(f"no task with id {task_id}")
-        return str(rows[0]["state"])
+    def cancel(self, task_id: int, reason: str) -> Task:
+        """Cancel a queued task, or ask a running one to stop; return the
+        task as it is now (a finished task is left as it is).
+
+        :raises TaskNotFound: no such task.
+        """
+        tasks = self._tasks("cancel_task", {"id": task_id, "reason": reason})
+        return tasks[0] if tasks else self.get(task_id)
 
     def cancel_requests(self, owner: str) -> set[int]:
         """Ids of *owner*'s running tasks that were asked to stop."""

@@ -1,5 +1,5 @@
 """Running one task: look up its handler, call it in a fresh app context,
-turn what happened into an :class:`~flask_pgtq.queue.Outcome`, record it and
+turn what happened into an :class:`~flask_pgtq.values.Outcome`, record it and
 announce it.  Shared by the worker and :meth:`Task.run`.
 
 Like the rest of the core this module does not import Flask: an app, when
@@ -19,10 +19,9 @@ import traceback
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-from werkzeug.local import LocalProxy
-
 from . import codec, signals
 from .config import Config, seconds
+from .connection import Database
 from .exceptions import (
     ArgumentsNotSerializable,
     Cancel,
@@ -32,11 +31,13 @@ from .exceptions import (
     NotClaimed,
     PayloadTooLarge,
     Retry,
+    SetupError,
     TaskCancelled,
     TaskTimeout,
 )
-from .queue import Outcome, TaskStore
+from .queue import TaskStore
 from .task import State, Task
+from .values import Outcome
 
 if TYPE_CHECKING:
     from .handler import Handler
@@ -48,10 +49,45 @@ _current_task: contextvars.ContextVar[Task] = contextvars.ContextVar("pgtq_curre
 #: The task whose handler is running in this thread (a proxy to a
 #: :class:`~flask_pgtq.Task`).  Outside a handler, using it raises
 #: :class:`RuntimeError`.
-current_task: Task = cast(
-    Task,
-    LocalProxy(_current_task, unbound_message="not inside a flask_pgtq task handler"),
-)
+class _CurrentTask:
+    """Forwards attribute access to the task of the running handler."""
+
+    __slots__ = ()
+
+    def _get(self) -> Task:
+        try:
+            return _current_task.get()
+        except LookupError:
+            raise SetupError("not inside a flask_pgtq task handler") from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._get(), name, value)
+
+    def __repr__(self) -> str:
+        try:
+            return repr(self._get())
+        except SetupError:
+            return "<current_task: not inside a task handler>"
+
+    def __eq__(self, other: object) -> bool:
+        return self._get() == other
+
+    def __hash__(self) -> int:
+        return hash(self._get())
+
+    def __bool__(self) -> bool:
+        return _current_task.get(None) is not None
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # isinstance(current_task, Task) inside a handler
+        task = _current_task.get(None)
+        return type(self) if task is None else type(task)
+
+
+current_task: Task = cast(Task, _CurrentTask())
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
@@ -86,7 +122,7 @@ class Runner:
     """Runs tasks for one app (or one standalone queue).
 
     :param config: settings.
-    :param store: the queue core.
+    :param db: the connection pool.
     :param handlers: registered handlers by task name.
     :param app: the Flask app whose context each task runs in, or ``None``.
     :param sender: the sender of signals (the app, or the extension).
@@ -95,13 +131,14 @@ class Runner:
     def __init__(
         self,
         config: Config,
-        store: TaskStore,
+        db: Database,
         handlers: Mapping[str, Handler[Any, Any]],
         app: Any,
         sender: Any,
     ) -> None:
         self.config = config
-        self.store = store
+        #: The queue core; the tasks it returns are bound to this runner.
+        self.store = TaskStore(config, db, backend=self)
         self.handlers = handlers
         self.app = app
         self.sender = sender

@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 from . import queries
+from .exceptions import PgTqError
 
 _FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
@@ -38,7 +39,7 @@ def migrations() -> tuple[Migration, ...]:
     found.sort(key=lambda m: m.version)
     for expected, migration in enumerate(found, start=1):
         if migration.version != expected:
-            raise RuntimeError(f"migration {expected:04d} is missing")
+            raise PgTqError(f"migration {expected:04d} is missing from the package")
     return tuple(found)
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from .exceptions import SetupError
+
 if TYPE_CHECKING:
     from typing import Protocol
 
@@ -114,7 +116,7 @@ class Task:
 
     def _require_backend(self) -> Backend:
         if self._backend is None:
-            raise RuntimeError("this Task is not bound to a queue")
+            raise SetupError("this Task is not bound to a queue")
         return self._backend
 
     def refresh(self) -> Task:

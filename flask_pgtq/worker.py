@@ -34,7 +34,8 @@ from datetime import UTC, datetime
 from queue import SimpleQueue
 from typing import Any
 
-from . import isolation, schema, signals
+from . import isolation, queries, schema, signals
+from .config import queue_list
 from .exceptions import (
     DatabaseError,
     DatabaseUnavailable,
@@ -43,10 +44,12 @@ from .exceptions import (
     TaskTimeout,
 )
 from .listener import Listener
+from .pacing import LimitTimer, Prefetch
 from .periodic import Schedule, Scheduler
-from .queue import Outcome, new_owner_id
+from .queue import new_owner_id
 from .runner import _UNSTORABLE, Runner, unstorable
 from .task import State, Task
+from .values import Outcome
 from .watchdog import Watchdog
 
 log = logging.getLogger("flask_pgtq.worker")
@@ -56,8 +59,6 @@ BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 1.0
 #: Exit code asking for a fresh process: a handler could not be stopped.
 EXIT_RESTART = 75
-#: Seconds a prefetched task should wait for a thread, at most (roughly).
-PREFETCH_WAIT = 0.05
 #: Finished attempts that make a handler thread wake the main thread even
 #: while it still has tasks to run; and the longest an outcome waits.
 FLUSH_BATCH = 64
@@ -106,8 +107,11 @@ class Worker:
         self.stop_requests = 0
         self.stop_reason: str | None = None
         self.exit_code = 0
-        self.limits = [h.limit for h in runner.handlers.values() if h.limit is not None]
-        self._limited_names = [lim.name for lim in self.limits]
+        self.limits = LimitTimer(
+            [h.limit for h in runner.handlers.values() if h.limit is not None],
+            self.config.poll_interval,
+        )
+        self.prefetch = Prefetch(concurrency, self.config.prefetch)
         default = self.config.queue
         self.scheduler = Scheduler(
             self.store,
@@ -115,7 +119,9 @@ class Worker:
         )
         self.watchdog = Watchdog(self.config.cancel_grace)
         self.listener = Listener(
-            self.config.effective_listen_dsn, ("pgtq", "pgtq_cancel"), f"worker {self.id}"
+            self.config.effective_listen_dsn,
+            (queries.NEW_TASKS, queries.CANCEL_REQUESTS),
+            f"worker {self.id}",
         )
         self._running: dict[int, Task] = {}
         #: Running tasks whose handler has started (the others wait in the
@@ -139,14 +145,6 @@ class Worker:
         self._failures = 0
         self._turn = 0
         self._heartbeat_stop = threading.Event()
-        #: Mean handler run time (seconds, moving average), for prefetching.
-        self._mean_run: float | None = None
-        #: When each limited handler is next worth a claim (monotonic).
-        self._limits_due: dict[str, float] = {}
-        #: Prefetched tasks left in the inbox at which a handler thread wakes
-        #: the main thread to claim more: the next round trip then overlaps
-        #: the tasks still waiting, instead of leaving the threads idle.
-        self._refill_at = 0
 
     # -- public -------------------------------------------------------------
 
@@ -167,6 +165,12 @@ class Worker:
             os.close(self._wake_r)
             os.close(self._wake_w)
         return self.exit_code
+
+    @property
+    def busy(self) -> int:
+        """How many tasks this worker holds now (running, or claimed and
+        waiting for a thread)."""
+        return len(self._running)
 
     def stop(self, reason: str = "stop requested") -> None:
         """Ask the worker to stop (thread-safe).  A second call stops at once."""
@@ -331,27 +335,12 @@ class Worker:
             timeout = min(timeout, fire + 0.001)
         return max(0.0, timeout)
 
-    def _room(self) -> tuple[int, int]:
-        """How many tasks to claim now: for free threads, and to prefetch
-        (adaptive: what the threads get through in about PREFETCH_WAIT)."""
-        prefetch = 0
-        if self.config.prefetch and self._mean_run is not None:
-            fits = self.concurrency * PREFETCH_WAIT / max(self._mean_run, 1e-6)
-            prefetch = min(self.config.prefetch, int(fits))
-        self._refill_at = prefetch // 2
-        held = len(self._running) - len(self._finished)
-        free = max(self.concurrency - held, 0)
-        ahead = max(self.concurrency + prefetch - held - free, 0)
-        if self.max_tasks is not None:
-            free = min(free, self.max_tasks - self.claimed)
-            ahead = min(ahead, self.max_tasks - self.claimed - free)
-        return free, max(ahead, 0)
-
     def _round(self) -> int:
         """Record finished attempts and claim new tasks: one round trip per
         queue served (outcomes go with the first).  Returns how many tasks
         were claimed."""
-        free, ahead = self._room()
+        left = None if self.max_tasks is None else self.max_tasks - self.claimed
+        free, ahead = self.prefetch.room(len(self._running) - len(self._finished), left)
         room = free + ahead
         if self._outcome_failures:
             self._record_singly()
@@ -368,14 +357,14 @@ class Worker:
         self._turn = (self._turn + 1) % count
         for i in range(count):
             queue = self.queues[(start + i) % count]
-            limits = self._due_limits()
+            limits = self.limits.due()
             # An even share of the room per queue (what one leaves, the next
             # may take), so a flood in one queue cannot crowd out the others.
             share = -(-(room - got) // (count - i))
             now = min(share, max(free - got, 0))
             try:
                 accepted, tasks = self.store.finish_and_claim(
-                    self.id, outcomes, queue, now, limits, self._limited_names, share - now
+                    self.id, outcomes, queue, now, limits, self.limits.names, share - now
                 )
             except BaseException as exc:
                 self._outcomes_refused(outcomes, exc)
@@ -384,7 +373,7 @@ class Worker:
                 self._outcome_failures = 0
                 self._recorded(outcomes, accepted)
                 outcomes = []
-            self._note_limits(limits, tasks)
+            self.limits.tried(limits, (task.name for task in tasks))
             for task in tasks:
                 self._running[task.id] = task
             for task in tasks[:starting]:
@@ -416,10 +405,8 @@ class Worker:
         for outcome in outcomes:
             self._running.pop(outcome.task.id, None)
             self._started.discard(outcome.task.id)
-            run = outcome.duration
-            self._mean_run = run if self._mean_run is None else 0.9 * self._mean_run + 0.1 * run
-            if outcome.task.name in self._limits_due:
-                self._limits_due[outcome.task.name] = 0.0  # a slot may have freed
+            self.prefetch.note_run(outcome.duration)
+            self.limits.wake(outcome.task.name)
         self.runner.report(self.id, outcomes, accepted)
 
     def _flush(self) -> None:
@@ -491,19 +478,6 @@ class Worker:
                 )
                 outcome = unstorable(outcome, exc)
         raise AssertionError("unreachable")
-
-    def _due_limits(self) -> list[Any]:
-        """Limited handlers worth a claim now.  Each costs a short transaction,
-        so one that had nothing is tried again after a poll interval, or
-        sooner on news (a NOTIFY, one of its tasks finishing)."""
-        now = time.monotonic()
-        return [lim for lim in self.limits if self._limits_due.get(lim.name, 0.0) <= now]
-
-    def _note_limits(self, tried: list[Any], tasks: list[Task]) -> None:
-        claimed = {task.name for task in tasks}
-        later = time.monotonic() + self.config.poll_interval
-        for lim in tried:
-            self._limits_due[lim.name] = 0.0 if lim.name in claimed else later
 
     def _supervise(self) -> None:
         """Pass on cancel requests, stop overdue handlers, give up on stuck ones."""
@@ -586,7 +560,7 @@ class Worker:
             # its next claim arrives before they run out), or when a batch
             # is ready; else it flushes within FLUSH_DELAY.
             if not self._woken and (
-                self._inbox.qsize() <= self._refill_at or len(self._finished) >= FLUSH_BATCH
+                self._inbox.qsize() <= self.prefetch.refill_at or len(self._finished) >= FLUSH_BATCH
             ):
                 # Once per wait of the main thread: a write per task costs
                 # the handler threads a system call each.
@@ -655,10 +629,10 @@ class Worker:
         self._woken = False
         if len(fds) > 1 and fds[1] in ready:
             for channel, payload in self.listener.drain():
-                if channel == "pgtq_cancel" and payload.isdigit():
+                if channel == queries.CANCEL_REQUESTS and payload.isdigit():
                     self._cancels.add(int(payload))
-                elif channel == "pgtq":
-                    self._limits_due.clear()  # new tasks: limited ones may be among them
+                elif channel == queries.NEW_TASKS:
+                    self.limits.wake_all()
         elif not ready and listen:
             self.listener.check()
 
@@ -712,13 +686,11 @@ def main_loop(
     :param max_memory_mb: return (between tasks) once resident memory
         exceeds this many MiB; let a process manager start a fresh worker.
     """
-    from .extension import _queue_list
-
-    bound = q._bound()
+    app_queue = q.app_queue()
     worker = Worker(
-        bound.runner,
-        queues=_queue_list(queues, bound.config.queue),
-        concurrency=concurrency or bound.config.concurrency,
+        app_queue.runner,
+        queues=queue_list(queues, app_queue.config.queue),
+        concurrency=concurrency or app_queue.config.concurrency,
         burst=burst,
         max_tasks=max_tasks,
         max_memory_mb=max_memory_mb,

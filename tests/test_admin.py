@@ -102,7 +102,7 @@ def test_status_counts_tasks_by_queue_and_state(q: PgTq, admin: Admin, dsn: str)
 
 
 def test_status_counts_live_workers_per_queue(q: PgTq, admin: Admin, dsn: str) -> None:
-    bound = q._bound()
+    bound = q.app_queue()
     bound.store.register_owner(
         "00000000-0000-0000-0000-000000000001", queues=["default", "mail"], concurrency=2
     )

@@ -16,7 +16,7 @@ from tests.helpers import sql_all, sql_one
 def q(dsn: str) -> Iterator[PgTq]:
     queue = PgTq(dsn=dsn, max_payload_bytes=1000)
     yield queue
-    queue._bound().db.close()
+    queue.close()
 
 
 def test_push_many_stores_every_item_in_order(q: PgTq, dsn: str) -> None:

@@ -43,7 +43,7 @@ def app(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
 def q(dsn: str) -> Iterator[PgTq]:
     queue = PgTq(dsn=dsn)
     yield queue
-    queue._bound().db.close()
+    queue.close()
 
 
 def state(task_id: int) -> State:
@@ -336,7 +336,7 @@ def test_a_fire_time_is_not_repeated_after_its_task_is_deleted(q, dsn):
 
     (schedule,) = q.schedules.values()
     fire = datetime(2026, 3, 29, 1, 0, tzinfo=UTC)  # 03:00 Paris, DST day
-    store = q._bound().store
+    store = q.app_queue().store
     params = schedule.task_params("default", 3)
     first = store.fire_periodic(schedule.key, fire, params)
     assert first is not None

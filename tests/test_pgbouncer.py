@@ -200,4 +200,4 @@ def test_prepared_statements_behind_the_bouncer_say_what_to_change(bounced: str)
         for n in range(20):
             jobs[n % 2].push(n)
     for q in clients:
-        q._bound().db.close()
+        q.close()

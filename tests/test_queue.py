@@ -18,7 +18,7 @@ from tests.helpers import poll_until, sql_one
 def q(dsn: str) -> Iterator[PgTq]:
     queue = PgTq(dsn=dsn, retry_backoff=0.2, lease=1.0, heartbeat_interval=0.2)
     yield queue
-    queue._bound().db.close()
+    queue.close()
 
 
 def test_pop_returns_none_when_nothing_is_ready(q: PgTq) -> None:
@@ -254,7 +254,7 @@ def test_expired_lease_is_rescued_and_the_stale_outcome_is_rejected(
     )
     rescuer = PgTq(dsn=dsn, retry_backoff=0.0)
     rescuer.handler(job.func)
-    rescued = rescuer._bound().store.rescue()
+    rescued = rescuer.app_queue().store.rescue()
     assert [(r["id"], r["state"]) for r in rescued] == [(stale.id, "queued")]
     fresh = rescuer.pop()
     assert fresh.id == stale.id and fresh.attempts == 2
@@ -285,7 +285,7 @@ def test_rescue_fails_a_task_with_no_attempt_left(q: PgTq, dsn: str) -> None:
         0.05,
         "the lease to expire",
     )
-    q._bound().store.rescue()
+    q.app_queue().store.rescue()
     final = q.get_task(task.id)
     assert final.state is State.FAILED
     assert "lease expired" in final.error
@@ -297,7 +297,7 @@ def test_run_keeps_the_lease_while_the_handler_runs(q: PgTq, dsn: str) -> None:
         # Outlive the 1 s lease several times over; heartbeats keep it.
         deadline = time.monotonic() + 2.5
         while time.monotonic() < deadline:
-            assert not q._bound().store.rescue()
+            assert not q.app_queue().store.rescue()
             time.sleep(0.1)
         return "done"
 
@@ -312,7 +312,7 @@ def test_rescue_leaves_live_workers_alone(q: PgTq) -> None:
 
     job.push()
     task = q.pop()
-    assert q._bound().store.rescue() == []
+    assert q.app_queue().store.rescue() == []
     assert q.get_task(task.id).state is State.RUNNING
 
 

@@ -328,14 +328,14 @@ def test_fork_makes_new_connections_and_the_parent_keeps_its_own(dsn):
         pass
 
     job.push(1)
-    with q._bound().db.connection() as conn, conn.cursor() as cur:
+    with q.app_queue().db.connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT pg_backend_pid()")
         (parent_backend,) = cur.fetchone()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
-            with q._bound().db.connection() as conn, conn.cursor() as cur:
+            with q.app_queue().db.connection() as conn, conn.cursor() as cur:
                 cur.execute("SELECT pg_backend_pid()")
                 ok = cur.fetchone()[0] != parent_backend
             job.push(2)
@@ -344,7 +344,7 @@ def test_fork_makes_new_connections_and_the_parent_keeps_its_own(dsn):
             os._exit(code)
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the child reused the parent's connection"
-    with q._bound().db.connection() as conn, conn.cursor() as cur:
+    with q.app_queue().db.connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT pg_backend_pid()")
         assert cur.fetchone()[0] == parent_backend, "the parent's connection was lost"
     job.push(3)
@@ -365,7 +365,7 @@ def test_threads_never_share_a_connection(dsn):
         try:
             for i in range(40):
                 job.push(n * 100 + i)
-                with q._bound().db.connection() as conn, conn.cursor() as cur:
+                with q.app_queue().db.connection() as conn, conn.cursor() as cur:
                     cur.execute("SELECT pg_backend_pid()")
                     backends.add((threading.get_ident(), cur.fetchone()[0]))
         except BaseException as exc:  # noqa: BLE001
@@ -490,7 +490,7 @@ def test_retention_deletes_in_small_batches(dsn, db):
             "INSERT INTO pgtq_tasks (queue, name, state, finished_at) "
             "SELECT 'default', 'job', 'succeeded', now() FROM generate_series(1, 10)"
         )
-    store = q._bound().store
+    store = q.app_queue().store
     assert [store.prune() for _ in range(4)] == [500, 500, 200, 0]
     assert counts(dsn) == {"failed": 1200, "succeeded": 10}
 

@@ -104,13 +104,13 @@ def test_a_push_that_timed_out_does_not_break_later_pushes(dsn: str) -> None:
         assert [job.push(n).id for n in range(3, 6)] == [2, 3, 4]
         assert sql_one(dsn, "SELECT count(*) FROM pgtq_tasks")[0] == 4
     finally:
-        q._bound().db.close()
+        q.close()
 
 
 def test_a_connection_given_back_after_any_error_is_not_reused(dsn: str) -> None:
     q = PgTq(dsn=dsn, pool_size=1)
     try:
-        db = q._bound().db
+        db = q.app_queue().db
         with db.connection() as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_backend_pid()")
             first = cur.fetchone()[0]
@@ -120,7 +120,7 @@ def test_a_connection_given_back_after_any_error_is_not_reused(dsn: str) -> None
             cur.execute("SELECT pg_backend_pid()")
             assert cur.fetchone()[0] != first
     finally:
-        q._bound().db.close()
+        q.close()
 
 
 @pytest.mark.slow
@@ -343,7 +343,7 @@ def test_deep_or_unstorable_arguments_are_refused_at_push(dsn: str) -> None:
         job.push(ok)  # just inside the limit (the argument list is a level)
         assert sql_one(dsn, "SELECT count(*) FROM pgtq_tasks")[0] == 1
     finally:
-        q._bound().db.close()
+        q.close()
 
 
 @pytest.mark.slow
@@ -397,7 +397,7 @@ def test_database_errors_about_data_do_not_quote_the_values(dsn: str, caplog) ->
         assert "secret-canary" not in caplog.text
         job.push("fine")  # the pool recovered
     finally:
-        q._bound().db.close()
+        q.close()
 
 
 def test_results_are_as_strict_as_arguments(dsn: str) -> None:
@@ -417,7 +417,7 @@ def test_results_are_as_strict_as_arguments(dsn: str) -> None:
         states = sql_all(dsn, "SELECT DISTINCT state FROM pgtq_tasks")
         assert states == [(State.FAILED.value,)]
     finally:
-        q._bound().db.close()
+        q.close()
 
 
 # -- a run that never records an outcome counts ----------------------------------
@@ -493,7 +493,7 @@ def test_concurrent_pushes_survive_a_cancel_storm(dsn: str) -> None:
     finally:
         stop.set()
         canceller.join()
-        q._bound().db.close()
+        q.close()
 
 
 # -- the fault-injection drain ----------------------------------------------------

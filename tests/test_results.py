@@ -18,7 +18,7 @@ from tests.helpers import poll_until
 def q(dsn: str) -> Iterator[PgTq]:
     queue = PgTq(dsn=dsn, poll_interval=30.0)  # a wait must not rely on polling
     yield queue
-    queue._bound().db.close()
+    queue.close()
 
 
 def run_soon(q: PgTq, delay: float = 0.3) -> threading.Thread:

@@ -27,7 +27,7 @@ def q(dsn: str) -> Iterator[PgTq]:
         return f"hello {user}"
 
     yield queue
-    queue._bound().db.close()
+    queue.close()
 
 
 def task_count(dsn: str) -> int:

@@ -2,9 +2,6 @@
 -- and the metrics collector.  Every write is compare-and-set on the task's
 -- state, so it never overwrites a transition a worker made meanwhile.
 
--- name: admin_now
-SELECT now();
-
 -- name: admin_counts
 -- Tasks per queue and state.  "queued" is split into "ready" (run_at passed)
 -- and "scheduled" (a delay or a retry's backoff).  Reads the whole table:
@@ -92,28 +89,6 @@ WITH retried AS (
     SELECT pg_notify('pgtq', q.queue) FROM (SELECT DISTINCT queue FROM retried) AS q
 )
 SELECT (SELECT count(*) FROM woken) AS woken, array(SELECT id FROM retried ORDER BY id) AS ids;
-
--- name: admin_cancel_task
--- A queued task is cancelled at once; a running one gets a cancel request,
--- which its worker acts on.  One UPDATE: a task that changes state meanwhile
--- is re-read under its row lock, so the right branch applies (or none, and
--- no row comes back).  Like cancel_task, it tells the running task's worker
--- (pgtq_cancel) and anyone waiting for a cancelled task (pgtq_done).
-WITH changed AS (
-    UPDATE pgtq_tasks
-    SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
-        finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
-        error = CASE WHEN state = 'queued' THEN 'cancelled by an operator' ELSE error END,
-        cancel_requested_at = coalesce(cancel_requested_at, now())
-    WHERE id = %(id)s AND state IN ('queued', 'running')
-    RETURNING *
-), told AS (
-    SELECT pg_notify('pgtq_cancel', id::text) FROM changed WHERE state = 'running'
-), woken AS (
-    SELECT pg_notify('pgtq_done', id::text) FROM changed WHERE state = 'cancelled'
-)
-SELECT changed.*, (SELECT count(*) FROM told) + (SELECT count(*) FROM woken) AS notified
-FROM changed;
 
 -- name: admin_delete_task
 -- Only a finished task is deleted: the row is the truth until then.

@@ -89,9 +89,6 @@ SELECT * FROM claimed;
 -- name: commit
 COMMIT;
 
--- name: rollback
-ROLLBACK;
-
 -- name: fire_periodic
 -- One task per (schedule, fire time), however many workers try: the task's
 -- id is drawn first and recorded with the fire time; only the worker whose
@@ -117,30 +114,27 @@ WITH fired AS (
 SELECT id FROM task;
 
 -- name: cancel_task
--- A queued task is cancelled at once; a running one is asked to stop (its
--- worker is told by NOTIFY and by its heartbeat).  Returns the new state.
-WITH queued AS (
+-- A queued task is cancelled at once (%(reason)s is its error); a running
+-- one gets a cancel request, which its worker acts on (told by NOTIFY on
+-- pgtq_cancel and by its heartbeat).  One UPDATE: a task that changes state
+-- meanwhile is re-read under its row lock, so the right branch applies (or
+-- none, and no row comes back: the task had ended).  Waiters of a cancelled
+-- task are woken (pgtq_done).
+WITH changed AS (
     UPDATE pgtq_tasks
-    SET state = 'cancelled', finished_at = now(), error = %(reason)s,
-        cancel_requested_at = now()
-    WHERE id = %(id)s AND state = 'queued'
-    RETURNING id, state
-), running AS (
-    UPDATE pgtq_tasks
-    SET cancel_requested_at = coalesce(cancel_requested_at, now())
-    WHERE id = %(id)s AND state = 'running'
-    RETURNING id, state
+    SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
+        finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
+        error = CASE WHEN state = 'queued' THEN %(reason)s ELSE error END,
+        cancel_requested_at = coalesce(cancel_requested_at, now())
+    WHERE id = %(id)s AND state IN ('queued', 'running')
+    RETURNING *
 ), told AS (
-    SELECT pg_notify('pgtq_cancel', id::text) FROM running
+    SELECT pg_notify('pgtq_cancel', id::text) FROM changed WHERE state = 'running'
 ), woken AS (
-    SELECT pg_notify('pgtq_done', id::text) FROM queued
+    SELECT pg_notify('pgtq_done', id::text) FROM changed WHERE state = 'cancelled'
 )
-SELECT id, state, (SELECT count(*) FROM woken) AS notified FROM queued
-UNION ALL
-SELECT id, state, (SELECT count(*) FROM told) FROM running
-UNION ALL
-SELECT id, state, 0 FROM pgtq_tasks
-WHERE id = %(id)s AND NOT EXISTS (SELECT 1 FROM queued) AND NOT EXISTS (SELECT 1 FROM running);
+SELECT changed.*, (SELECT count(*) FROM told) + (SELECT count(*) FROM woken) AS notified
+FROM changed;
 
 -- name: cancel_requests
 -- Which of this owner's running tasks were asked to stop.

@@ -21,14 +21,13 @@ from typing import Any
 
 import click
 
-from .admin import (
+from ..admin import (
     FILTER_STATES,
     FINAL_STATES,
     Admin,
 )
-from .cli import _extension, pgtq_cli
-from .exceptions import PgTqError
-from .formatting import (
+from ..exceptions import PgTqError
+from ..formatting import (
     dumps,
     error_summary,
     format_age,
@@ -40,6 +39,7 @@ from .formatting import (
     printable_json,
     task_as_json,
 )
+from .common import current_extension
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
@@ -48,7 +48,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 def _admin() -> Iterator[Admin]:
     """The app's :class:`Admin`; library errors become one-line CLI errors."""
     try:
-        yield _extension().admin
+        yield current_extension().admin
     except (PgTqError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -93,7 +93,7 @@ def _clip(text: str | None, width: int = 60) -> str | None:
     return text[: width - 1] + "…"
 
 
-@pgtq_cli.command("status")
+@click.command("status")
 @json_option
 def status_command(as_json: bool) -> None:
     """Per queue: tasks by state, the oldest waiting task's age, live workers."""
@@ -121,7 +121,7 @@ def status_command(as_json: bool) -> None:
     click.echo(f"\n{live} live worker{'s' if live != 1 else ''}")
 
 
-@pgtq_cli.command("tasks")
+@click.command("tasks")
 @click.option("--state", type=click.Choice(FILTER_STATES), help="Only tasks in this state.")
 @click.option("--queue", "-q", help="Only tasks of this queue.")
 @click.option("--name", "-n", help="Only tasks of this name.")
@@ -170,7 +170,7 @@ def tasks_command(
     click.echo(shown)
 
 
-@pgtq_cli.command("show")
+@click.command("show")
 @click.argument("task_id", type=int)
 @json_option
 def show_command(task_id: int, as_json: bool) -> None:
@@ -246,7 +246,7 @@ def _action(fn: Callable[[Admin], str]) -> None:
     click.echo(message)
 
 
-@pgtq_cli.command("retry")
+@click.command("retry")
 @click.argument("task_id", type=int, required=False)
 @click.option("--failed", "all_failed", is_flag=True, help="Retry every failed task.")
 @click.option("--queue", "-q", help="With --failed: only tasks of this queue.")
@@ -271,7 +271,7 @@ def retry_command(task_id: int | None, all_failed: bool, queue: str | None) -> N
     _action(retry_all)
 
 
-@pgtq_cli.command("cancel")
+@click.command("cancel")
 @click.argument("task_id", type=int)
 def cancel_command(task_id: int) -> None:
     """Cancel a queued task, or ask the worker running it to stop."""
@@ -284,7 +284,7 @@ def cancel_command(task_id: int) -> None:
     _action(cancel)
 
 
-@pgtq_cli.command("delete")
+@click.command("delete")
 @click.argument("task_id", type=int)
 def delete_command(task_id: int) -> None:
     """Delete a finished task."""
@@ -296,7 +296,7 @@ def delete_command(task_id: int) -> None:
     _action(delete)
 
 
-@pgtq_cli.command("purge")
+@click.command("purge")
 @click.option(
     "--state",
     "states",
@@ -330,7 +330,7 @@ def purge_command(
     _action(purge)
 
 
-@pgtq_cli.command("workers")
+@click.command("workers")
 @json_option
 def workers_command(as_json: bool) -> None:
     """Registered workers: heartbeat age and the tasks they run."""
@@ -357,3 +357,16 @@ def workers_command(as_json: bool) -> None:
     ]
     headers = ["ID", "HOST", "PID", "QUEUES", "THREADS", "HEARTBEAT", "STATE", "RUNNING"]
     click.echo(format_table(headers, rows))
+
+
+#: The commands of this module, for the ``flask pgtq`` group.
+COMMANDS = [
+    status_command,
+    tasks_command,
+    show_command,
+    retry_command,
+    cancel_command,
+    delete_command,
+    purge_command,
+    workers_command,
+]

@@ -1,4 +1,4 @@
-"""``flask pgtq ...`` commands.  Each is a thin shell over importable code."""
+"""``flask pgtq init-db`` and ``flask pgtq worker``."""
 
 from __future__ import annotations
 
@@ -7,26 +7,16 @@ import sys
 
 import click
 from flask import current_app
-from flask.cli import AppGroup
 
-from .exceptions import PgTqError
-from .extension import PgTq
-
-pgtq_cli = AppGroup("pgtq", help="The flask_pgtq task queue.")
+from ..exceptions import PgTqError
+from .common import current_extension
 
 
-def _extension() -> PgTq:
-    extension = current_app.extensions.get("pgtq")
-    if extension is None:
-        raise click.ClickException("this app has no PgTq extension: call PgTq(app)")
-    return extension  # type: ignore[no-any-return]
-
-
-@pgtq_cli.command("init-db")
+@click.command("init-db")
 def init_db() -> None:
     """Create or upgrade the queue's tables (safe to run again)."""
     try:
-        applied = _extension().init_db()
+        applied = current_extension().init_db()
     except PgTqError as exc:
         raise click.ClickException(str(exc)) from exc
     if applied:
@@ -35,7 +25,7 @@ def init_db() -> None:
         click.echo("schema is up to date")
 
 
-@pgtq_cli.command("worker")
+@click.command("worker")
 @click.option("--queue", "-q", "queues", multiple=True, help="Queue to serve (repeatable).")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Handler threads.")
 @click.option("--burst", is_flag=True, help="Run what is ready, then exit.")
@@ -78,9 +68,9 @@ def worker_command(
     metrics_host: str,
 ) -> None:
     """Run a worker inside the app context until SIGTERM or SIGINT."""
-    from . import logs, worker
+    from .. import logs, worker
 
-    log_format = log_format or _extension().config.log_format
+    log_format = log_format or current_extension().config.log_format
     logger = logging.getLogger("flask_pgtq")
     added = None
     propagate = logger.propagate
@@ -93,14 +83,14 @@ def worker_command(
     logger.setLevel(log_level.upper())
     try:
         if metrics_port is not None:
-            from .metrics import serve_worker_metrics
+            from ..metrics import serve_worker_metrics
 
             try:
                 serve_worker_metrics(current_app, metrics_port, metrics_host)
             except (PgTqError, OSError) as exc:
                 raise click.ClickException(f"cannot serve metrics: {exc}") from exc
         code = worker.main_loop(
-            _extension(),
+            current_extension(),
             queues=queues or None,
             concurrency=concurrency,
             burst=burst,
@@ -119,5 +109,5 @@ def worker_command(
     sys.exit(code)
 
 
-# The inspection commands (status, tasks, show, retry, ...) register themselves.
-from . import admin_cli as admin_cli  # noqa: E402
+#: The commands of this module, for the ``flask pgtq`` group.
+COMMANDS = [init_db, worker_command]

@@ -1,0 +1,194 @@
+"""Value types that several modules share: how tasks are inserted
+(:class:`PushOptions`, :class:`Insert`), a handler's limits (:class:`Limit`)
+and what an attempt came to (:class:`Outcome`).  No I/O here; imports point
+from the modules that use them to this one, never back.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from . import codec
+from .config import seconds, validate_name, whole_number
+from .exceptions import ConfigurationError
+from .task import State, Task
+
+if TYPE_CHECKING:
+    from .config import Config
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    """How a task is pushed.  ``None`` means: the handler's (or app's) default."""
+
+    queue: str | None = None
+    priority: int | None = None
+    max_attempts: int | None = None
+    delay: float = 0.0
+    eta: datetime | None = None
+    unique_key: str | None = None
+    unique_for: float | None = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        delay: float | timedelta | None = None,
+        eta: datetime | None = None,
+        unique_key: str | None = None,
+        unique_for: float | timedelta | None = None,
+    ) -> PushOptions:
+        """Validate options given by a caller."""
+        if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
+            raise ConfigurationError(f"unique_key must be a non-empty string, not {unique_key!r}")
+        if unique_key is not None and len(unique_key) > 1000:
+            raise ConfigurationError("unique_key must be at most 1000 characters")
+        if unique_key is not None and codec.storable_text(unique_key) != unique_key:
+            raise ConfigurationError(
+                "unique_key must not hold NUL characters or lone surrogates, "
+                f"not {codec.storable_text(unique_key)!r}"
+            )
+        unique_seconds = None
+        if unique_for is not None:
+            if unique_key is None:
+                raise ConfigurationError("unique_for needs a unique_key")
+            unique_seconds = seconds(unique_for, "unique_for")
+        if queue is not None:
+            validate_name(queue, "queue")
+        if priority is not None:
+            whole_number(priority, "priority")
+        if max_attempts is not None:
+            whole_number(max_attempts, "max_attempts", minimum=1)
+        delay_seconds = 0.0 if delay is None else seconds(delay, "delay")
+        if eta is not None:
+            if not isinstance(eta, datetime):
+                raise ConfigurationError(f"eta must be a datetime, not {eta!r}")
+            if eta.tzinfo is None or eta.utcoffset() is None:
+                raise ConfigurationError(
+                    "eta must be an aware datetime (with tzinfo), e.g. "
+                    "datetime.now(timezone.utc) + timedelta(minutes=5)"
+                )
+            if delay is not None:
+                raise ConfigurationError("give delay or eta, not both")
+        return cls(
+            queue, priority, max_attempts, delay_seconds, eta, unique_key, unique_seconds
+        )
+
+    def insert(self, name: str, config: Config) -> Insert:
+        """How to insert tasks of handler *name*, app defaults filled in."""
+        return Insert(
+            name=name,
+            queue=self.queue or config.queue,
+            max_attempts=self.max_attempts or config.max_attempts,
+            priority=self.priority or 0,
+            delay=self.delay,
+            run_at=self.eta,
+            unique_key=self.unique_key,
+            unique_for=self.unique_for,
+        )
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([smhd])\s*$")
+_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A handler's limits, enforced across all workers.
+
+    :ivar concurrency: most tasks of the handler running at once, or ``None``.
+    :ivar rate: most starts per ``period`` seconds, or ``None``.
+    """
+
+    name: str
+    concurrency: int | None = None
+    rate: int | None = None
+    period: float | None = None
+
+    @classmethod
+    def build(cls, name: str, concurrency: Any, rate_limit: Any) -> Limit | None:
+        if concurrency is not None:
+            whole_number(concurrency, "concurrency", minimum=1)
+        rate = period = None
+        if rate_limit is not None:
+            match = _RATE.match(rate_limit) if isinstance(rate_limit, str) else None
+            if match is None or int(match[1]) < 1 or match[2] in (".",):
+                raise ConfigurationError(
+                    f"rate_limit must look like '10/m' (per s, m, h or d; also '5/10s'), "
+                    f"not {rate_limit!r}"
+                )
+            rate = int(match[1])
+            period = float(match[2] or 1) * _UNIT[match[3]]
+            if period <= 0:
+                raise ConfigurationError(f"rate_limit period must be > 0: {rate_limit!r}")
+        if concurrency is None and rate is None:
+            return None
+        return cls(name, concurrency, rate, period)
+
+
+@dataclass
+class Outcome:
+    """What one attempt came to, ready to be recorded.
+
+    :param state: ``succeeded``, ``failed``, ``cancelled``, or ``queued`` for a retry.
+    :param result: the return value, already encoded as JSON text.
+    :param delay: seconds before the retry, when ``state`` is ``queued``.
+    """
+
+    task: Task
+    state: State
+    result: str | None = None
+    error: str | None = None
+    delay: float = 0.0
+    duration: float = 0.0
+    exception: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        if self.error is not None:
+            # An error text is recorded whatever it holds: what PostgreSQL
+            # cannot store (NUL, lone surrogates) is shown escaped instead.
+            self.error = codec.storable_text(self.error)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.task.id,
+            "attempt": self.task.attempts,
+            "state": self.state.value,
+            "result": self.result,
+            "error": self.error,
+            "delay": self.delay,
+        }
+
+
+@dataclass(frozen=True)
+class Insert:
+    """Where and how tasks of one handler are inserted (arguments aside)."""
+
+    name: str
+    queue: str
+    max_attempts: int
+    priority: int = 0
+    delay: float = 0.0
+    run_at: datetime | None = None
+    unique_key: str | None = None
+    unique_for: float | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "queue": self.queue,
+            "max_attempts": self.max_attempts,
+            "priority": self.priority,
+            "delay": self.delay,
+            "run_at": self.run_at,
+            "unique_key": self.unique_key,
+            "unique_for": self.unique_for,
+        }
+
+
