@@ -87,7 +87,8 @@ class TaskSummary:
     scheduled: bool = False
 
     def as_json(self) -> dict[str, Any]:
-        return jsonable(asdict(self))
+        row: dict[str, Any] = jsonable(asdict(self))
+        return row
 
 
 @dataclass
@@ -125,7 +126,8 @@ class WorkerInfo:
     tasks: list[dict[str, Any]]
 
     def as_json(self) -> dict[str, Any]:
-        return jsonable(asdict(self))
+        row: dict[str, Any] = jsonable(asdict(self))
+        return row
 
 
 @dataclass
@@ -367,8 +369,7 @@ class Admin:
         for state in states:
             if state not in FINAL_STATES:
                 raise InvalidRequest(
-                    f"only finished tasks can be purged ({', '.join(FINAL_STATES)}), "
-                    f"not {state!r}"
+                    f"only finished tasks can be purged ({', '.join(FINAL_STATES)}), not {state!r}"
                 )
         if not math.isfinite(older_than) or older_than < 0:
             raise InvalidRequest("older_than must be a number of seconds >= 0")

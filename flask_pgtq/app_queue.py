@@ -22,6 +22,8 @@ from .task import State, Task
 from .values import PushOptions
 
 if TYPE_CHECKING:
+    from flask import Flask
+
     from .handler import Handler
 
 
@@ -36,7 +38,11 @@ class AppQueue:
     """
 
     def __init__(
-        self, config: Config, handlers: Mapping[str, Handler[Any, Any]], app: Any, sender: Any
+        self,
+        config: Config,
+        handlers: Mapping[str, Handler[Any, Any]],
+        app: Flask | None,
+        sender: Any,
     ) -> None:
         #: The validated settings.
         self.config = config

@@ -75,9 +75,7 @@ def check(value: Any, depth: int = 0) -> None:
             raise NotStorable(f"nested more than {MAX_DEPTH} levels deep")
         for key, item in value.items():
             if not isinstance(key, str):
-                raise NotStorable(
-                    f"dict keys must be strings, not {type(key).__name__} {key!r}"
-                )
+                raise NotStorable(f"dict keys must be strings, not {type(key).__name__} {key!r}")
             check(key, depth + 1)
             check(item, depth + 1)
     elif isinstance(value, list | tuple):

@@ -42,9 +42,7 @@ def validate_name(value: Any, what: str) -> str:
     if len(value) > MAX_NAME_LENGTH:
         raise InvalidName(f"{what} is longer than {MAX_NAME_LENGTH} characters")
     if not _NAME.fullmatch(value):
-        raise InvalidName(
-            f"{what} {value[:60]!r} may only hold letters, digits and _ . : - / @"
-        )
+        raise InvalidName(f"{what} {value[:60]!r} may only hold letters, digits and _ . : - / @")
     return value
 
 
@@ -247,7 +245,7 @@ class Config:
         for key, value in values.items():
             if not key.startswith(prefix):
                 continue
-            name = key[len(prefix):].lower()
+            name = key[len(prefix) :].lower()
             if name not in known:
                 raise ConfigurationError(f"unknown setting {key}")
             kwargs[name] = value

@@ -164,7 +164,7 @@ def dbapi_connection(obj: Any) -> Any:
     )
 
 
-class Connection(psycopg2.extensions.connection):  # type: ignore[misc]
+class Connection(psycopg2.extensions.connection):
     """A psycopg2 connection that remembers the statements it prepared."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -42,6 +42,8 @@ from weakref import WeakKeyDictionary
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
+    from flask import Flask
+
     from .app_queue import AppQueue
     from .extension import PgTq
     from .worker import Worker
@@ -127,10 +129,8 @@ def start_dev_database(directory: str | os.PathLike[str]) -> DevDatabase:
         with _pgserver_lock(pgserver):
             _forget_dead_processes(datadir)
         started = not _running_in(datadir)
-        log.info(
-            "%s the development database in %s", "starting" if started else "joining", datadir
-        )
-        server = pgserver.get_server(datadir, cleanup_mode="stop")
+        log.info("%s the development database in %s", "starting" if started else "joining", datadir)
+        server = pgserver.get_server(datadir, cleanup_mode="stop")  # type: ignore[attr-defined]
         database = DevDatabase(datadir, _dsn(server), server)
         _databases[datadir] = database
     _migrate(database.dsn)
@@ -338,7 +338,7 @@ class DevWorker:
 _dev_workers: WeakKeyDictionary[Any, DevWorker] = WeakKeyDictionary()
 
 
-def add_dev_worker(app: Any, extension: PgTq, bound: AppQueue) -> DevWorker:
+def add_dev_worker(app: Flask, extension: PgTq, bound: AppQueue) -> DevWorker:
     """Run a :class:`DevWorker` in *app*'s serving process from its first request."""
     dev = DevWorker(extension, bound)
     app.before_request(dev.ensure_started)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from weakref import WeakKeyDictionary
 
 from .admin import Admin
@@ -18,6 +18,10 @@ from .exceptions import (
 )
 from .handler import Handler
 from .task import Task
+from .values import HandlerOptions
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -41,7 +45,9 @@ class PgTq:
         a queue name comes without a DSN or twice.
     """
 
-    def __init__(self, app: Any = None, dsn: str | None = None, **settings: Any) -> None:
+    def __init__(
+        self, app: Flask | str | None = None, dsn: str | None = None, **settings: Any
+    ) -> None:
         self._handlers: dict[str, Handler[Any, Any]] = {}
         self._schedules: dict[str, Any] = {}
         self._standalone: AppQueue | None = None
@@ -76,15 +82,14 @@ class PgTq:
             return f"<PgTq standalone {redact_dsn(self._standalone.config.dsn)!r}>"
         return f"<PgTq handlers={len(self._handlers)}>"
 
-    def init_app(self, app: Any) -> None:
+    def init_app(self, app: Flask) -> None:
         """Set up *app*: read and validate its ``PGTQ_*`` config, register the
         ``flask pgtq`` commands.  No connection is made here."""
         if self._standalone is not None:
             raise ConfigurationError("a standalone PgTq(dsn=...) cannot be added to an app")
         if "pgtq" in app.extensions:
             raise SetupError(
-                "a PgTq extension is already registered on this app; create only one "
-                "PgTq per app"
+                "a PgTq extension is already registered on this app; create only one PgTq per app"
             )
         if app.config.get("PGTQ_DEV_DATABASE") is True and not app.config.get("PGTQ_DSN"):
             from .devdb import start_dev_database
@@ -131,9 +136,7 @@ class PgTq:
             )
         queue = self._apps.get(current_app._get_current_object())  # type: ignore[attr-defined]
         if queue is None:
-            raise SetupError(
-                "this PgTq is not registered on the current app: call q.init_app(app)"
-            )
+            raise SetupError("this PgTq is not registered on the current app: call q.init_app(app)")
         return queue
 
     @property
@@ -174,14 +177,7 @@ class PgTq:
         /,
         *,
         name: str | None = None,
-        queue: str | None = None,
-        max_attempts: int | None = None,
-        priority: int = 0,
-        retry_backoff: float | None = None,
-        timeout: float | None = None,
-        concurrency: int | None = None,
-        rate_limit: str | None = None,
-        isolated: bool = False,
+        **options: Any,
     ) -> Any:
         """Register a function as a task handler.
 
@@ -206,7 +202,9 @@ class PgTq:
             handlers" in the README).  Costs a fork per attempt.  Plain
             calls, ``PGTQ_EAGER`` and :meth:`Task.run` stay in-process.
         :raises DuplicateHandler: the name is taken.
+        :raises TypeError: an option this method does not take.
         """
+        validated = HandlerOptions(**options)
 
         def decorate(fn: Callable[P, R]) -> Handler[P, R]:
             task_name = fn.__name__ if name is None else name
@@ -215,19 +213,7 @@ class PgTq:
                     f"a handler named {task_name!r} is already registered "
                     f"({self._handlers[task_name].func!r}); pass name=... to tell them apart"
                 )
-            h: Handler[P, R] = Handler(
-                self,
-                fn,
-                name=task_name,
-                queue=queue,
-                priority=priority,
-                max_attempts=max_attempts,
-                retry_backoff=retry_backoff,
-                timeout=timeout,
-                concurrency=concurrency,
-                rate_limit=rate_limit,
-                isolated=isolated,
-            )
+            h: Handler[P, R] = Handler(self, fn, name=task_name, options=validated)
             self._handlers[task_name] = h
             return h
 

@@ -23,9 +23,7 @@ def error_summary(text: str | None) -> str | None:
         return None
     lines = text.rstrip().splitlines()
     frames = [
-        i
-        for i, line in enumerate(lines)
-        if line.startswith(("Traceback (most recent", '  File "'))
+        i for i, line in enumerate(lines) if line.startswith(("Traceback (most recent", '  File "'))
     ]
     if frames:
         for line in lines[frames[-1] + 1 :]:
@@ -50,7 +48,8 @@ def task_as_json(task: Task) -> dict[str, Any]:
     """Every column of *task*, JSON-ready."""
     from .task import _COLUMNS
 
-    return jsonable({name: _plain(getattr(task, name)) for name in _COLUMNS})
+    row: dict[str, Any] = jsonable({name: _plain(getattr(task, name)) for name in _COLUMNS})
+    return row
 
 
 def _plain(value: Any) -> Any:

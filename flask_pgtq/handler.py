@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from .config import seconds, validate_name
-from .exceptions import ArgumentsNotSerializable, ConfigurationError
-from .values import Limit, PushOptions
+from .config import validate_name
+from .exceptions import ArgumentsNotSerializable
+from .values import HandlerOptions, PushOptions
 
 if TYPE_CHECKING:
     from .extension import PgTq
@@ -37,42 +36,25 @@ class Handler(Generic[P, R]):
     """
 
     def __init__(
-        self,
-        pgtq: PgTq,
-        func: Callable[P, R],
-        *,
-        name: str,
-        queue: str | None,
-        priority: int,
-        max_attempts: int | None,
-        retry_backoff: float | None,
-        timeout: float | None = None,
-        concurrency: int | None = None,
-        rate_limit: str | None = None,
-        isolated: bool = False,
+        self, pgtq: PgTq, func: Callable[P, R], *, name: str, options: HandlerOptions
     ) -> None:
         self.pgtq = pgtq
         self.func = func
         self.name = validate_name(name, "task name")
+        #: The handler's options, validated.
+        self.handler_options = options
         #: Seconds an attempt may run before it is stopped, or ``None``.
-        self.timeout = None if timeout is None else seconds(timeout, "timeout")
-        if self.timeout == 0:
-            raise ConfigurationError("timeout must be > 0")
-        if not isinstance(isolated, bool):
-            raise ConfigurationError(f"isolated must be True or False, not {isolated!r}")
-        if isolated and not hasattr(os, "fork"):
-            raise ConfigurationError("isolated=True needs os.fork(), which this platform lacks")
+        self.timeout = options.timeout
         #: Whether a worker runs each attempt in a child process of its own
         #: (see :mod:`flask_pgtq.isolation`).
-        self.isolated = isolated
+        self.isolated = options.isolated
         #: Limits across all workers, or ``None``.
-        self.limit = Limit.build(self.name, concurrency, rate_limit)
-        self.defaults = PushOptions.build(
-            queue=queue, priority=priority, max_attempts=max_attempts
-        )
-        self.retry_backoff = (
-            None if retry_backoff is None else seconds(retry_backoff, "retry_backoff")
-        )
+        self.limit = options.limit(self.name)
+        #: Push options of its tasks unless a push says otherwise.
+        self.defaults = options.push_defaults()
+        #: Seconds before the first retry (doubled each time), or ``None``
+        #: for ``PGTQ_RETRY_BACKOFF``.
+        self.retry_backoff = options.retry_backoff
         functools.update_wrapper(self, func)
         #: Argument shapes (positional count, keyword names) known to fit.
         self._accepted: set[tuple[int, frozenset[str]]] = set()

@@ -34,11 +34,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import signals
 from .admin import COUNT_STATES, Admin
 from .exceptions import ConfigurationError, DatabaseError
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .extension import PgTq
 
 try:
     from prometheus_client import (
@@ -53,7 +58,7 @@ try:
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ConfigurationError(
-        "flask_pgtq metrics need prometheus_client: pip install \"flask_pgtq[prometheus]\""
+        'flask_pgtq metrics need prometheus_client: pip install "flask_pgtq[prometheus]"'
     ) from exc
 
 #: Histogram buckets of task durations, in seconds.
@@ -72,7 +77,7 @@ class QueueCollector(Collector):
         self.admin = admin
 
     @classmethod
-    def for_app(cls, app: Any) -> QueueCollector:
+    def for_app(cls, app: Flask) -> QueueCollector:
         """The collector of *app*'s queue (the app has ``PgTq`` set up)."""
         with app.app_context():
             return cls(app.extensions["pgtq"].admin)
@@ -198,7 +203,7 @@ class TaskMetrics:
 class AppMetrics:
     """The metrics of one app: its registry, collector and task metrics."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Flask) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = QueueCollector.for_app(app)
         self.registry.register(self.collector)
@@ -206,20 +211,21 @@ class AppMetrics:
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format."""
-        return generate_latest(self.registry)  # type: ignore[no-any-return]
+        return generate_latest(self.registry)
 
 
-def app_metrics(app: Any) -> AppMetrics:
+def app_metrics(app: Flask) -> AppMetrics:
     """The app's :class:`AppMetrics`, created on first use (once per app)."""
     # Signals are sent by the app itself: never connect to a proxy of it.
     app = getattr(app, "_get_current_object", lambda: app)()
     metrics = app.extensions.get("pgtq_metrics")
     if metrics is None:
         metrics = app.extensions["pgtq_metrics"] = AppMetrics(app)
-    return metrics  # type: ignore[no-any-return]
+    assert isinstance(metrics, AppMetrics)
+    return metrics
 
 
-def register_metrics(app: Any, extension: Any, url: str) -> None:
+def register_metrics(app: Flask, extension: PgTq, url: str) -> None:
     """Serve the app's metrics at *url* (``PGTQ_METRICS_URL`` does this).
 
     The endpoint has no access check of its own: expose it only where your
@@ -233,7 +239,7 @@ def register_metrics(app: Any, extension: Any, url: str) -> None:
     app.add_url_rule(url, endpoint="pgtq_metrics", view_func=metrics_view)
 
 
-def serve_worker_metrics(app: Any, port: int, host: str = "0.0.0.0") -> Any:
+def serve_worker_metrics(app: Flask, port: int, host: str = "0.0.0.0") -> Any:
     """Serve the app's metrics over HTTP on *port* from a daemon thread
     (``flask pgtq worker --metrics-port``).  Returns the server."""
     metrics = app_metrics(app)

@@ -40,9 +40,7 @@ def _croniter() -> Any:
     try:
         from croniter import croniter
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "periodic tasks need croniter: pip install \"flask_pgtq[cron]\""
-        ) from exc
+        raise ImportError('periodic tasks need croniter: pip install "flask_pgtq[cron]"') from exc
     return croniter
 
 
@@ -88,8 +86,9 @@ class Schedule:
         digest = hashlib.sha1(
             json.dumps([handler.name, cron, tz, args_json, kwargs_json]).encode()
         ).hexdigest()[:12]
-        return cls(f"{handler.name}@{cron}@{tz}#{digest}", handler, cron, zone, args_json,
-                   kwargs_json)
+        return cls(
+            f"{handler.name}@{cron}@{tz}#{digest}", handler, cron, zone, args_json, kwargs_json
+        )
 
     def latest_fire(self, now: datetime) -> datetime:
         """The latest fire time at or before *now* (aware, UTC)."""

@@ -45,7 +45,7 @@ def _tuples(cur: Any) -> list[tuple[Any, ...]]:
 
 @functools.cache
 def _row_type(columns: tuple[str, ...]) -> Any:
-    return collections.namedtuple("Row", columns)  # type: ignore[misc]
+    return collections.namedtuple("Row", columns)
 
 
 def _named(cur: Any) -> list[Any]:
@@ -91,12 +91,11 @@ class TaskStore:
         self.db = db
         self.backend = backend
 
-    def _rows(
-        self, name: str, params: dict[str, Any], conn: Any = None
-    ) -> list[dict[str, Any]]:
+    def _rows(self, name: str, params: dict[str, Any], conn: Any = None) -> list[dict[str, Any]]:
         """Run one named statement; on a pooled connection (committed at
         once) or, when given, on the caller's *conn* (in its transaction)."""
-        return self._execute(name, params, conn, _fetch)
+        rows: list[dict[str, Any]] = self._execute(name, params, conn, _fetch)
+        return rows
 
     def _execute(self, name: str, params: dict[str, Any], conn: Any, fetch: Any) -> Any:
         if conn is not None:
@@ -121,9 +120,7 @@ class TaskStore:
 
     # -- producing ---------------------------------------------------------
 
-    def push(
-        self, spec: Insert, args_json: str, kwargs_json: str, conn: Any = None
-    ) -> Task:
+    def push(self, spec: Insert, args_json: str, kwargs_json: str, conn: Any = None) -> Task:
         """Insert one task whose arguments are already validated JSON text.
 
         With ``spec.unique_key``, return the task holding the key instead of
@@ -266,9 +263,7 @@ class TaskStore:
     def unregister_owner(self, owner: str) -> None:
         self._rows("unregister_owner", {"owner": owner})
 
-    def claim(
-        self, owner: str, queue: str, limit: int, limits: Sequence[Limit] = ()
-    ) -> list[Task]:
+    def claim(self, owner: str, queue: str, limit: int, limits: Sequence[Limit] = ()) -> list[Task]:
         """Claim up to *limit* ready tasks of *queue* for *owner*, best first.
 
         Tasks of handlers in *limits* are claimed only within their limits

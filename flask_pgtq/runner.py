@@ -40,11 +40,14 @@ from .task import State, Task
 from .values import Outcome
 
 if TYPE_CHECKING:
+    from flask import Flask
+
     from .handler import Handler
 
 log = logging.getLogger("flask_pgtq")
 
 _current_task: contextvars.ContextVar[Task] = contextvars.ContextVar("pgtq_current_task")
+
 
 #: The task whose handler is running in this thread (a proxy to a
 #: :class:`~flask_pgtq.Task`).  Outside a handler, using it raises
@@ -97,7 +100,7 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     uniform draw from the upper half, so retries of tasks that failed
     together spread out.
     """
-    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    ceiling: float = min(cap, base * 2 ** max(attempt - 1, 0))
     return ceiling * random.uniform(0.5, 1.0)
 
 
@@ -133,7 +136,7 @@ class Runner:
         config: Config,
         db: Database,
         handlers: Mapping[str, Handler[Any, Any]],
-        app: Any,
+        app: Flask | None,
         sender: Any,
     ) -> None:
         self.config = config
@@ -147,7 +150,7 @@ class Runner:
         """A fresh app context (or nothing, without an app)."""
         if self.app is None:
             return contextlib.nullcontext()
-        return self.app.app_context()  # type: ignore[no-any-return]
+        return self.app.app_context()
 
     def get(self, task_id: int) -> Task:
         return self.store.get(task_id)
@@ -162,8 +165,7 @@ class Runner:
             raise ArgumentsNotSerializable(f"progress cannot be stored as JSON: {exc}") from None
         if task.state is not State.RUNNING or not self.store.set_progress(task, encoded):
             raise NotClaimed(
-                f"task {task.id} attempt {task.attempts} is not running here; "
-                "progress not recorded"
+                f"task {task.id} attempt {task.attempts} is not running here; progress not recorded"
             )
 
     # -- one attempt -------------------------------------------------------

@@ -50,7 +50,8 @@ def record_pushes(sender: Any = ANY) -> Iterator[list[Pushed]]:
         for task_id, args, kwargs in zip(ids, extra["args"], extra["kwargs"], strict=True):
             pushed.append(Pushed(task_id, name, queue, args, kwargs))
 
-    with signals.task_pushed.connected_to(one, sender), signals.tasks_pushed.connected_to(
-        many, sender
+    with (
+        signals.task_pushed.connected_to(one, sender),
+        signals.tasks_pushed.connected_to(many, sender),
     ):
         yield pushed

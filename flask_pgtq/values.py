@@ -6,6 +6,7 @@ from the modules that use them to this one, never back.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +19,48 @@ from .task import State, Task
 
 if TYPE_CHECKING:
     from .config import Config
+
+
+@dataclass(frozen=True)
+class HandlerOptions:
+    """How a handler's tasks are pushed by default and run: the options of
+    :meth:`PgTq.handler <flask_pgtq.PgTq.handler>` (see it for each one),
+    validated.  ``None`` means: the app's default."""
+
+    queue: str | None = None
+    max_attempts: int | None = None
+    priority: int = 0
+    retry_backoff: float | None = None
+    timeout: float | None = None
+    concurrency: int | None = None
+    rate_limit: str | None = None
+    isolated: bool = False
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if self.retry_backoff is not None:
+            set_(self, "retry_backoff", seconds(self.retry_backoff, "retry_backoff"))
+        if self.timeout is not None:
+            set_(self, "timeout", seconds(self.timeout, "timeout"))
+            if self.timeout == 0:
+                raise ConfigurationError("timeout must be > 0")
+        if not isinstance(self.isolated, bool):
+            raise ConfigurationError(f"isolated must be True or False, not {self.isolated!r}")
+        if self.isolated and not hasattr(os, "fork"):
+            raise ConfigurationError("isolated=True needs os.fork(), which this platform lacks")
+        # Checked here, built per handler name by limit().
+        self.limit("handler")
+        self.push_defaults()
+
+    def limit(self, name: str) -> Limit | None:
+        """The limits of handler *name* across all workers, or ``None``."""
+        return Limit.build(name, self.concurrency, self.rate_limit)
+
+    def push_defaults(self) -> PushOptions:
+        """The push options a handler's tasks get unless a push says otherwise."""
+        return PushOptions.build(
+            queue=self.queue, priority=self.priority, max_attempts=self.max_attempts
+        )
 
 
 @dataclass(frozen=True)
@@ -76,9 +119,7 @@ class PushOptions:
                 )
             if delay is not None:
                 raise ConfigurationError("give delay or eta, not both")
-        return cls(
-            queue, priority, max_attempts, delay_seconds, eta, unique_key, unique_seconds
-        )
+        return cls(queue, priority, max_attempts, delay_seconds, eta, unique_key, unique_seconds)
 
     def insert(self, name: str, config: Config) -> Insert:
         """How to insert tasks of handler *name*, app defaults filled in."""
@@ -190,5 +231,3 @@ class Insert:
             "unique_key": self.unique_key,
             "unique_for": self.unique_for,
         }
-
-

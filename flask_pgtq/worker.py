@@ -202,9 +202,7 @@ class Worker:
                         f"the database has flask_pgtq schema version {version}, this "
                         f"code needs {schema.latest_version()}: run 'flask pgtq init-db'"
                     )
-                self.store.register_owner(
-                    self.id, queues=self.queues, concurrency=self.concurrency
-                )
+                self.store.register_owner(self.id, queues=self.queues, concurrency=self.concurrency)
                 break
             except SchemaNotReady:
                 raise

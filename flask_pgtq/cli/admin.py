@@ -259,8 +259,9 @@ def retry_command(task_id: int | None, all_failed: bool, queue: str | None) -> N
         raise click.UsageError("--queue goes with --failed")
     if task_id is not None:
         _action(
-            lambda a: f"task {task_id} queued again "
-            f"({a.retry(task_id).max_attempts} fresh attempts)"
+            lambda a: (
+                f"task {task_id} queued again ({a.retry(task_id).max_attempts} fresh attempts)"
+            )
         )
         return
 

@@ -48,7 +48,7 @@ class Chart:
 def _nice_ceiling(value: int) -> int:
     """The smallest of 1, 2, 5, 10, 20, 50... that is >= *value* (at least 4)."""
     value = max(value, 4)
-    magnitude = 10 ** int(math.floor(math.log10(value)))
+    magnitude: int = 10 ** int(math.floor(math.log10(value)))
     for step in (1, 2, 5, 10):
         if step * magnitude >= value:
             return step * magnitude
