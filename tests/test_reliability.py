@@ -6,11 +6,13 @@ duplicate execution must trace to an attempt whose worker was killed.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import random
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +20,7 @@ import psycopg2
 import pytest
 from flask import Flask
 
-from flask_pgtq import PgTq, State, signals
+from flask_pgtq import DatabaseError, PgTq, State, signals
 from tests import worker_app
 from tests.helpers import poll_until, sql_all, sql_one
 from tests.worker_app import crash, cut_own_connections, mark, slow
@@ -546,3 +548,32 @@ def test_a_canary_password_never_shows(app, dsn, start_worker, pg_server, caplog
     for text in (worker.output(), broken.output(), str(info.value), repr(info.value),
                  repr(standalone), repr(standalone.config), caplog.text, *payloads):
         assert canary not in text
+
+
+def test_a_server_error_that_echoes_the_password_is_scrubbed(dsn, start_worker, caplog):
+    canary = "canary-Pa55w0rd-plugh"
+    # The server trusts everyone and ignores the password, but it names the
+    # database it cannot find: here the password is that name too, so a real
+    # server error carries the password.
+    echoing = psycopg2.extensions.make_dsn(dsn, password=canary, dbname=canary)
+    standalone = PgTq(dsn=echoing)
+    with caplog.at_level(logging.DEBUG, logger="flask_pgtq"):
+        with pytest.raises(DatabaseError) as info:
+            standalone.pop()
+    message = str(info.value)
+    assert canary not in message
+    assert 'database "***" does not exist' in message, message  # the server named it
+    shown = "".join(traceback.format_exception(info.value))
+    worker = start_worker("--log-level", "DEBUG", settings={"PGTQ_DSN": echoing}, ready=False)
+    poll_until(
+        lambda: worker.output().count("database error while starting") >= 2,
+        15,
+        0.05,
+        "the worker to retry twice",
+    )
+    worker.terminate()
+    assert worker.wait() == 0
+    assert 'database "***" does not exist' in worker.output()
+    for text in (message, repr(info.value), shown, worker.output(), caplog.text):
+        assert canary not in text
+
