@@ -577,3 +577,31 @@ def test_a_server_error_that_echoes_the_password_is_scrubbed(dsn, start_worker, 
     for text in (message, repr(info.value), shown, worker.output(), caplog.text):
         assert canary not in text
 
+
+def test_recorded_outcomes_survive_a_server_crash(dsn, pg_server):
+    # Every outcome is committed durably before it counts as recorded: an
+    # asynchronous commit still in the server's WAL buffers is lost when the
+    # server crashes.  The WAL writer writes full pages as they fill, and the
+    # last partial page every wal_writer_delay: 10 s here, so that the last
+    # outcomes of a quick run of tasks, then a crash, would surely be lost.
+    sql_all(pg_server.dsn, "ALTER SYSTEM SET wal_writer_delay = '10s'")
+    sql_all(pg_server.dsn, "SELECT pg_reload_conf()")
+    try:
+        q = PgTq(dsn=dsn)  # no heartbeat in the run: its commit would flush the WAL
+
+        @q.handler()
+        def job(n: int) -> int:
+            return n
+
+        job.push_many([[n] for n in range(200)])
+        claimed = [q.pop() for _ in range(200)]
+        assert None not in claimed
+        for task in claimed:
+            assert task.run().state is State.SUCCEEDED
+        pg_server.restart("immediate")
+        q._bound().db.close()
+    finally:
+        sql_all(pg_server.dsn, "ALTER SYSTEM RESET wal_writer_delay")
+        sql_all(pg_server.dsn, "SELECT pg_reload_conf()")
+    rows = sql_all(dsn, "SELECT state, count(*), count(result) FROM pgtq_tasks GROUP BY state")
+    assert rows == [("succeeded", 200, 200)], "recorded outcomes were lost in the crash"
