@@ -362,6 +362,9 @@ def test_threads_never_share_a_connection(dsn):
 
     errors: list[BaseException] = []
     backends: set[tuple[int, int]] = set()
+    lent: set[int] = set()  # backends lent to a thread right now
+    shared: list[int] = []
+    lock = threading.Lock()
 
     def pusher(n: int) -> None:
         try:
@@ -369,7 +372,15 @@ def test_threads_never_share_a_connection(dsn):
                 job.push(n * 100 + i)
                 with q._bound().db.connection() as conn, conn.cursor() as cur:
                     cur.execute("SELECT pg_backend_pid()")
-                    backends.add((threading.get_ident(), cur.fetchone()[0]))
+                    backend = cur.fetchone()[0]
+                    with lock:
+                        if backend in lent:
+                            shared.append(backend)
+                        lent.add(backend)
+                    backends.add((threading.get_ident(), backend))
+                    cur.execute("SELECT pg_sleep(0.001)")  # hold it a moment
+                    with lock:
+                        lent.discard(backend)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -379,6 +390,7 @@ def test_threads_never_share_a_connection(dsn):
     for t in threads:
         t.join()
     assert errors == []
+    assert shared == [], "a connection was lent to two threads at once"
     assert sql_one(dsn, "SELECT count(*) FROM pgtq_tasks")[0] == 320
     assert len({backend for _, backend in backends}) <= 3, "the pool exceeded its size"
 
