@@ -4,14 +4,17 @@ are in ``test_dashboard_browser.py``)."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from flask import Flask, Response
 from flask.testing import FlaskClient
+from itsdangerous import TimestampSigner
 
-from flask_pgtq import ConfigurationError, PgTq, State
+from flask_pgtq import ConfigurationError, PgTq
+from flask_pgtq.dashboard import CSRF_COOKIE, CSRF_MAX_AGE
 from tests.helpers import sql_all, sql_one
 
 PASSWORD = "canary-Pa55word"
@@ -405,6 +408,27 @@ def test_an_action_the_state_does_not_allow_is_a_409(
     assert state_of(dsn, tasks["done"]) == "succeeded"
 
 
+#: Each action, the task of the ``tasks`` fixture it applies to, and the
+#: form fields besides the token.
+ACTIONS = {
+    "retry": ("failed", {}),
+    "cancel": ("waiting", {}),
+    "delete": ("failed", {}),
+    "retry-all": ("failed", {"state": "failed"}),
+}
+
+
+def action_url(action: str, task_id: int) -> str:
+    if action == "retry-all":
+        return "/pgtq/tasks/retry"
+    return f"/pgtq/tasks/{task_id}/{action}"
+
+
+def row_of(dsn: str, task_id: int) -> tuple[Any, ...] | None:
+    return sql_one(dsn, "SELECT state, attempts FROM pgtq_tasks WHERE id = %s", (task_id,))
+
+
+@pytest.mark.parametrize("action", ["retry", "cancel", "delete", "retry-all"])
 @pytest.mark.parametrize(
     "forge",
     [
@@ -416,13 +440,41 @@ def test_an_action_the_state_does_not_allow_is_a_409(
     ids=["missing", "empty", "tampered", "garbage"],
 )
 def test_posts_without_a_valid_csrf_token_are_refused(
-    client: FlaskClient, tasks: dict[str, int], dsn: str, forge: Callable[[str], dict]
+    client: FlaskClient,
+    tasks: dict[str, int],
+    dsn: str,
+    forge: Callable[[str], dict],
+    action: str,
 ) -> None:
-    token = csrf_token(text(client.get(f"/pgtq/tasks/{tasks['failed']}")))
-    response = client.post(f"/pgtq/tasks/{tasks['failed']}/retry", data=forge(token))
+    key, form = ACTIONS[action]
+    task_id = tasks[key]
+    before = row_of(dsn, task_id)
+    token = csrf_token(text(client.get(f"/pgtq/tasks/{task_id}")))
+    response = client.post(action_url(action, task_id), data={**form, **forge(token)})
     assert response.status_code == 403
     assert "CSRF" in text(response)
+    assert row_of(dsn, task_id) == before
+
+
+def test_a_token_older_than_its_max_age_is_refused(
+    client: FlaskClient, tasks: dict[str, int], dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def token_made_ago(seconds: int) -> str:
+        """A token from the task page as served *seconds* ago."""
+        made = int(time.time()) - seconds
+        with monkeypatch.context() as m:
+            m.setattr(TimestampSigner, "get_timestamp", lambda self: made)
+            return csrf_token(text(client.get(f"/pgtq/tasks/{tasks['failed']}")))
+
+    url = f"/pgtq/tasks/{tasks['failed']}/retry"
+    expired = client.post(url, data={"csrf_token": token_made_ago(CSRF_MAX_AGE + 60)})
+    assert expired.status_code == 403
+    assert "expired" in text(expired)
     assert state_of(dsn, tasks["failed"]) == "failed"
+    # The same page a little younger than the limit still works.
+    fresh = client.post(url, data={"csrf_token": token_made_ago(CSRF_MAX_AGE - 60)})
+    assert fresh.status_code == 303
+    assert state_of(dsn, tasks["failed"]) == "queued"
 
 
 def test_a_token_is_bound_to_its_cookie(
@@ -452,7 +504,7 @@ def test_actions_are_post_only(client: FlaskClient, tasks: dict[str, int], dsn: 
     assert state_of(dsn, tasks["failed"]) == "failed"
 
 
-def test_read_only_hides_and_refuses_actions(dsn: str) -> None:
+def test_read_only_hides_the_actions(dsn: str) -> None:
     app, q = make_app(dsn, PGTQ_DASHBOARD_READ_ONLY=True)
     with app.app_context():
         task_id = q.push("boom", "x").id
@@ -461,13 +513,34 @@ def test_read_only_hides_and_refuses_actions(dsn: str) -> None:
     client.environ_base["HTTP_X_OPS"] = "yes"
     page = text(client.get(f"/pgtq/tasks/{task_id}"))
     assert "Read-only" in page and 'name="csrf_token"' not in page
-    response = client.post(f"/pgtq/tasks/{task_id}/retry", data={"csrf_token": "x"})
-    assert response.status_code == 403
     assert 'id="retry-all"' not in text(client.get("/pgtq/tasks?state=failed"))
-    response = client.post("/pgtq/tasks/retry", data={"csrf_token": "x", "state": "failed"})
+
+
+@pytest.mark.parametrize("action", ["retry", "cancel", "delete", "retry-all"])
+def test_read_only_refuses_actions_even_with_a_valid_token(
+    client: FlaskClient, tasks: dict[str, int], dsn: str, action: str
+) -> None:
+    # A read-only dashboard of the same app (same SECRET_KEY): a token and
+    # cookie from the writable one are valid there, as an old tab's would be.
+    read_only, _ = make_app(dsn, PGTQ_DASHBOARD_READ_ONLY=True)
+    viewer = read_only.test_client()
+    viewer.environ_base["HTTP_X_OPS"] = "yes"
+    key, form = ACTIONS[action]
+    task_id = tasks[key]
+    token = csrf_token(text(client.get(f"/pgtq/tasks/{task_id}")))
+    cookie = client.get_cookie(CSRF_COOKIE, path="/pgtq/")
+    assert cookie is not None
+    viewer.set_cookie(CSRF_COOKIE, cookie.value, path="/pgtq/")
+    before = row_of(dsn, task_id)
+    response = viewer.post(action_url(action, task_id), data={"csrf_token": token, **form})
     assert response.status_code == 403
-    with app.app_context():
-        assert q.get_task(task_id).state is State.FAILED
+    assert "read-only" in text(response)
+    assert row_of(dsn, task_id) == before
+    # The very same request acts where the dashboard is not read-only.
+    assert client.post(
+        action_url(action, task_id), data={"csrf_token": token, **form}
+    ).status_code == 303
+    assert row_of(dsn, task_id) != before
 
 
 def test_without_a_secret_key_actions_are_off(dsn: str) -> None:

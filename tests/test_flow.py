@@ -16,7 +16,7 @@ import pytest
 from flask import Flask
 
 from flask_pgtq import ConfigurationError, PgTq, State
-from flask_pgtq.periodic import Schedule
+from flask_pgtq.periodic import DEFAULT_MISFIRE_GRACE, Schedule, Scheduler
 from tests import worker_app
 from tests.helpers import poll_until, sql_all, sql_one
 from tests.worker_app import (
@@ -343,6 +343,45 @@ def test_a_fire_time_is_not_repeated_after_its_task_is_deleted(q, dsn):
     assert store.fire_periodic(schedule.key, fire, params) is None
     sql_one(dsn, "DELETE FROM pgtq_tasks RETURNING id")
     assert store.fire_periodic(schedule.key, fire, params) is None
+
+
+def test_a_missed_fire_time_fires_once_within_the_grace_and_never_past_it(q, dsn):
+    # Cron times on the database's clock: one missed by more than the grace
+    # (no worker was running then), one missed by less.
+    now = q._bound().store.database_now()
+    grace = timedelta(seconds=DEFAULT_MISFIRE_GRACE)
+    too_old = (now - grace - timedelta(minutes=10)).replace(second=0, microsecond=0)
+    in_grace = (now - grace + timedelta(minutes=10)).replace(second=0, microsecond=0)
+
+    @q.periodic(f"{too_old.minute} {too_old.hour} * * *", name="too_old")
+    def too_old_job() -> None:
+        pass
+
+    @q.periodic(f"{in_grace.minute} {in_grace.hour} * * *", name="in_grace")
+    def in_grace_job() -> None:
+        pass
+
+    # Missed every minute for hours: only the latest minute fires.
+    @q.periodic("* * * * *", name="every_minute")
+    def every_minute_job() -> None:
+        pass
+
+    # A worker comes up, and another one: each fire time makes one task.
+    for _ in range(2):
+        scheduler = Scheduler(q._bound().store, list(q.schedules.values()))
+        scheduler.tick()
+        scheduler.tick()
+    fired = sql_all(
+        dsn,
+        "SELECT t.name, p.fire_at FROM pgtq_periodic AS p "
+        "JOIN pgtq_tasks AS t ON t.id = p.task_id ORDER BY t.name",
+    )
+    names = [name for name, _ in fired]
+    assert "too_old" not in names, "a fire time older than the misfire grace fired"
+    assert names == ["every_minute", "in_grace"]
+    assert dict(fired)["in_grace"] == in_grace
+    assert (now - dict(fired)["every_minute"]) < timedelta(minutes=1)
+    assert sql_one(dsn, "SELECT count(*) FROM pgtq_tasks")[0] == 2
 
 
 def test_schedules_follow_their_time_zone(q):

@@ -11,6 +11,7 @@ import pytest
 from flask import Flask
 
 from flask_pgtq import (
+    Args,
     ArgumentsNotSerializable,
     DuplicateHandler,
     InvalidName,
@@ -19,6 +20,7 @@ from flask_pgtq import (
     State,
     Task,
     UnknownTask,
+    codec,
 )
 from tests.helpers import sql_one
 
@@ -395,6 +397,33 @@ def test_non_json_arguments_are_refused_by_position_and_name(q: PgTq, dsn: str, 
     with pytest.raises(TypeError):
         job.options(priority=1).push(bad)
     assert count_tasks(dsn) == 0
+
+
+def test_payload_exactly_at_the_limit_is_accepted_one_byte_more_is_not(
+    q: PgTq, dsn: str
+) -> None:
+    @q.handler()
+    def job(text: str, *, note: str = "") -> None:
+        pass
+
+    def size(args: list[Any], kwargs: dict[str, Any]) -> int:
+        """Bytes of the JSON stored for both (compact, non-ASCII escaped)."""
+        return sum(len(codec.dumps(v).encode()) for v in (args, kwargs))
+
+    # Non-ASCII too: the limit counts the bytes of the JSON, not characters.
+    for kwargs in ({}, {"note": "\u00e9t\u00e9"}):
+        filler = 1000 - size(["\u20ac"], kwargs)  # PGTQ_MAX_PAYLOAD_BYTES = 1000
+        at_limit = "\u20ac" + "x" * filler
+        assert size([at_limit], kwargs) == 1000
+        task = job.push(at_limit, **kwargs)
+        assert q.get_task(task.id).args == [at_limit]
+        with pytest.raises(PayloadTooLarge, match="1001 bytes"):
+            job.push(at_limit + "x", **kwargs)
+        # The batch push applies the same limit.
+        with pytest.raises(PayloadTooLarge):
+            job.push_many([Args(at_limit + "x", **kwargs)])
+        assert len(job.push_many([Args(at_limit, **kwargs)])) == 1
+    assert count_tasks(dsn) == 4
 
 
 def test_payload_over_the_limit_is_refused(q: PgTq, dsn: str) -> None:

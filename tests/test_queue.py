@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg2
 import pytest
 
 from flask_pgtq import Cancel, NotClaimed, PgTq, Retry, State, Task, current_task
+from flask_pgtq.queue import new_owner_id
 from flask_pgtq.runner import backoff_delay
 from tests.helpers import poll_until, sql_one
 
@@ -66,7 +69,8 @@ def test_a_claimed_task_is_running_under_a_lease(q: PgTq, dsn: str) -> None:
     assert owners == 1
 
 
-def test_two_claimers_never_get_the_same_task(q: PgTq, dsn: str) -> None:
+def test_two_owners_popping_in_turn_take_distinct_tasks(q: PgTq, dsn: str) -> None:
+    # In turn, not at once: test_concurrent_claimers_never_share_a_task races them.
     other = PgTq(dsn=dsn)
 
     @q.handler()
@@ -80,6 +84,80 @@ def test_two_claimers_never_get_the_same_task(q: PgTq, dsn: str) -> None:
         seen.append(q.pop().id)
         seen.append(other.pop().id)
     assert len(set(seen)) == 20
+
+
+def test_concurrent_claimers_never_share_a_task(dsn: str) -> None:
+    # Each claimer is another process's queue (its own pool and lease owner),
+    # claiming as a worker does: a batch for free threads plus a prefetch.
+    claimers = [PgTq(dsn=dsn) for _ in range(6)]
+    producer = claimers[0]
+
+    @producer.handler()
+    def job(n: int) -> None:
+        pass
+
+    job.push_many([[n] for n in range(300)])
+    start = threading.Barrier(len(claimers))
+    claimed: list[list[tuple[int, int]]] = [[] for _ in claimers]
+    errors: list[BaseException] = []
+
+    def claim(index: int) -> None:
+        store = claimers[index]._bound().store
+        owner = new_owner_id()
+        try:
+            store.register_owner(owner)
+            start.wait(10)
+            while True:
+                _, tasks = store.finish_and_claim(owner, (), "default", 2, prefetch=2)
+                if not tasks:
+                    return
+                claimed[index] += [(t.id, t.attempts) for t in tasks]
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(claimers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for claimer in claimers:
+        claimer._bound().db.close()
+    assert errors == []
+    assert sum(1 for c in claimed if c) >= 2, "one claimer took everything: no race"
+    ids = [task_id for c in claimed for task_id, _ in c]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    assert twice == [], f"claimed more than once: {twice}"
+    assert len(ids) == 300
+    assert {attempt for c in claimed for _, attempt in c} == {1}
+    assert sql_one(
+        dsn, "SELECT count(*), max(attempts) FROM pgtq_tasks WHERE state = 'running'"
+    ) == (300, 1)
+
+
+def test_a_claim_skips_tasks_another_claimer_has_locked(q: PgTq, dsn: str) -> None:
+    @q.handler()
+    def job(n: int) -> None:
+        pass
+
+    first, second = job.push(1), job.push(2)
+    # Another claimer's transaction holds the first task's row, as a claim
+    # in progress does: this claim takes the next task instead of waiting.
+    holder = psycopg2.connect(dsn)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT id FROM pgtq_tasks WHERE id = %s FOR UPDATE", (first.id,))
+        popped: list[Any] = []
+        popper = threading.Thread(target=lambda: popped.append(q.pop()), daemon=True)
+        popper.start()
+        popper.join(5)
+        waited = popper.is_alive()
+    finally:
+        holder.rollback()
+        holder.close()
+    popper.join(10)
+    assert not waited, "the claim waited for the locked task instead of skipping it"
+    assert [t.id for t in popped] == [second.id]
+    assert q.pop().id == first.id
 
 
 def test_run_records_the_result(q: PgTq) -> None:

@@ -6,11 +6,13 @@ duplicate execution must trace to an attempt whose worker was killed.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import random
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +20,7 @@ import psycopg2
 import pytest
 from flask import Flask
 
-from flask_pgtq import PgTq, State, signals
+from flask_pgtq import DatabaseError, PgTq, State, signals
 from tests import worker_app
 from tests.helpers import poll_until, sql_all, sql_one
 from tests.worker_app import crash, cut_own_connections, mark, slow
@@ -360,6 +362,9 @@ def test_threads_never_share_a_connection(dsn):
 
     errors: list[BaseException] = []
     backends: set[tuple[int, int]] = set()
+    lent: set[int] = set()  # backends lent to a thread right now
+    shared: list[int] = []
+    lock = threading.Lock()
 
     def pusher(n: int) -> None:
         try:
@@ -367,7 +372,15 @@ def test_threads_never_share_a_connection(dsn):
                 job.push(n * 100 + i)
                 with q.app_queue().db.connection() as conn, conn.cursor() as cur:
                     cur.execute("SELECT pg_backend_pid()")
-                    backends.add((threading.get_ident(), cur.fetchone()[0]))
+                    backend = cur.fetchone()[0]
+                    with lock:
+                        if backend in lent:
+                            shared.append(backend)
+                        lent.add(backend)
+                    backends.add((threading.get_ident(), backend))
+                    cur.execute("SELECT pg_sleep(0.001)")  # hold it a moment
+                    with lock:
+                        lent.discard(backend)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -377,6 +390,7 @@ def test_threads_never_share_a_connection(dsn):
     for t in threads:
         t.join()
     assert errors == []
+    assert shared == [], "a connection was lent to two threads at once"
     assert sql_one(dsn, "SELECT count(*) FROM pgtq_tasks")[0] == 320
     assert len({backend for _, backend in backends}) <= 3, "the pool exceeded its size"
 
@@ -546,3 +560,60 @@ def test_a_canary_password_never_shows(app, dsn, start_worker, pg_server, caplog
     for text in (worker.output(), broken.output(), str(info.value), repr(info.value),
                  repr(standalone), repr(standalone.config), caplog.text, *payloads):
         assert canary not in text
+
+
+def test_a_server_error_that_echoes_the_password_is_scrubbed(dsn, start_worker, caplog):
+    canary = "canary-Pa55w0rd-plugh"
+    # The server trusts everyone and ignores the password, but it names the
+    # database it cannot find: here the password is that name too, so a real
+    # server error carries the password.
+    echoing = psycopg2.extensions.make_dsn(dsn, password=canary, dbname=canary)
+    standalone = PgTq(dsn=echoing)
+    with caplog.at_level(logging.DEBUG, logger="flask_pgtq"):
+        with pytest.raises(DatabaseError) as info:
+            standalone.pop()
+    message = str(info.value)
+    assert canary not in message
+    assert 'database "***" does not exist' in message, message  # the server named it
+    shown = "".join(traceback.format_exception(info.value))
+    worker = start_worker("--log-level", "DEBUG", settings={"PGTQ_DSN": echoing}, ready=False)
+    poll_until(
+        lambda: worker.output().count("database error while starting") >= 2,
+        15,
+        0.05,
+        "the worker to retry twice",
+    )
+    worker.terminate()
+    assert worker.wait() == 0
+    assert 'database "***" does not exist' in worker.output()
+    for text in (message, repr(info.value), shown, worker.output(), caplog.text):
+        assert canary not in text
+
+
+def test_recorded_outcomes_survive_a_server_crash(dsn, pg_server):
+    # Every outcome is committed durably before it counts as recorded: an
+    # asynchronous commit still in the server's WAL buffers is lost when the
+    # server crashes.  The WAL writer writes full pages as they fill, and the
+    # last partial page every wal_writer_delay: 10 s here, so that the last
+    # outcomes of a quick run of tasks, then a crash, would surely be lost.
+    sql_all(pg_server.dsn, "ALTER SYSTEM SET wal_writer_delay = '10s'")
+    sql_all(pg_server.dsn, "SELECT pg_reload_conf()")
+    try:
+        q = PgTq(dsn=dsn)  # no heartbeat in the run: its commit would flush the WAL
+
+        @q.handler()
+        def job(n: int) -> int:
+            return n
+
+        job.push_many([[n] for n in range(200)])
+        claimed = [q.pop() for _ in range(200)]
+        assert None not in claimed
+        for task in claimed:
+            assert task.run().state is State.SUCCEEDED
+        pg_server.restart("immediate")
+        q._bound().db.close()
+    finally:
+        sql_all(pg_server.dsn, "ALTER SYSTEM RESET wal_writer_delay")
+        sql_all(pg_server.dsn, "SELECT pg_reload_conf()")
+    rows = sql_all(dsn, "SELECT state, count(*), count(result) FROM pgtq_tasks GROUP BY state")
+    assert rows == [("succeeded", 200, 200)], "recorded outcomes were lost in the crash"

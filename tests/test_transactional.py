@@ -15,7 +15,7 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Session
 
 from flask_pgtq import PgTq
-from tests.helpers import poll_until, sql_one
+from tests.helpers import sql_all, sql_one
 
 
 @pytest.fixture
@@ -167,22 +167,27 @@ def test_not_a_connection_is_refused(q) -> None:
 
 def test_concurrent_transactions_each_see_only_their_own(q, dsn) -> None:
     barrier = threading.Barrier(4)
-    results: list[bool] = []
+    seen: dict[int, list[list[str]]] = {}
 
-    def pusher(commit: bool) -> None:
+    def pusher(n: int, commit: bool) -> None:
         connection = psycopg2.connect(dsn)
         try:
-            q.handlers["welcome"].options(connection=connection).push(str(commit))
-            barrier.wait()
+            q.handlers["welcome"].options(connection=connection).push(f"{n}:{commit}")
+            # Every pusher has pushed and none has ended its transaction yet.
+            barrier.wait(10)
+            with connection.cursor() as cur:
+                cur.execute("SELECT args FROM pgtq_tasks ORDER BY id")
+                seen[n] = [row[0] for row in cur.fetchall()]
+            barrier.wait(10)
             connection.commit() if commit else connection.rollback()
-            results.append(True)
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=pusher, args=(i % 2 == 0,)) for i in range(4)]
+    threads = [threading.Thread(target=pusher, args=(n, n % 2 == 0)) for n in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert results == [True] * 4
-    poll_until(lambda: task_count(dsn) == 2, 5)
+    assert seen == {n: [[f"{n}:{n % 2 == 0}"]] for n in range(4)}
+    committed = sorted(row[0][0] for row in sql_all(dsn, "SELECT args FROM pgtq_tasks"))
+    assert committed == ["0:True", "2:True"]
