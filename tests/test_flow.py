@@ -348,7 +348,7 @@ def test_a_fire_time_is_not_repeated_after_its_task_is_deleted(q, dsn):
 def test_a_missed_fire_time_fires_once_within_the_grace_and_never_past_it(q, dsn):
     # Cron times on the database's clock: one missed by more than the grace
     # (no worker was running then), one missed by less.
-    now = q._bound().store.database_now()
+    now = q.app_queue().store.database_now()
     grace = timedelta(seconds=DEFAULT_MISFIRE_GRACE)
     too_old = (now - grace - timedelta(minutes=10)).replace(second=0, microsecond=0)
     in_grace = (now - grace + timedelta(minutes=10)).replace(second=0, microsecond=0)
@@ -368,7 +368,7 @@ def test_a_missed_fire_time_fires_once_within_the_grace_and_never_past_it(q, dsn
 
     # A worker comes up, and another one: each fire time makes one task.
     for _ in range(2):
-        scheduler = Scheduler(q._bound().store, list(q.schedules.values()))
+        scheduler = Scheduler(q.app_queue().store, list(q.schedules.values()))
         scheduler.tick()
         scheduler.tick()
     fired = sql_all(

@@ -31,7 +31,7 @@ def make_queue(dsn: str) -> PgTq:
 def q(dsn: str) -> Iterator[PgTq]:
     queue = make_queue(dsn)
     yield queue
-    queue._bound().db.close()
+    queue.app_queue().db.close()
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def other(dsn: str) -> Iterator[PgTq]:
     """A second process's queue: another lease owner."""
     queue = make_queue(dsn)
     yield queue
-    queue._bound().db.close()
+    queue.app_queue().db.close()
 
 
 #: How the task is taken from the attempt that *q* claimed first.
@@ -66,7 +66,7 @@ def take_over(how: str, q: PgTq, other: PgTq) -> tuple[Task, Task]:
     stale = q.pop()
     assert stale is not None and stale.attempts == 1
     rescued = poll_until(
-        other._bound().store.rescue, 10, 0.05, "the expired lease to be rescued"
+        other.app_queue().store.rescue, 10, 0.05, "the expired lease to be rescued"
     )
     assert [r["id"] for r in rescued] == [stale.id]
     if how == "failed-then-retried-by-an-operator":

@@ -102,7 +102,7 @@ def test_concurrent_claimers_never_share_a_task(dsn: str) -> None:
     errors: list[BaseException] = []
 
     def claim(index: int) -> None:
-        store = claimers[index]._bound().store
+        store = claimers[index].app_queue().store
         owner = new_owner_id()
         try:
             store.register_owner(owner)
@@ -121,7 +121,7 @@ def test_concurrent_claimers_never_share_a_task(dsn: str) -> None:
     for thread in threads:
         thread.join(60)
     for claimer in claimers:
-        claimer._bound().db.close()
+        claimer.app_queue().db.close()
     assert errors == []
     assert sum(1 for c in claimed if c) >= 2, "one claimer took everything: no race"
     ids = [task_id for c in claimed for task_id, _ in c]

@@ -611,7 +611,7 @@ def test_recorded_outcomes_survive_a_server_crash(dsn, pg_server):
         for task in claimed:
             assert task.run().state is State.SUCCEEDED
         pg_server.restart("immediate")
-        q._bound().db.close()
+        q.app_queue().db.close()
     finally:
         sql_all(pg_server.dsn, "ALTER SYSTEM RESET wal_writer_delay")
         sql_all(pg_server.dsn, "SELECT pg_reload_conf()")
