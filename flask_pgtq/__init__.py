@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .exceptions import (
+    ActionNotAllowed,
     ArgumentsNotSerializable,
     Cancel,
     ChildFailed,
@@ -32,6 +33,7 @@ from .runner import current_task
 from .task import State, Task
 
 __all__ = [
+    "ActionNotAllowed",
     "Args",
     "ArgumentsNotSerializable",
     "Cancel",

@@ -4,7 +4,7 @@ cancel|purge|workers``, the dashboard and the metrics collector use.
 Part of the core: no Flask here.  Every write is one compare-and-set
 statement on the task's state (see ``sql/admin.sql``), so an action never
 overwrites a transition a worker made at the same moment; when the task is
-no longer in a state the action applies to, :class:`ActionNotAllowed` says
+no longer in a state the action applies to, :class:`~flask_pgtq.ActionNotAllowed` says
 what state it is in.  Task data is read to be shown: a ``jsonb`` value
 nested too deeply for Python to decode comes back as a
 :class:`~flask_pgtq.formatting.Unshown` placeholder string.
@@ -29,7 +29,7 @@ import psycopg2.extras
 from . import queries
 from .config import validate_name
 from .connection import Database
-from .exceptions import InvalidRequest, PgTqError, TaskNotFound
+from .exceptions import ActionNotAllowed, InvalidRequest, TaskNotFound
 from .formatting import error_summary, jsonable, loads_for_display
 from .task import State, Task
 
@@ -42,11 +42,6 @@ COUNT_STATES = ("ready", "scheduled", "running", "succeeded", "failed", "cancell
 MAX_PAGE = 500
 #: Range of a PostgreSQL ``bigint``: task ids and paging cursors.
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
-
-
-class ActionNotAllowed(PgTqError, ValueError):
-    """The task is not in a state this action applies to (say, retrying a
-    task that succeeded).  Nothing was changed."""
 
 
 @dataclass
@@ -144,7 +139,7 @@ class Admin:
     """Read and steer the tasks of one database.
 
     :param db: the connection pool.
-    :param backend: what returned :class:`Task` objects are bound to.
+    :param backend: what returned :class:`~flask_pgtq.Task` objects are bound to.
     """
 
     def __init__(self, db: Database, backend: Any = None) -> None:
@@ -210,7 +205,7 @@ class Admin:
             ``"scheduled"`` (queued, to run later).
         :param queue: only this queue.
         :param name: only tasks of this name.
-        :param limit: most rows (1 to :data:`MAX_PAGE`).
+        :param limit: most rows (1 to :data:`~flask_pgtq.admin.MAX_PAGE`).
         :param before: only tasks with a smaller id (the next, older page).
         :param after: only tasks with a larger id (the previous, newer page).
         """

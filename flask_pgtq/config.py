@@ -29,9 +29,11 @@ _DEV_HINT = (
 
 
 def validate_name(value: Any, what: str) -> str:
-    """Return *value* if it is a valid queue or task name, else raise :class:`InvalidName`.
+    """Return *value* if it is a valid queue or task name, else raise
+    :class:`~flask_pgtq.InvalidName`.
 
-    Allowed: 1 to :data:`MAX_NAME_LENGTH` characters from ``A-Z a-z 0-9 _ . : - / @``.
+    Allowed: 1 to :data:`~flask_pgtq.config.MAX_NAME_LENGTH` characters from
+    ``A-Z a-z 0-9 _ . : - / @``.
     Names are always passed to SQL as parameters; this check keeps logs,
     CLI output and the dashboard readable and unambiguous.
     """

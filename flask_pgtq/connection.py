@@ -87,7 +87,7 @@ def _message(exc: BaseException, secrets: tuple[str, ...]) -> str:
 
 
 def translate(exc: BaseException, secrets: tuple[str, ...] = ()) -> DatabaseError:
-    """The :class:`DatabaseError` to raise for a psycopg2 error."""
+    """The :class:`~flask_pgtq.DatabaseError` to raise for a psycopg2 error."""
     error = _translate(exc, secrets)
     error.sqlstate = getattr(exc, "pgcode", None)
     return error
@@ -125,7 +125,7 @@ def is_driver_error(exc: BaseException) -> bool:
 
 @contextlib.contextmanager
 def translated_errors(db: Database | None = None) -> Iterator[None]:
-    """Turn driver errors raised in the block into :class:`DatabaseError`."""
+    """Turn driver errors raised in the block into :class:`~flask_pgtq.DatabaseError`."""
     try:
         yield
     except psycopg2.Error as exc:
@@ -204,7 +204,7 @@ class Database:
         """Open a new connection that the caller owns and closes.
 
         Autocommit is on: one statement is one round trip.  Errors are
-        translated to :class:`DatabaseError`.
+        translated to :class:`~flask_pgtq.DatabaseError`.
         """
         try:
             name = self._application_name or f"{self._role}:{os.getpid()}"
@@ -238,7 +238,7 @@ class Database:
         caller's own exception) is closed rather than returned, so no
         half-known state (an aborted transaction, prepared statements the
         server kept) reaches the next borrower.  Driver errors raised in the
-        block come out as :class:`DatabaseError`.
+        block come out as :class:`~flask_pgtq.DatabaseError`.
         """
         idle = self._idle_list()
         slots = self._slots

@@ -339,7 +339,8 @@ _dev_workers: WeakKeyDictionary[Any, DevWorker] = WeakKeyDictionary()
 
 
 def add_dev_worker(app: Flask, extension: PgTq, bound: AppQueue) -> DevWorker:
-    """Run a :class:`DevWorker` in *app*'s serving process from its first request."""
+    """Run a :class:`~flask_pgtq.devdb.DevWorker` in *app*'s serving process
+    from its first request."""
     dev = DevWorker(extension, bound)
     app.before_request(dev.ensure_started)
     _dev_workers[app] = dev
@@ -347,7 +348,8 @@ def add_dev_worker(app: Flask, extension: PgTq, bound: AppQueue) -> DevWorker:
 
 
 def dev_worker(app: Any) -> DevWorker | None:
-    """The :class:`DevWorker` of *app*, or ``None`` without ``PGTQ_DEV_WORKER``."""
+    """The :class:`~flask_pgtq.devdb.DevWorker` of *app*, or ``None``
+    without ``PGTQ_DEV_WORKER``."""
     return _dev_workers.get(app)
 
 

@@ -36,6 +36,11 @@ class InvalidRequest(PgTqError, ValueError):
     task that cannot be retried in its state."""
 
 
+class ActionNotAllowed(InvalidRequest):
+    """The task is not in a state this action applies to (say, retrying a
+    task that succeeded).  Nothing was changed."""
+
+
 class DatabaseError(PgTqError):
     """The database reported an error.  The message never holds the password,
     nor (for errors about data) the values the statement was given.

@@ -1,4 +1,4 @@
-"""The Flask extension: :class:`PgTq`."""
+"""The Flask extension: :class:`~flask_pgtq.PgTq`."""
 
 from __future__ import annotations
 
@@ -200,7 +200,7 @@ class PgTq:
             request: for handlers that hold the GIL in C code, which would
             stall the worker's heartbeat and timeout (see "Isolated
             handlers" in the README).  Costs a fork per attempt.  Plain
-            calls, ``PGTQ_EAGER`` and :meth:`Task.run` stay in-process.
+            calls, ``PGTQ_EAGER`` and :meth:`~flask_pgtq.Task.run` stay in-process.
         :raises DuplicateHandler: the name is taken.
         :raises TypeError: an option this method does not take.
         """
@@ -280,7 +280,7 @@ class PgTq:
         return self.app_queue().push(name, args, kwargs, self._handler_named(name).defaults)
 
     def push_many(self, name: str, items: Iterable[Any], /) -> list[int]:
-        """Batch push by name; see :meth:`Handler.push_many`."""
+        """Batch push by name; see :meth:`~flask_pgtq.Handler.push_many`."""
         return self._handler_named(name).push_many(items)
 
     def _handler_named(self, name: str) -> Handler[Any, Any]:
@@ -298,7 +298,7 @@ class PgTq:
         """Claim the next ready task (highest priority, then oldest) or return ``None``.
 
         The claim is leased to this process for ``PGTQ_LEASE`` seconds: call
-        :meth:`Task.run` on it (which keeps the lease while it runs) before
+        :meth:`~flask_pgtq.Task.run` on it (which keeps the lease while it runs) before
         then, or a worker rescues it.
 
         :param queues: a queue name or several; default ``PGTQ_QUEUE``.

@@ -1,7 +1,7 @@
 """Handlers: functions decorated with ``@q.handler()``.
 
-A plain call runs the function now.  :meth:`Handler.push` stores a task for
-a worker.  Push options go through :meth:`Handler.options`, so they never mix
+A plain call runs the function now.  :meth:`~flask_pgtq.Handler.push` stores a task for
+a worker.  Push options go through :meth:`~flask_pgtq.Handler.options`, so they never mix
 with the function's own keyword arguments.
 """
 
@@ -151,7 +151,7 @@ class Handler(Generic[P, R]):
 
 
 class BoundOptions(Generic[P]):
-    """A handler with push options applied; see :meth:`Handler.options`."""
+    """A handler with push options applied; see :meth:`~flask_pgtq.Handler.options`."""
 
     def __init__(
         self, handler: Handler[P, Any], options: PushOptions, connection: Any = None
@@ -161,13 +161,13 @@ class BoundOptions(Generic[P]):
         self.connection = connection
 
     def push(self, *args: P.args, **kwargs: P.kwargs) -> Task:
-        """Like :meth:`Handler.push`, with these options."""
+        """Like :meth:`~flask_pgtq.Handler.push`, with these options."""
         return self.handler.pgtq.app_queue().push(
             self.handler.name, args, kwargs, self.push_options, self.connection
         )
 
     def push_many(self, items: Iterable[Any]) -> list[int]:
-        """Like :meth:`Handler.push_many`, with these options."""
+        """Like :meth:`~flask_pgtq.Handler.push_many`, with these options."""
         return self.handler.pgtq.app_queue().push_many(
             self.handler.name, items, self.push_options, self.connection
         )
@@ -190,7 +190,7 @@ class Args:
 
 
 def split_item(item: Any) -> tuple[Sequence[Any], Mapping[str, Any]]:
-    """The (args, kwargs) of one :meth:`Handler.push_many` item."""
+    """The (args, kwargs) of one :meth:`~flask_pgtq.Handler.push_many` item."""
     if isinstance(item, Args):
         return item.args, item.kwargs
     if isinstance(item, dict):

@@ -83,7 +83,7 @@ class TaskStore:
     :param config: validated settings.
     :param db: the connection pool.
     :param backend: what tasks read from this store are bound to, so that
-        :meth:`Task.refresh` and :meth:`Task.run` work.
+        :meth:`~flask_pgtq.Task.refresh` and :meth:`~flask_pgtq.Task.run` work.
     """
 
     def __init__(self, config: Config, db: Database, backend: Any = None) -> None:

@@ -1,6 +1,6 @@
 """Running one task: look up its handler, call it in a fresh app context,
 turn what happened into an :class:`~flask_pgtq.values.Outcome`, record it and
-announce it.  Shared by the worker and :meth:`Task.run`.
+announce it.  Shared by the worker and :meth:`~flask_pgtq.Task.run`.
 
 Like the rest of the core this module does not import Flask: an app, when
 there is one, is passed in and only its ``app_context()`` is used.
@@ -392,7 +392,7 @@ class Runner:
     # -- a task claimed with pop() -----------------------------------------
 
     def run_claimed(self, task: Task) -> Task:
-        """Run a task claimed by :meth:`PgTq.pop` and record its outcome.
+        """Run a task claimed by :meth:`~flask_pgtq.PgTq.pop` and record its outcome.
 
         The owner's lease is renewed while the handler runs.
 

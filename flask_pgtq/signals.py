@@ -30,12 +30,12 @@ _signals = Namespace()
 #: transaction commits).
 task_pushed = _signals.signal("task-pushed")
 
-#: A batch of tasks of one handler was stored (:meth:`Handler.push_many`).
+#: A batch of tasks of one handler was stored (:meth:`~flask_pgtq.Handler.push_many`).
 #: Payload: ``name``, ``queue``, ``ids``, ``args`` and ``kwargs`` (one entry
 #: per task, as the worker will see them).  Sent only when it has receivers.
 tasks_pushed = _signals.signal("tasks-pushed")
 
-#: A worker (or :meth:`Task.run`) is about to run a claimed task.
+#: A worker (or :meth:`~flask_pgtq.Task.run`) is about to run a claimed task.
 #: Payload: ``task``.  Sent in the thread that runs the handler, inside the
 #: task's app context.
 task_started = _signals.signal("task-started")

@@ -1,4 +1,4 @@
-"""The :class:`Task` value object and its states.  No I/O happens here:
+"""The :class:`~flask_pgtq.Task` value object and its states.  No I/O happens here:
 methods that need the database delegate to the queue the task came from.
 """
 
@@ -47,7 +47,7 @@ class State(enum.StrEnum):
 class Task:
     """One task, as read from the database.
 
-    The row is the truth: a :class:`Task` is a snapshot of it, refreshed by
+    The row is the truth: a :class:`~flask_pgtq.Task` is a snapshot of it, refreshed by
     :meth:`refresh`.  Two tasks compare equal when their ids are equal.
     """
 
@@ -67,7 +67,7 @@ class Task:
     locked_by: str | None = None
     result: Any = None
     error: str | None = None
-    #: What the handler last reported with :func:`~flask_pgtq.set_progress`.
+    #: What the handler last reported with :meth:`~flask_pgtq.Task.set_progress`.
     progress: Any = None
     #: One entry per attempt that did not succeed (oldest first): ``attempt``,
     #: ``state`` (``queued`` for a retry, ``failed``, ``cancelled``, or ``lost``
@@ -127,7 +127,7 @@ class Task:
         return self
 
     def run(self) -> Task:
-        """Run a task claimed with :meth:`PgTq.pop` in this thread and record
+        """Run a task claimed with :meth:`~flask_pgtq.PgTq.pop` in this thread and record
         its outcome exactly as a worker would (success, retry, failure).
 
         :return: ``self``, refreshed with the recorded outcome.

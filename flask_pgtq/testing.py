@@ -3,7 +3,7 @@
 * ``PGTQ_EAGER = True`` runs each task at push time (no worker, no table),
   after a JSON round trip of its arguments, so what would fail in a worker
   fails in the test.
-* :meth:`PgTq.drain` runs every ready task through the real SQL path.
+* :meth:`~flask_pgtq.PgTq.drain` runs every ready task through the real SQL path.
 * :func:`record_pushes` records what a block of code pushed.
 """
 
@@ -39,7 +39,7 @@ def record_pushes(sender: Any = ANY) -> Iterator[list[Pushed]]:
         assert [(p.name, p.args) for p in pushed] == [("send_welcome", ["ada@example.com"])]
 
     :param sender: only record pushes for this app (or standalone
-        :class:`PgTq`); default: all.
+        :class:`~flask_pgtq.PgTq`); default: all.
     """
     pushed: list[Pushed] = []
 
