@@ -191,9 +191,11 @@ def test_pages_send_security_headers_and_own_assets(client: FlaskClient) -> None
     assert response.headers["Cache-Control"] == "no-store"
     page = text(response)
     assert "http://" not in page and "https://" not in page
-    css = client.get("/pgtq/static/pgtq.css")
-    assert css.status_code == 200 and "url(" not in text(css)
-    assert client.get("/pgtq/static/pgtq.js").status_code == 200
+    # Static files are streamed: close the responses.
+    with client.get("/pgtq/static/pgtq.css") as css:
+        assert css.status_code == 200 and "url(" not in text(css)
+    with client.get("/pgtq/static/pgtq.js") as js:
+        assert js.status_code == 200
 
 
 def test_task_list_filters_and_pages(client: FlaskClient, app: Flask, q: PgTq) -> None:
