@@ -30,7 +30,7 @@ setup(
         # Style and typing checks (tox -e style, tox -e typing, .ci/run).
         # Ruff is pinned so that every run, and .pre-commit-config.yaml's
         # hook, reads the code alike.
-        "lint": ["ruff==0.17.6", "mypy>=1.10", "types-psycopg2"],
+        "lint": ["ruff==0.16.4", "mypy>=1.10", "types-psycopg2"],
         # SQLAlchemy is only needed to test pushes inside its transactions.
         "test": [
             "pytest>=7",

@@ -99,6 +99,14 @@ def test_the_readme_names_every_package_the_tests_need() -> None:
     assert [p for p in packages if f"``{p}``" not in README] == []
 
 
+def test_pre_commit_runs_the_ruff_that_ci_runs() -> None:
+    (pinned,) = re.findall(r'"ruff==([\d.]+)"', (ROOT / "setup.py").read_text())
+    hooks = (ROOT / ".pre-commit-config.yaml").read_text(encoding="utf-8")
+    assert re.findall(r"rev: v([\d.]+)", hooks) == [pinned]
+    tox = (ROOT / "tox.ini").read_text(encoding="utf-8")
+    assert {"[testenv:style]", "[testenv:typing]", "[testenv:docs]"} <= set(tox.splitlines())
+
+
 @pytest.mark.slow
 def test_the_docs_build_without_warnings(tmp_path: Path) -> None:
     import furo  # noqa: F401  (the test extra installs Sphinx and the theme)
