@@ -38,6 +38,10 @@ setup(
         # ships the server's binaries in its wheels).
         "dev": ["pgserver>=0.1.4"],
         "prometheus": ["prometheus_client>=0.20"],
+        # Style and typing checks (tox -e style, tox -e typing, .ci/run).
+        # Ruff is pinned so that every run, and .pre-commit-config.yaml's
+        # hook, reads the code alike.
+        "lint": ["ruff==0.16.4", "mypy>=1.10", "types-psycopg2"],
         # SQLAlchemy is only needed to test pushes inside its transactions.
         "test": [
             "pytest>=7",

@@ -16,7 +16,8 @@ apps do, and tasks run only in workers you start::
     flask --app example_app run
 
 What it shows: a push inside the request's database transaction (sign-up),
-plain pushes from a view, a task reporting progress, a retrying task, a
+plain pushes from a view, a task reporting progress, a retrying task, a task
+that fails for good, a long task that stops as soon as it is cancelled, a
 periodic task, and the dashboard at ``/pgtq`` (local requests only).
 """
 
@@ -26,14 +27,35 @@ import os
 from typing import Any
 
 import psycopg2.errors
-from flask import Flask, flash, redirect, render_template, request, url_for
+from flask import Flask, flash, redirect, render_template, request, send_from_directory, url_for
 
 from flask_pgtq import TaskNotFound
 
 from . import store
-from .tasks import TICK_SCHEDULE, build_report, call_flaky_api, q, send_welcome_email, tick
+from .tasks import (
+    TICK_SCHEDULE,
+    build_report,
+    call_flaky_api,
+    export_archive,
+    import_contacts,
+    q,
+    send_welcome_email,
+    tick,
+)
 
-__all__ = ["create_app", "q", "send_welcome_email", "build_report", "call_flaky_api", "tick"]
+__all__ = [
+    "create_app",
+    "q",
+    "send_welcome_email",
+    "build_report",
+    "call_flaky_api",
+    "import_contacts",
+    "export_archive",
+    "tick",
+]
+
+#: Chunks of the long export: a minute at the default 0.2 s per chunk.
+EXPORT_CHUNKS = 300
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -97,6 +119,44 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         store.add_job(task.id, "flaky API call (fails twice)")
         flash(f"Flaky call queued: task {task.id}.")
         return redirect(url_for("index"))
+
+    @app.post("/import")
+    def import_file() -> Any:
+        task = import_contacts.push("contacts.csv")
+        store.add_job(task.id, "import of a broken file (fails for good)")
+        flash(f"Import queued: task {task.id}. It will fail: see its traceback.")
+        return redirect(url_for("index"))
+
+    @app.post("/export")
+    def export() -> Any:
+        task = export_archive.push(EXPORT_CHUNKS)
+        store.add_job(task.id, f"long export of {EXPORT_CHUNKS} chunks (cancellable)")
+        flash(f"Export queued: task {task.id}. Cancel it while it runs.")
+        return redirect(url_for("index"))
+
+    @app.post("/tasks/<int:task_id>/cancel")
+    def cancel(task_id: int) -> Any:
+        try:
+            # Queued: cancelled now.  Running: its worker tells the handler,
+            # which sees current_task.cancel_requested and stops.
+            task = q.cancel(task_id)
+        except TaskNotFound:
+            flash(f"There is no task {task_id}.")
+            return redirect(url_for("index"))
+        if task.state == "cancelled":
+            flash(f"Task {task_id} is cancelled.")
+        elif task.state == "running":
+            flash(f"Task {task_id} was asked to stop.")
+        else:
+            flash(f"Task {task_id} had already ended ({task.state}).")
+        return redirect(url_for("index"))
+
+    @app.get("/favicon.ico")
+    def favicon() -> Any:
+        """For browsers that ask for /favicon.ico whatever the page says."""
+        return send_from_directory(
+            app.static_folder or "static", "favicon.svg", mimetype="image/svg+xml"
+        )
 
     return app
 

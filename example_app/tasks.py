@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import current_app
 
-from flask_pgtq import PgTq, current_task
+from flask_pgtq import Cancel, PgTq, current_task
 
 from . import store
 
@@ -44,6 +44,33 @@ def call_flaky_api(failures: int) -> str:
     if current_task.attempts <= failures:
         raise ConnectionError(f"the partner API did not answer (attempt {current_task.attempts})")
     return f"answered on attempt {current_task.attempts}"
+
+
+@q.handler(max_attempts=1)
+def import_contacts(filename: str) -> int:
+    """Fails for good: bad data does not fix itself, so no retry
+    (``max_attempts=1``).  The task ends ``failed`` with the traceback, for
+    the page, the dashboard and its **Retry all** to show."""
+    rows = ["name,email,phone", "Ada,ada@example.com,555-0100", "Bob,bob@example.com"]
+    for number, row in enumerate(rows, 1):
+        if len(row.split(",")) != 3:
+            raise ValueError(f"{filename}, line {number}: expected 3 columns, found 2")
+    return len(rows) - 1
+
+
+@q.handler()
+def export_archive(chunks: int) -> dict[str, Any]:
+    """A long task that stops as soon as it is cancelled: it checks
+    ``current_task.cancel_requested`` between chunks and raises ``Cancel``,
+    instead of being stopped by the worker after ``PGTQ_CANCEL_GRACE``."""
+    step = current_app.config.get("EXAMPLE_STEP_SECONDS", 0.2)
+    for done in range(chunks):
+        if current_task.cancel_requested:
+            raise Cancel(f"stopped on request after {done} of {chunks} chunks")
+        time.sleep(step)  # stands in for writing one chunk
+        if (done + 1) % 5 == 0:
+            current_task.set_progress({"done": done + 1, "total": chunks})
+    return {"chunks": chunks}
 
 
 #: Every 15 seconds (croniter's sixth field is the second), so the page shows

@@ -149,7 +149,8 @@ def find_bindir() -> Path:
             return bindir
     raise RuntimeError(
         "No PostgreSQL server binaries found (initdb, pg_ctl, postgres on PATH or"
-        " in /usr/lib/postgresql/*/bin). Install them (apt-get install postgresql),"
+        " in /usr/lib/postgresql/*/bin). Install them (apt-get install postgresql;"
+        " ./run-tests does it as root),"
         f" or set {DSN_VARIABLE} to the connection string of a superuser, e.g."
         " PGTQ_TEST_DSN='host=127.0.0.1 user=postgres dbname=postgres'."
     )

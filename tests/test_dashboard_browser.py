@@ -42,7 +42,7 @@ USER, PASSWORD = "ops", "s3cret-dashboard"
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
-        raise RuntimeError(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
+        raise RuntimeError(f"{CHROMIUM} is missing: ./run-tests installs Debian's chromium")
     pytest.skip(f"no browser at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
 

@@ -1,11 +1,13 @@
 """The docs can't drift from the code: every setting is documented, the
-README parts the Sphinx pages include exist, and the first command is the
-same everywhere it is written."""
+README parts the Sphinx pages include exist, the first command is the
+same everywhere it is written, and the README's test command is what CI
+runs, with every system package it installs named."""
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -69,6 +71,40 @@ def test_the_first_command_is_the_same_in_the_readme_and_the_quickstart() -> Non
     quickstart = (DOCS / "quickstart.rst").read_text()
     assert first_command(README) == first_command(quickstart)
     assert '".[dev,binary,cron]"' in first_command(README)
+
+
+def _development_commands() -> list[str]:
+    """The literal blocks (``::``) of the README's Development section."""
+    section = README.split("\n.. docs: development\n", 1)[1]
+    blocks = re.findall(r"::\n\n((?:    .*\n|\n)+)", section)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_ci_runs_the_readmes_test_command() -> None:
+    test_command = _development_commands()[0]
+    assert test_command == "./run-tests"
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert f'\n{test_command} "$@"\n' in ci
+    assert os.access(ROOT / "run-tests", os.X_OK)
+    syntax = subprocess.run(["bash", "-n", str(ROOT / "run-tests")], capture_output=True)
+    assert syntax.returncode == 0, syntax.stderr
+
+
+def test_the_readme_names_every_package_the_tests_need() -> None:
+    script = (ROOT / "run-tests").read_text(encoding="utf-8")
+    packages = re.findall(r"missing\+=\(([\w.-]+)\)", script)
+    assert set(packages) >= {"postgresql", "pgbouncer", "chromium", "python3-venv"}
+    (install,) = [line for line in _development_commands() if "apt-get install" in line]
+    assert install.split("--no-install-recommends ", 1)[1].split() == packages
+    assert [p for p in packages if f"``{p}``" not in README] == []
+
+
+def test_pre_commit_runs_the_ruff_that_ci_runs() -> None:
+    (pinned,) = re.findall(r'"ruff==([\d.]+)"', (ROOT / "setup.py").read_text())
+    hooks = (ROOT / ".pre-commit-config.yaml").read_text(encoding="utf-8")
+    assert re.findall(r"rev: v([\d.]+)", hooks) == [pinned]
+    tox = (ROOT / "tox.ini").read_text(encoding="utf-8")
+    assert {"[testenv:style]", "[testenv:typing]", "[testenv:docs]"} <= set(tox.splitlines())
 
 
 @pytest.mark.slow

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from flask import Flask
 
-from example_app import build_report, call_flaky_api, create_app, q, send_welcome_email
+from example_app import (
+    EXPORT_CHUNKS,
+    build_report,
+    call_flaky_api,
+    create_app,
+    export_archive,
+    import_contacts,
+    q,
+    send_welcome_email,
+)
 from flask_pgtq import devdb
 from tests.helpers import poll_until, sql_all, sql_one
 from tests.workers import ROOT
@@ -38,6 +49,25 @@ def _worker(dsn: str, *args: str, **popen: Any) -> Any:
     }
 
 
+def _burst(dsn: str) -> None:
+    """Run ``flask pgtq worker --burst``: what is ready now, then exit."""
+    command, options = _worker(dsn, "--burst")
+    worker = subprocess.run(command, capture_output=True, text=True, timeout=60, **options)
+    assert worker.returncode == 0, worker.stderr
+
+
+def _task_id(dsn: str, name: str) -> int:
+    row = sql_one(dsn, "SELECT id FROM pgtq_tasks WHERE name = %s", (name,))
+    assert row is not None, f"no {name} task"
+    return int(row[0])
+
+
+def _csrf_token(page: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match is not None, "no CSRF token on the page"
+    return match.group(1)
+
+
 def test_with_a_dsn_the_app_is_not_in_development_mode(app: Flask, dsn: str) -> None:
     assert app.config["PGTQ_DEV_DATABASE"] is False
     assert app.config["PGTQ_DEV_WORKER"] is False
@@ -53,9 +83,7 @@ def test_signup_pushes_a_task_and_a_worker_sends_the_email(app: Flask, dsn: str)
     assert "queued" in page
     assert "Nothing sent yet" in page
 
-    command, options = _worker(dsn, "--burst")
-    worker = subprocess.run(command, capture_output=True, text=True, timeout=60, **options)
-    assert worker.returncode == 0, worker.stderr
+    _burst(dsn)
 
     page = client.get("/").get_data(as_text=True)
     assert "succeeded" in page
@@ -122,6 +150,108 @@ def test_the_flaky_call_is_retried_until_it_succeeds(app: Flask, dsn: str) -> No
     assert task.name == call_flaky_api.name
     assert (task.attempts, task.result) == (3, "answered on attempt 3")
     assert [entry["state"] for entry in task.history] == ["queued", "queued"]
+
+
+def test_a_burst_worker_also_fires_the_due_periodic_task(app: Flask, dsn: str) -> None:
+    # The schedule fires every 15 seconds: its latest fire time is due, and
+    # a worker fires it on its first round, --burst or not.
+    _burst(dsn)
+    assert _task_states(dsn) == {"tick": ["succeeded"]}
+    assert sql_one(dsn, "SELECT count(*) FROM example_ticks")[0] == 1
+
+
+def test_the_broken_import_fails_for_good_with_its_traceback(app: Flask, dsn: str) -> None:
+    client = app.test_client()
+    client.post("/import")
+    _burst(dsn)
+    task_id = _task_id(dsn, import_contacts.name)
+    assert sql_one(dsn, "SELECT state, attempts FROM pgtq_tasks WHERE id = %s", (task_id,)) == (
+        "failed",
+        1,
+    )
+    error = "ValueError: contacts.csv, line 3: expected 3 columns, found 2"
+
+    status = client.get("/status").get_data(as_text=True)
+    assert '<td class="state failed">failed</td>' in status
+    assert "contacts.csv, line 3: expected 3 columns, found 2" in status
+    assert f'href="/pgtq/tasks/{task_id}"' in status
+
+    page = client.get(f"/pgtq/tasks/{task_id}").get_data(as_text=True)
+    assert '<dd id="state">failed</dd>' in page
+    assert "Traceback (most recent call last)" in page
+    assert error in page
+
+    failed = client.get("/pgtq/tasks?state=failed").get_data(as_text=True)
+    assert "Retry all 1 failed" in failed
+    response = client.post(
+        "/pgtq/tasks/retry", data={"csrf_token": _csrf_token(failed), "state": "failed"}
+    )
+    assert response.status_code == 303
+    assert sql_one(dsn, "SELECT state, attempts FROM pgtq_tasks WHERE id = %s", (task_id,)) == (
+        "queued",
+        0,
+    )
+    # Retried, it fails again: the file is still broken.
+    _burst(dsn)
+    assert sql_one(dsn, "SELECT state FROM pgtq_tasks WHERE id = %s", (task_id,)) == ("failed",)
+
+
+@pytest.mark.slow
+def test_cancel_stops_the_long_export_at_once(app: Flask, dsn: str) -> None:
+    client = app.test_client()
+    client.post("/export")
+    task_id = _task_id(dsn, export_archive.name)
+    command, options = _worker(dsn)
+    worker = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **options
+    )
+    try:
+        poll_until(
+            lambda: sql_one(dsn, "SELECT progress FROM pgtq_tasks WHERE id = %s", (task_id,))[0],
+            30,
+            0.05,
+            "the export to report progress",
+        )
+        asked = time.monotonic()
+        response = client.post(f"/tasks/{task_id}/cancel", follow_redirects=True)
+        assert f"Task {task_id} was asked to stop." in response.get_data(as_text=True)
+        state = poll_until(
+            lambda: sql_one(
+                dsn,
+                "SELECT state, error FROM pgtq_tasks WHERE id = %s AND state <> 'running'",
+                (task_id,),
+            ),
+            10,
+            0.02,
+            "the export to stop",
+        )
+        took = time.monotonic() - asked
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    # The handler stopped itself (its own reason, well within the grace
+    # period), not the worker after PGTQ_CANCEL_GRACE (5 s).
+    assert state[0] == "cancelled"
+    assert re.fullmatch(rf"stopped on request after \d+ of {EXPORT_CHUNKS} chunks", state[1])
+    assert took < 2.5, took
+    assert worker.returncode == 0, output
+    assert "restarting" not in output
+    status = client.get("/status").get_data(as_text=True)
+    assert '<td class="state cancelled">cancelled</td>' in status
+
+
+def test_the_app_serves_a_favicon(app: Flask) -> None:
+    client = app.test_client()
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200
+    assert icon.mimetype == "image/svg+xml"
+    assert icon.get_data().startswith(b"<svg")
+    page = client.get("/").get_data(as_text=True)
+    (href,) = re.findall(r'<link rel="icon" href="([^"]+)"', page)
+    assert client.get(href).status_code == 200
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """Through PgBouncer in transaction mode: pushes, claims and outcomes work,
 polling alone runs every task exactly once, and LISTEN can go direct.
 
-Needs Debian's ``pgbouncer`` package (``.ci/run`` installs it).
+Needs Debian's ``pgbouncer`` package (``./run-tests`` installs it).
 """
 
 from __future__ import annotations
