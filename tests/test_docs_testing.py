@@ -16,7 +16,6 @@ import pytest
 from psycopg2.extensions import parse_dsn
 from sqlalchemy.engine import URL
 
-from flask_pgtq import PgTq
 from tests.conftest import PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,13 +91,7 @@ def test_the_page_has_the_app_both_conftests_and_their_tests() -> None:
     )
 
 
-needs_close = pytest.mark.skipif(
-    not hasattr(PgTq, "close"), reason="the page uses q.close(), which the library lacks"
-)
-
-
 @pytest.mark.slow
-@needs_close
 def test_a_database_per_test(tmp_path: Path, pg_server: PgServer) -> None:
     files = page_files()
     del files[TRANSACTION_VARIANT], files["tests/test_signup_eager.py"]
@@ -107,7 +100,6 @@ def test_a_database_per_test(tmp_path: Path, pg_server: PgServer) -> None:
 
 
 @pytest.mark.slow
-@needs_close
 def test_a_transaction_per_test(tmp_path: Path, pg_server: PgServer) -> None:
     files = page_files()
     # "Replace the database and app fixtures above with": the later app

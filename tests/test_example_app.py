@@ -245,13 +245,14 @@ def test_cancel_stops_the_long_export_at_once(app: Flask, dsn: str) -> None:
 
 def test_the_app_serves_a_favicon(app: Flask) -> None:
     client = app.test_client()
-    icon = client.get("/favicon.ico")
-    assert icon.status_code == 200
-    assert icon.mimetype == "image/svg+xml"
-    assert icon.get_data().startswith(b"<svg")
+    with client.get("/favicon.ico") as icon:  # streamed: closed after
+        assert icon.status_code == 200
+        assert icon.mimetype == "image/svg+xml"
+        assert icon.get_data().startswith(b"<svg")
     page = client.get("/").get_data(as_text=True)
     (href,) = re.findall(r'<link rel="icon" href="([^"]+)"', page)
-    assert client.get(href).status_code == 200
+    with client.get(href) as linked:
+        assert linked.status_code == 200
 
 
 @pytest.mark.slow
