@@ -96,6 +96,8 @@ class Processes:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGTERM)
+                    # A drain may have stopped the group (SIGSTOP): let it see the TERM.
+                    os.killpg(proc.pid, signal.SIGCONT)
         deadline = time.monotonic() + grace
         for proc in targets:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -113,6 +115,21 @@ class Processes:
     def cleanup(self) -> None:
         self.stop(grace=3.0)
         shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+def first_exited(procs: Sequence[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes] | None:
+    """The first of *procs* that has exited, if any."""
+    for proc in procs:
+        if proc.poll() is not None:
+            return proc
+    return None
+
+
+def signal_groups(procs: Sequence[subprocess.Popen[bytes]], signum: int) -> None:
+    """Send *signum* to each worker's whole process group (its session)."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signum)
 
 
 def tree_pids(pid: int) -> list[int]:

@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import harness  # noqa: E402
+from bench import drain, harness  # noqa: E402
 from bench.systems import ALL, BATCH_SIZE, System, WorkerConfig  # noqa: E402
 
 MEASUREMENTS = ["push", "batch", "drain1", "drain2", "latency"]
@@ -113,82 +113,19 @@ def measure_batch(system: System, n: int) -> dict[str, Any]:
     return result
 
 
-def _dead(procs: list[Any]) -> Any:
-    for proc in procs:
-        if proc.poll() is not None:
-            return proc
-    return None
-
-
-def measure_drain(system: System, config: WorkerConfig, n: int, timeout: float) -> dict[str, Any]:
-    """Fill the queue with *n* no-ops, start the workers, time the drain.
-
-    The clock starts at the first poll that sees fewer than *n* tasks left
-    (so worker start-up is not counted) and stops when nothing is queued or
-    running; the rate is the tasks left at the start over that time.
-    """
-    system.reset()
-    system.prefill(n)
-    harness.checkpoint()
-    result: dict[str, Any] = {
-        "config": config.name,
-        "description": config.description,
-        "processes": config.processes,
-        "tasks": n,
-    }
-    watch_start()
-    procs = [PROCS.start(argv, config.env) for argv in config.argvs]
-    try:
-        startup_deadline = time.monotonic() + 60
-        t_launch = time.monotonic()
-        while True:
-            before = time.monotonic()
-            left = system.remaining()
-            t1 = (before + time.monotonic()) / 2
-            if left < n:
-                break
-            dead = _dead(procs)
-            if dead is not None:
-                result["error"] = f"worker exited with {dead.returncode}: {PROCS.log_tail(dead)}"
-                return result
-            if time.monotonic() > startup_deadline:
-                result["error"] = "no task started within 60 s"
-                return result
-            time.sleep(0.02)
-        result["startup_s"] = round(t1 - t_launch, 3)
-        deadline = t1 + timeout
-        while system.busy():
-            if time.monotonic() > deadline:
-                break
-            if _dead(procs) is not None:
-                break
-            time.sleep(0.005)
-        t2 = time.monotonic()
-        watch_stop(result)
-        end_left = system.remaining() if system.busy() else 0
-        done = left - end_left
-        result.update(
-            start_left=left,
-            seconds=round(t2 - t1, 4),
-            per_s=round(done / (t2 - t1), 1) if t2 > t1 and done > 0 else None,
-        )
-        if end_left:
-            dead = _dead(procs)
-            if dead is None:
-                result["note"] = (
-                    f"stopped after {timeout:.0f} s with {end_left} of {n} left; "
-                    "rate is over what finished"
-                )
-            else:
-                result["error"] = f"worker exited with {dead.returncode}: {PROCS.log_tail(dead)}"
-        if left == 0:
-            result["error"] = "drained before the first poll: use a larger size"
-            result["per_s"] = None
-        result["failed"] = system.failed()
-        result["rss"] = harness.worker_peak_rss_mib(procs)
-        return result
-    finally:
-        PROCS.stop(procs)
+def measure_drain(
+    system: System, config: WorkerConfig, n: int, opts: argparse.Namespace
+) -> dict[str, Any]:
+    """Drain *n* no-ops with *config*'s workers; see bench/drain.py for the clocks."""
+    return drain.measure(
+        system,
+        config,
+        n,
+        opts.drain_timeout,
+        clock=opts.drain_clock,
+        processes=PROCS,
+        watch=WATCH,
+    )
 
 
 def measure_latency(
@@ -215,12 +152,12 @@ def measure_latency(
         ready = False
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not ready:
-            if _dead(procs) is not None:
+            if harness.first_exited(procs) is not None:
                 break
             system.push_stamp(time.time())
             ready = harness.wait_until(lambda: lines() > 0, 1.0, 0.01)
         if not ready:
-            dead = _dead(procs)
+            dead = harness.first_exited(procs)
             result["error"] = "worker never ran a task" + (
                 f": {PROCS.log_tail(dead)}" if dead is not None else ""
             )
@@ -270,14 +207,12 @@ def run_system(
     steps = {
         "push": lambda: measure_push(system, opts.push_n),
         "batch": lambda: measure_batch(system, opts.batch_n),
-        "drain1": lambda: measure_drain(system, one, opts.drain1_n, opts.drain_timeout),
-        "drain2": lambda: measure_drain(system, two, opts.drain2_n, opts.drain_timeout),
+        "drain1": lambda: measure_drain(system, one, opts.drain1_n, opts),
+        "drain2": lambda: measure_drain(system, two, opts.drain2_n, opts),
         "latency": lambda: measure_latency(system, one, opts.latency_samples, opts.latency_gap),
         "sweep": lambda: {
             "configs": {
-                config: measure_drain(
-                    system, worker_configs[config], opts.drain2_n, opts.drain_timeout
-                )
+                config: measure_drain(system, worker_configs[config], opts.drain2_n, opts)
                 for config in system.sweep
             }
         },
@@ -526,6 +461,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-gap", type=float, help="mean seconds between pushes")
     parser.add_argument("--pgbench-seconds", type=float, help="0 skips pgbench")
     parser.add_argument("--drain-timeout", type=float, help="seconds per drain at most")
+    parser.add_argument(
+        "--drain-clock",
+        choices=drain.CLOCKS,
+        default="body",
+        help="body: workers warm and paused, clock from resume to the last task body run"
+        " (default); queue: the earlier clock, from the first poll that sees progress to"
+        " the queue being empty (for comparison)",
+    )
     parser.add_argument("--max-minutes", type=float, help="skip what is left after this")
     parser.add_argument(
         "--quiet-wait",
@@ -586,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         "argv": sys.argv[1:],
         "sizes": {k: getattr(opts, k) for k in SIZES["full"]},
         "batch_size": BATCH_SIZE,
+        "drain_clock": opts.drain_clock,
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),

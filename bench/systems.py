@@ -71,7 +71,7 @@ class System:
         raise NotImplementedError
 
     def remaining(self) -> int:
-        """Tasks not finished yet (queued or running)."""
+        """Tasks not finished yet (queued or running), as the queue says."""
         raise NotImplementedError
 
     def busy(self) -> bool:
@@ -279,8 +279,8 @@ class FlaskPgtq(PostgresSystem):
             "batch": "handler.push_many([(i,), ...])",
             "prefill": "handler.push_many",
             "worker": "python -m flask --app bench.apps.pgtq_app pgtq worker",
-            "task": "sync def noop(i): return None",
-            "done when": "no task is queued or running",
+            "task": "sync def noop(i): body.run()",
+            "queue empty when": "no task is queued or running",
         }
 
 
@@ -405,8 +405,8 @@ class Procrastinate(PostgresSystem):
             "client": "sync task.defer(i=i) inside app.open() (psycopg 3 sync pool)",
             "batch": "task.batch_defer(*[{'i': i}, ...]), 1000 per call",
             "worker": "python -m procrastinate --app bench.apps.procrastinate_app.app worker",
-            "task": "async def noop(i): return None",
-            "done when": "no job is todo or doing",
+            "task": "async def noop(i): body.run()",
+            "queue empty when": "no job is todo or doing",
         }
 
 
@@ -527,8 +527,9 @@ class PgQueuer(PostgresSystem):
             "batch": "queries.enqueue(lists of 1000)",
             "worker": "python -m bench.apps.pgqueuer_worker (= pgq run"
             " bench.apps.pgqueuer_app:create; see that module for why)",
-            "task": "async def noop(job): return None",
-            "done when": "the pgqueuer table is empty (finished jobs move to pgqueuer_log)",
+            "task": "async def noop(job): body.run()",
+            "queue empty when": "the pgqueuer table is empty (a job's row is deleted when its"
+            " outcome is flushed to pgqueuer_log, after its body ran)",
         }
 
 
@@ -646,8 +647,8 @@ class RQ(RedisSystem):
             "client": "queue.enqueue(noop, i)",
             "batch": "queue.enqueue_many(prepare_data x 1000) (one Redis pipeline)",
             "worker": "rq worker -w rq.worker.SimpleWorker default",
-            "task": "def noop(i): return None (result kept for the default 500 s)",
-            "done when": "finished + failed registries hold every job",
+            "task": "def noop(i): body.run() (result kept for the default 500 s)",
+            "queue empty when": "finished + failed registries hold every job",
             "redis db": self.redis_db,
         }
 
@@ -744,10 +745,10 @@ class Celery(RedisSystem):
             "client": "noop.delay(i)",
             "batch": "group(noop.s(i) x 1000).apply_async()",
             "worker": "python -m celery -A bench.apps.celery_app worker -P solo",
-            "task": "def noop(i): return None, task_ignore_result=True, no result backend",
-            "done when": "the 'celery' list and the 'unacked' hash are empty (the last"
-            " prefetched tasks are acked when they start, so the end is early by at most"
-            " one no-op per process)",
+            "task": "def noop(i): body.run(), task_ignore_result=True, no result backend",
+            "queue empty when": "the 'celery' list and the 'unacked' hash are empty (the last"
+            " prefetched tasks are acked when they start, so this comes before the last"
+            " bodies by up to one no-op per process)",
             "redis db": self.redis_db,
         }
 

@@ -9,6 +9,7 @@ import os
 
 from celery import Celery
 
+from . import body
 from .stamp import record
 
 app = Celery("bench", broker=os.environ.get("BENCH_CELERY_BROKER", "redis://127.0.0.1:6379/15"))
@@ -21,7 +22,7 @@ app.conf.update(
 
 @app.task(name="noop")
 def noop(i: int = 0) -> None:
-    return None
+    body.run()
 
 
 @app.task(name="stamp")

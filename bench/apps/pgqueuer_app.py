@@ -14,6 +14,7 @@ from pgqueuer import PgQueuer
 from pgqueuer.db import AsyncpgDriver
 from pgqueuer.models import Job
 
+from . import body
 from .stamp import record
 
 DSN = os.environ.get("BENCH_PGQUEUER_DSN", "postgresql://postgres@127.0.0.1:5432/bench_pgqueuer")
@@ -26,7 +27,7 @@ async def create() -> AsyncIterator[PgQueuer]:
 
     @pgq.entrypoint("noop")
     async def noop(job: Job) -> None:
-        return None
+        body.run()
 
     @pgq.entrypoint("stamp")
     async def stamp(job: Job) -> None:

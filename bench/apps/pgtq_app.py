@@ -12,6 +12,7 @@ from flask import Flask
 
 from flask_pgtq import PgTq
 
+from . import body
 from .stamp import record
 
 DSN = os.environ.get("BENCH_PGTQ_DSN", "dbname=bench_flask_pgtq user=postgres host=127.0.0.1")
@@ -28,7 +29,7 @@ def create_app(dsn: str = DSN) -> tuple[Flask, PgTq, dict[str, Any]]:
 
     @q.handler()
     def noop(i: int = 0) -> None:
-        return None
+        body.run()
 
     @q.handler()
     def stamp(sent: float) -> None:

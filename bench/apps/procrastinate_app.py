@@ -9,6 +9,7 @@ import os
 
 from procrastinate import App, PsycopgConnector
 
+from . import body
 from .stamp import record
 
 DSN = os.environ.get(
@@ -19,7 +20,7 @@ app = App(connector=PsycopgConnector(conninfo=DSN))
 
 @app.task(name="noop")
 async def noop(i: int = 0) -> None:
-    return None
+    body.run()
 
 
 @app.task(name="stamp")
