@@ -17,7 +17,6 @@ jittered backoff, and the LISTEN connection is rebuilt and health-checked.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import itertools
 import logging
@@ -38,16 +37,16 @@ from . import isolation, queries, schema, signals
 from .config import queue_list
 from .exceptions import (
     DatabaseError,
-    DatabaseUnavailable,
     SchemaNotReady,
     TaskCancelled,
     TaskTimeout,
 )
 from .listener import Listener
+from .outcomes import Outcomes
 from .pacing import LimitTimer, Prefetch
 from .periodic import Schedule, Scheduler
 from .queue import new_owner_id
-from .runner import _UNSTORABLE, Runner, unstorable
+from .runner import Runner
 from .task import State, Task
 from .values import Outcome
 from .watchdog import Watchdog
@@ -63,10 +62,6 @@ EXIT_RESTART = 75
 #: while it still has tasks to run; and the longest an outcome waits.
 FLUSH_BATCH = 64
 FLUSH_DELAY = 0.02
-#: Tries of a batch of outcomes refused by transient errors (timeouts,
-#: cancels, deadlocks) before they are recorded one by one; and tries of one
-#: outcome before it is replaced by a failure that can be stored.
-OUTCOME_TRIES = 3
 
 
 class Worker:
@@ -127,13 +122,8 @@ class Worker:
         #: Running tasks whose handler has started (the others wait in the
         #: inbox): released at shutdown, their attempt counts.
         self._started: set[int] = set()
-        #: Rounds in a row whose outcomes the database refused; past
-        #: OUTCOME_TRIES (or on an error about the data), outcomes are
-        #: recorded one by one so that one bad outcome holds back no other.
-        self._outcome_failures = 0
-        self._abandoned: set[int] = set()
+        self._outcomes = Outcomes(self.store, self.id)
         self._cancels: set[int] = set()
-        self._finished: collections.deque[Outcome] = collections.deque()
         self._inbox: SimpleQueue[Task | None] = SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._wake_r, self._wake_w = os.pipe()
@@ -308,7 +298,7 @@ class Worker:
             except DatabaseError as exc:
                 self._backoff("working", exc)
                 continue
-            if not self._running and not self._finished and not got:
+            if not self._running and not self._outcomes and not got:
                 if self.burst:
                     self.stop("burst: nothing left to run")
                     break
@@ -320,7 +310,7 @@ class Worker:
 
     def _next_wait(self) -> float:
         timeout = self.config.poll_interval
-        if self._finished:
+        if self._outcomes:
             timeout = FLUSH_DELAY
         if self.config.listen and not self.listener.connected:
             # No LISTEN yet: wake up in time to try again.
@@ -338,11 +328,10 @@ class Worker:
         queue served (outcomes go with the first).  Returns how many tasks
         were claimed."""
         left = None if self.max_tasks is None else self.max_tasks - self.claimed
-        free, ahead = self.prefetch.room(len(self._running) - len(self._finished), left)
+        free, ahead = self.prefetch.room(len(self._running) - len(self._outcomes), left)
         room = free + ahead
-        if self._outcome_failures:
-            self._record_singly()
-        outcomes = self._take_finished()
+        self._outcomes.record_singly(self._recorded)
+        outcomes = self._outcomes.take()
         if not outcomes and room == 0:
             return 0
         got = 0
@@ -365,10 +354,10 @@ class Worker:
                     self.id, outcomes, queue, now, limits, self.limits.names, share - now
                 )
             except BaseException as exc:
-                self._outcomes_refused(outcomes, exc)
+                self._outcomes.refused(outcomes, exc)
                 raise
             if outcomes:
-                self._outcome_failures = 0
+                self._outcomes.recorded()
                 self._recorded(outcomes, accepted)
                 outcomes = []
             self.limits.tried(limits, (task.name for task in tasks))
@@ -390,14 +379,6 @@ class Worker:
         self.claimed += got
         return got
 
-    def _take_finished(self) -> list[Outcome]:
-        batch = []
-        while self._finished:
-            outcome = self._finished.popleft()
-            if outcome.task.id not in self._abandoned:
-                batch.append(outcome)
-        return batch
-
     def _recorded(self, outcomes: list[Outcome], accepted: set[int]) -> None:
         """Bookkeeping, logs and signals once outcomes are committed."""
         for outcome in outcomes:
@@ -409,73 +390,17 @@ class Worker:
 
     def _flush(self) -> None:
         """Record finished attempts without claiming (when stopping)."""
-        if self._outcome_failures:
-            self._record_singly()
-        outcomes = self._take_finished()
+        self._outcomes.record_singly(self._recorded)
+        outcomes = self._outcomes.take()
         if not outcomes:
             return
         try:
             accepted = self.store.finish(self.id, outcomes)
         except BaseException as exc:
-            self._outcomes_refused(outcomes, exc)
+            self._outcomes.refused(outcomes, exc)
             raise
-        self._outcome_failures = 0
+        self._outcomes.recorded()
         self._recorded(outcomes, accepted)
-
-    def _outcomes_refused(self, outcomes: list[Outcome], exc: BaseException) -> None:
-        """A statement carrying *outcomes* failed: keep them for the next try,
-        one by one if the error was about the data or keeps coming."""
-        self._finished.extendleft(reversed(outcomes))
-        if not outcomes or isinstance(exc, DatabaseUnavailable):
-            return
-        self._outcome_failures += 1
-        if not isinstance(exc, DatabaseError) or not exc.transient:
-            self._outcome_failures = max(self._outcome_failures, OUTCOME_TRIES)
-
-    def _record_singly(self) -> None:
-        """Record finished attempts one statement each, so that an outcome
-        the database refuses holds back no other.
-
-        Only after batches failed (:meth:`_outcomes_refused`).  An outcome
-        still refused (an error about its data, or :data:`OUTCOME_TRIES`
-        transient errors) is replaced by a failure that can be stored and
-        says why, so the task ends and its lease is not held forever.
-        """
-        if self._outcome_failures < OUTCOME_TRIES:
-            return
-        outcomes = self._take_finished()
-        for i, outcome in enumerate(outcomes):
-            try:
-                outcome, accepted = self._finish_one(outcome)
-            except DatabaseError:
-                self._finished.extendleft(reversed(outcomes[i:]))
-                raise
-            self._recorded([outcome], accepted)
-        self._outcome_failures = 0
-
-    def _finish_one(self, outcome: Outcome) -> tuple[Outcome, set[int]]:
-        """Record one outcome; if the database refuses it for good, record
-        a failure that says why in its place.  Returns what was recorded."""
-        for tries in itertools.count(1):
-            try:
-                return outcome, self.store.finish(self.id, [outcome])
-            except DatabaseError as exc:
-                if isinstance(exc, DatabaseUnavailable):
-                    raise
-                if exc.transient and tries < OUTCOME_TRIES:
-                    continue
-                if outcome.exception is _UNSTORABLE:
-                    raise
-                log.error(
-                    "worker %s: the outcome of task %s (%s) could not be recorded (%s); "
-                    "recording the attempt as failed instead",
-                    self.id,
-                    outcome.task.id,
-                    outcome.task.name,
-                    exc,
-                )
-                outcome = unstorable(outcome, exc)
-        raise AssertionError("unreachable")
 
     def _supervise(self) -> None:
         """Pass on cancel requests, stop overdue handlers, give up on stuck ones."""
@@ -495,7 +420,7 @@ class Worker:
                 task.name,
                 reason.__name__,
             )
-            self._abandoned.add(task_id)
+            self._outcomes.abandoned.add(task_id)
             self.runner.record(self.id, [self.runner.abandoned(task, reason)])
             self._running.pop(task_id, None)
             self.exit_code = EXIT_RESTART
@@ -552,13 +477,13 @@ class Worker:
                     error="the worker could not run or record this task; failed without "
                     f"retry:\n{traceback.format_exc()}",
                 )
-            self._finished.append(outcome)
+            self._outcomes.add(outcome)
             # The main thread flushes in batches: wake it when the tasks
             # waiting here run low (none left, or half the prefetch, so that
             # its next claim arrives before they run out), or when a batch
             # is ready; else it flushes within FLUSH_DELAY.
             if not self._woken and (
-                self._inbox.qsize() <= self.prefetch.refill_at or len(self._finished) >= FLUSH_BATCH
+                self._inbox.qsize() <= self.prefetch.refill_at or len(self._outcomes) >= FLUSH_BATCH
             ):
                 # Once per wait of the main thread: a write per task costs
                 # the handler threads a system call each.
