@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import codec, signals
-from .codec import encode_arguments
+from .codec import encode_arguments, encode_batch
 from .config import Config, queue_list
 from .connection import Database, dbapi_connection
 from .queue import TaskStore, new_owner_id
@@ -104,22 +104,18 @@ class AppQueue:
         from .handler import split_item
 
         config = self.config
-        args_json: list[str] = []
-        kwargs_json: list[str] = []
-        for item in items:
-            args, kwargs = split_item(item)
-            encoded = encode_arguments(name, args, kwargs, config.max_payload_bytes)
-            args_json.append(encoded[0])
-            kwargs_json.append(encoded[1])
+        batch = [split_item(item) for item in items]
+        args_text, kwargs_text = encode_batch(name, batch, config.max_payload_bytes)
         if config.eager:
-            for a, k in zip(args_json, kwargs_json, strict=True):
-                self._run_eagerly(name, a, k, options)
-            return [0] * len(args_json)
+            kwargs_list = json.loads(kwargs_text) or [{}] * len(batch)
+            for args, kwargs in zip(json.loads(args_text), kwargs_list, strict=True):
+                self._run_eagerly(name, json.dumps(args), json.dumps(kwargs), options)
+            return [0] * len(batch)
         spec = options.insert(name, config)
         ids = self.store.push_many(
             spec,
-            args_json,
-            kwargs_json,
+            args_text,
+            kwargs_text,
             None if connection is None else dbapi_connection(connection),
         )
         if signals.tasks_pushed.receivers:
@@ -129,8 +125,8 @@ class AppQueue:
                 name=name,
                 queue=spec.queue,
                 ids=ids,
-                args=[json.loads(a) for a in args_json],
-                kwargs=[json.loads(k) for k in kwargs_json],
+                args=json.loads(args_text),
+                kwargs=json.loads(kwargs_text) or [{} for _ in ids],
             )
         return ids
 

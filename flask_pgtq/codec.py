@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .exceptions import ArgumentsNotSerializable, PayloadTooLarge
@@ -53,14 +53,35 @@ def encode(value: Any, max_bytes: int | None = None) -> str:
         raise NotStorable(f"nested more than {MAX_DEPTH} levels deep") from None
     except (TypeError, ValueError) as exc:
         raise NotStorable(str(exc)) from None
-    if isinstance(value, dict | list | tuple):
-        check(value)
-    elif "\\u0000" in text or "\\ud" in text:
+    if _may_break_rules(text):
         check(value)
     if max_bytes is not None and len(text) > max_bytes:
         # ASCII text: one byte per character.
         raise PayloadTooLarge(f"{len(text)} bytes of JSON, more than the limit of {max_bytes}")
     return text
+
+
+def _may_break_rules(text: str) -> bool:
+    """Whether the JSON *text* of a value may hide what :func:`check`
+    refuses; if not, the value needs no walk (the common case: arguments
+    that are numbers and plain strings).  Non-string keys need a dict
+    (``{``), deep nesting more brackets than the limit, NUL and surrogates
+    their ``\\u`` escapes (the text is ASCII)."""
+    return "{" in text or _escapes(text) or text.count("[") > MAX_DEPTH
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _scalars(values: Iterable[Any]) -> bool:
+    """Whether every value is a plain JSON scalar (so has no keys and no
+    nesting to check)."""
+    return all(type(v) in _SCALARS for v in values)
+
+
+def _escapes(text: str) -> bool:
+    """Whether ASCII JSON *text* holds a NUL or a surrogate escape."""
+    return "\\u0000" in text or "\\ud" in text
 
 
 def check(value: Any, depth: int = 0) -> None:
@@ -124,6 +145,55 @@ def encode_arguments(
             "and pass a reference."
         )
     return args_json, kwargs_json
+
+
+def encode_batch(
+    name: str,
+    items: Sequence[tuple[Sequence[Any], Mapping[str, Any]]],
+    max_bytes: int,
+) -> tuple[str, str]:
+    """The arguments of many tasks as two JSON arrays (positional
+    arguments, keyword arguments; the second is ``[]`` when no task has
+    any), by the rules of :func:`encode_arguments` for each task.
+
+    One encoder call for the whole batch; the per-task path runs only to
+    name a bad item or when the batch is larger than *max_bytes* per task
+    could be.
+
+    :raises ArgumentsNotSerializable: an item breaks the rules.
+    :raises PayloadTooLarge: an item is over *max_bytes*.
+    """
+    if not items:
+        return "[]", "[]"
+    positional = [list(args) for args, _ in items]
+    keywords = [dict(kwargs) for _, kwargs in items] if any(k for _, k in items) else None
+    try:
+        args_text = dumps(positional)
+        kwargs_text = "[]" if keywords is None else dumps(keywords)
+    except (TypeError, ValueError, RecursionError):
+        args_text = kwargs_text = ""
+    fine = (
+        args_text
+        and _scalars(v for args in positional for v in args)
+        and (
+            keywords is None
+            or (
+                all(type(k) is str for kw in keywords for k in kw)
+                and _scalars(v for kw in keywords for v in kw.values())
+            )
+        )
+        and not _escapes(args_text)
+        and not _escapes(kwargs_text)
+        # A batch whose whole text fits one task's limit has no item over it.
+        and len(args_text) + len(kwargs_text) <= max_bytes
+    )
+    if fine:
+        return args_text, kwargs_text
+    encoded = [encode_arguments(name, args, kwargs, max_bytes) for args, kwargs in items]
+    args_text = f"[{','.join(a for a, _ in encoded)}]"
+    if keywords is None:
+        return args_text, "[]"
+    return args_text, f"[{','.join(k for _, k in encoded)}]"
 
 
 def _which_argument(

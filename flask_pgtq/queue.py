@@ -164,14 +164,19 @@ class TaskStore:
         raise DatabaseError(f"could not push unique key {params['unique_key']!r}: contended")
 
     def push_many(
-        self, spec: Insert, args_json: list[str], kwargs_json: list[str], conn: Any = None
+        self, spec: Insert, args_json: str, kwargs_json: str, conn: Any = None
     ) -> list[int]:
         """Insert many tasks of one handler in one statement; return their
-        ids in input order.  Arguments are validated JSON text, one per task."""
-        if not args_json:
+        ids in input order.
+
+        :param args_json: a JSON array with each task's positional arguments
+            (validated, e.g. by :func:`~flask_pgtq.codec.encode_batch`).
+        :param kwargs_json: a JSON array with each task's keyword arguments,
+            or ``[]`` when no task has any.
+        """
+        if args_json == "[]":
             return []
-        kwargs = "[]" if all(k == "{}" for k in kwargs_json) else f"[{','.join(kwargs_json)}]"
-        params = {**spec.params(), "args": f"[{','.join(args_json)}]", "kwargs": kwargs}
+        params = {**spec.params(), "args": args_json, "kwargs": kwargs_json}
         rows = self._rows("push_tasks", params, conn)
         return list(rows[0]["ids"])
 
