@@ -523,8 +523,12 @@ def test_a_drain_under_bad_values_timeouts_and_cancels_loses_nothing(
 ):
     """1,000 tasks: 2 % return unstorable results, 1 % raise Retry with a bad
     delay; the workers' role has a 50 ms statement timeout and their
-    statements are cancelled every 200 ms.  Every good task succeeds exactly
-    once, every bad one fails with a readable reason, no worker restarts."""
+    statements are cancelled every 200 ms.  So that the timeout and the
+    cancels hit statements (a worker's statements take about a millisecond),
+    another session locks the task table for 100 ms in every 200: the
+    workers' statements wait on it, time out or are cancelled.  Every good
+    task succeeds exactly once, every bad one fails with a readable reason,
+    no worker restarts."""
     from tests.worker_app import chaos
 
     kinds = ["nul"] * 20 + ["bad-retry"] * 10 + ["good"] * 970
@@ -546,9 +550,22 @@ def test_a_drain_under_bad_values_timeouts_and_cancels_loses_nothing(
             )
             cancels[0] += sum(1 for (sent,) in rows if sent)
 
+    def lock_100_ms_in_200() -> None:
+        conn = psycopg2.connect(dsn)
+        try:
+            while not stop.wait(0.1):
+                with conn.cursor() as cur:
+                    cur.execute("LOCK TABLE pgtq_tasks IN EXCLUSIVE MODE")
+                stop.wait(0.1)
+                conn.rollback()
+        finally:
+            conn.close()
+
     canceller = threading.Thread(target=cancel_every_200_ms)
+    locker = threading.Thread(target=lock_100_ms_in_200)
     started = time.monotonic()
     canceller.start()
+    locker.start()
     try:
         poll_until(
             lambda: sql_one(
@@ -562,6 +579,7 @@ def test_a_drain_under_bad_values_timeouts_and_cancels_loses_nothing(
     finally:
         stop.set()
         canceller.join()
+        locker.join()
     elapsed = time.monotonic() - started
     rows = sql_all(dsn, "SELECT args->>1, args->>0, state, attempts, result, error FROM pgtq_tasks")
     ran = {}
@@ -582,11 +600,15 @@ def test_a_drain_under_bad_values_timeouts_and_cancels_loses_nothing(
     assert outcomes == {"good:succeeded": 970, "nul:failed": 20, "bad-retry:failed": 10}
     outputs = [w.output() for w in workers]
     errors = sum(o.count("database error while") for o in outputs)
+    timeouts = sum(o.count("statement timeout") for o in outputs)
+    cancelled = sum(o.count("due to user request") for o in outputs)
+    assert timeouts and cancelled, "the faults did not reach the workers' statements"
     for worker, pid, output in zip(workers, pids, outputs, strict=True):
         assert worker.proc.poll() is None and worker.pid == pid
         assert "restarting" not in output
     with capsys.disabled():
         print(
             f"\nfault-injection drain: 1000 tasks in {elapsed:.1f}s, {cancels[0]} cancels "
-            f"sent, {errors} database errors survived by the workers, {outcomes}"
+            f"sent, {errors} database errors survived by the workers ({timeouts} statement "
+            f"timeouts, {cancelled} cancelled statements), {outcomes}"
         )
