@@ -16,6 +16,7 @@ from . import codec, signals
 from .codec import encode_arguments, encode_batch
 from .config import Config, queue_list
 from .connection import Database, dbapi_connection
+from .control import Control
 from .queue import TaskStore, new_owner_id
 from .runner import Runner
 from .task import State, Task
@@ -53,6 +54,8 @@ class AppQueue:
         #: The queue core (state transitions as named SQL).
         self.store: TaskStore = self.runner.store
         self.handlers = handlers
+        #: Pauses of queues and handlers.
+        self.control = Control(self.db)
         #: Lease owner for tasks this process claims with :meth:`pop`.
         self.pop_owner: str | None = None
 

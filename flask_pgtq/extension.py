@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from weakref import WeakKeyDictionary
 
+from . import signals
 from .admin import Admin
 from .app_queue import AppQueue
 from .config import Config, redact_dsn
+from .control import Pause, default_actor, duration_of, target_of
 from .exceptions import (
     ConfigurationError,
     DuplicateHandler,
@@ -346,6 +349,62 @@ class PgTq:
         :raises TaskNotFound: no such task.
         """
         return self.app_queue().store.get(task_id)
+
+    # -- run-time control ------------------------------------------------------
+
+    def pause(
+        self,
+        queue: str | None = None,
+        *,
+        handler: str | None = None,
+        until: datetime | timedelta | float | None = None,
+        reason: str | None = None,
+        by: str | None = None,
+    ) -> Pause:
+        """Pause a queue (``q.pause("emails")``) or a handler
+        (``q.pause(handler="send_email")``): no worker claims its tasks from
+        the moment the pause commits.  Running tasks finish; pushes are still
+        accepted and wait.  Pausing again replaces the pause.
+
+        :param until: when the pause ends by itself: an aware datetime, a
+            timedelta or seconds from now; ``None``: until :meth:`resume`.
+        :param reason: shown by ``flask pgtq status`` and the dashboard.
+        :param by: who paused (default ``user@host`` of this process).
+        :raises ConfigurationError: neither or both of queue and handler,
+            or a bad name or time.
+        """
+        kind, target = target_of(queue, handler)
+        app_queue = self.app_queue()
+        duration = duration_of(until, app_queue.store.database_now())
+        pause = app_queue.control.pause(
+            kind, target, duration=duration, reason=reason, by=by or default_actor()
+        )
+        signals.send(
+            signals.paused,
+            app_queue.runner.sender,
+            kind=kind,
+            target=target,
+            until=pause.until,
+            reason=reason,
+            paused_by=pause.paused_by,
+        )
+        return pause
+
+    def resume(self, queue: str | None = None, *, handler: str | None = None) -> bool:
+        """End the pause of a queue or a handler; listening workers claim at
+        once.  Returns ``False`` if it was not paused."""
+        kind, target = target_of(queue, handler)
+        app_queue = self.app_queue()
+        done = app_queue.control.resume(kind, target)
+        if done:
+            signals.send(
+                signals.resumed, app_queue.runner.sender, kind=kind, target=target, ended="resumed"
+            )
+        return done
+
+    def pauses(self) -> list[Pause]:
+        """The pauses in force, queues first."""
+        return self.app_queue().control.pauses()
 
     def close(self) -> None:
         """Close the connection pools of every app this extension serves

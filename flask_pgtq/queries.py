@@ -22,7 +22,10 @@ from .exceptions import PgTqError
 NEW_TASKS = "pgtq"
 CANCEL_REQUESTS = "pgtq_cancel"
 FINISHED = "pgtq_done"
-CHANNELS = (NEW_TASKS, CANCEL_REQUESTS, FINISHED)
+#: Pauses and stored schedules changed (payload: ``pause``, ``resume``,
+#: ``schedules``).
+CONTROL = "pgtq_control"
+CHANNELS = (NEW_TASKS, CANCEL_REQUESTS, FINISHED, CONTROL)
 
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 

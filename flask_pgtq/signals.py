@@ -67,6 +67,19 @@ worker_started = _signals.signal("worker-started")
 worker_stopping = _signals.signal("worker-stopping")
 
 
+#: A queue or a handler was paused (the pause is committed; every worker
+#: obeys it from then on).  Payload: ``kind`` (``"queue"`` or ``"handler"``),
+#: ``target`` (its name), ``until`` (an aware datetime, or ``None``),
+#: ``reason``, ``paused_by``.  Sent by the process that paused.
+paused = _signals.signal("paused")
+
+#: A pause ended: resumed by someone (payload ``ended`` is ``"resumed"``,
+#: sent by that process), or a timed pause ran out (``ended`` is
+#: ``"expired"``, sent by the worker that removed it).  Payload: ``kind``,
+#: ``target``, ``ended``.
+resumed = _signals.signal("resumed")
+
+
 def send(signal: Any, sender: Any, **payload: Any) -> None:
     """Send *signal* to each receiver, logging (never raising) their errors."""
     if not signal.receivers:

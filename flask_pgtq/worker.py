@@ -35,6 +35,7 @@ from typing import Any
 
 from . import isolation, queries, schema, signals
 from .config import queue_list
+from .control import Control
 from .exceptions import (
     DatabaseError,
     SchemaNotReady,
@@ -91,6 +92,7 @@ class Worker:
     ) -> None:
         self.runner = runner
         self.store = runner.store
+        self.control = Control(self.store.db)
         self.config = runner.config
         self.queues = list(queues)
         self.concurrency = concurrency
@@ -447,6 +449,12 @@ class Worker:
             log.info("worker %s deleted %d finished task(s) past retention", self.id, total)
 
     def _rescue(self) -> None:
+        for kind, target in self.control.end_pauses():
+            log.info("the pause of %s %s ended (timed)", kind, target)
+            with self.runner.context():
+                signals.send(
+                    signals.resumed, self.runner.sender, kind=kind, target=target, ended="expired"
+                )
         for row in self.store.rescue():
             log.warning(
                 "rescued task %s (%s) of queue %s after attempt %s: its worker's lease "

@@ -65,6 +65,13 @@ WITH lim AS (
     SELECT id
     FROM pgtq_tasks
     WHERE state = 'queued' AND queue = %(queue)s AND name = %(name)s AND run_at <= now()
+      -- Nothing of a paused queue or handler (see finish_and_claim).
+      AND NOT EXISTS (
+          SELECT 1 FROM pgtq_pauses AS p
+          WHERE ((p.kind = 'queue' AND p.target = %(queue)s)
+                 OR (p.kind = 'handler' AND p.target = %(name)s))
+            AND (p.until IS NULL OR p.until > now())
+      )
     ORDER BY priority DESC, run_at, id
     LIMIT (SELECT greatest(n, 0) FROM room)
     FOR UPDATE SKIP LOCKED

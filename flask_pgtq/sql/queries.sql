@@ -80,6 +80,20 @@ WITH durability AS (
     SELECT pg_notify('pgtq_done', CASE WHEN length(f.ids) < 7900 THEN f.ids ELSE '' END)
     FROM (SELECT string_agg(id::text, ',') AS ids FROM done WHERE state <> 'queued') AS f
     WHERE f.ids IS NOT NULL
+), paused AS (
+    -- Pauses in force (a tiny table, read once per statement): a paused
+    -- queue gives nothing, a paused handler's tasks are skipped.  The
+    -- claim reads them itself, so a pause holds from its commit on,
+    -- whatever a worker was told.
+    SELECT EXISTS (
+               SELECT 1 FROM pgtq_pauses
+               WHERE kind = 'queue' AND target = %(queue)s
+                 AND (until IS NULL OR until > now())
+           ) AS queue_paused,
+           ARRAY(
+               SELECT target FROM pgtq_pauses
+               WHERE kind = 'handler' AND (until IS NULL OR until > now())
+           ) AS handlers
 ), picked_now AS (
     -- The snapshot predates "done": a task finished (or retried) in this
     -- statement still looks running here and is not claimed again.
@@ -89,6 +103,8 @@ WITH durability AS (
       -- Handlers with concurrency or rate limits are claimed by
       -- claim_limited_tasks instead.
       AND name <> ALL(%(limited)s::text[])
+      AND NOT (SELECT queue_paused FROM paused)
+      AND name <> ALL((SELECT handlers FROM paused)::text[])
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -100,6 +116,8 @@ WITH durability AS (
     FROM pgtq_tasks
     WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now()
       AND name <> ALL(%(limited)s::text[])
+      AND NOT (SELECT queue_paused FROM paused)
+      AND name <> ALL((SELECT handlers FROM paused)::text[])
       AND max_attempts - attempts >= 2
       AND id NOT IN (SELECT id FROM picked_now)
     ORDER BY priority DESC, run_at, id

@@ -1,0 +1,27 @@
+-- flask_pgtq schema, version 4: run-time control.  Rows every worker reads:
+-- pauses of queues and handlers, and cron schedules stored in the database.
+-- Changes are announced on the pgtq_control channel (a latency hint: the
+-- claim reads pauses itself, and workers reload schedules every second).
+
+CREATE TABLE pgtq_pauses (
+    kind       text        NOT NULL CHECK (kind IN ('queue', 'handler')),
+    target     text        NOT NULL,
+    reason     text,
+    paused_by  text,
+    paused_at  timestamptz NOT NULL DEFAULT now(),
+    -- NULL: until resumed.
+    until      timestamptz,
+    PRIMARY KEY (kind, target)
+);
+
+CREATE TABLE pgtq_schedules (
+    name       text        PRIMARY KEY,
+    cron       text        NOT NULL,
+    tz         text        NOT NULL DEFAULT 'UTC',
+    handler    text        NOT NULL,
+    args       jsonb       NOT NULL DEFAULT '[]',
+    kwargs     jsonb       NOT NULL DEFAULT '{}',
+    enabled    boolean     NOT NULL DEFAULT true,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
