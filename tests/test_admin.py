@@ -6,12 +6,11 @@ import select
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
-from flask import Flask
 
 from flask_pgtq import PgTq, State, TaskNotFound
 from flask_pgtq.admin import (
@@ -30,18 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def app(dsn: str) -> Iterator[Flask]:
-    app = Flask(__name__)
-    app.config["PGTQ_DSN"] = dsn
-    app.config["PGTQ_RETRY_BACKOFF"] = 0
-    with app.app_context():
-        yield app
+def queue_settings() -> dict[str, Any]:
+    return {"PGTQ_RETRY_BACKOFF": 0}
 
 
 @pytest.fixture
-def q(app: Flask) -> PgTq:
-    q = PgTq(app)
-
+def q(q: PgTq) -> PgTq:
     @q.handler()
     def add(a: int, b: int) -> int:
         return a + b
