@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import select
-from collections.abc import Iterator
+from typing import Any
 
 import psycopg2
 import pytest
@@ -13,10 +13,13 @@ from tests.helpers import sql_all, sql_one
 
 
 @pytest.fixture
-def q(dsn: str) -> Iterator[PgTq]:
-    queue = PgTq(dsn=dsn, max_payload_bytes=1000)
-    yield queue
-    queue.close()
+def queue_settings() -> dict[str, Any]:
+    return {"PGTQ_MAX_PAYLOAD_BYTES": 1000}
+
+
+@pytest.fixture
+def q(standalone_q: PgTq) -> PgTq:
+    return standalone_q
 
 
 def test_push_many_stores_every_item_in_order(q: PgTq, dsn: str) -> None:

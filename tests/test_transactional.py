@@ -19,15 +19,12 @@ from tests.helpers import sql_all, sql_one
 
 
 @pytest.fixture
-def q(dsn: str) -> Iterator[PgTq]:
-    queue = PgTq(dsn=dsn)
-
-    @queue.handler()
+def q(standalone_q: PgTq) -> PgTq:
+    @standalone_q.handler()
     def welcome(user: str) -> str:
         return f"hello {user}"
 
-    yield queue
-    queue.close()
+    return standalone_q
 
 
 def task_count(dsn: str) -> int:
