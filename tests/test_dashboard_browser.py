@@ -126,17 +126,8 @@ def wait_for_state(dsn: str, task_id: int, state: str) -> None:
     poll_until(lambda: state_of(dsn, task_id) == state, 20, 0.02, f"task {task_id} {state}")
 
 
-@pytest.fixture
-def app(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    """The worker's app, for pushing tasks from the test."""
-    monkeypatch.setenv("PGTQ_TEST_APP_DSN", dsn)
-    app = worker_app.create_app()
-    with app.app_context():
-        yield app
-
-
 def test_find_a_failed_task_retry_it_and_see_it_succeed(
-    app: Flask, page: Any, dsn: str, start_worker: Any
+    served_app: Flask, page: Any, dsn: str, start_worker: Any
 ) -> None:
     worker = start_worker()
     done = [worker_app.add.push(i, i).id for i in range(3)]
@@ -204,7 +195,7 @@ def test_find_a_failed_task_retry_it_and_see_it_succeed(
     screenshot(page, "05-workers")
 
 
-def test_cancel_and_delete_from_the_task_page(app: Flask, page: Any, dsn: str) -> None:
+def test_cancel_and_delete_from_the_task_page(served_app: Flask, page: Any, dsn: str) -> None:
     task_id = worker_app.add.options(delay=3600).push(1, 2).id
     page.goto(f"/pgtq/tasks/{task_id}")
     assert "scheduled" in page.locator(".task-head .state").inner_text()
@@ -222,7 +213,7 @@ def test_cancel_and_delete_from_the_task_page(app: Flask, page: Any, dsn: str) -
     assert sql_one(dsn, "SELECT count(*) FROM pgtq_tasks")[0] == 0
 
 
-def test_posts_without_a_csrf_token_are_refused(app: Flask, page: Any, dsn: str) -> None:
+def test_posts_without_a_csrf_token_are_refused(served_app: Flask, page: Any, dsn: str) -> None:
     task_id = sql_one(
         dsn, "INSERT INTO pgtq_tasks (queue, name, state, finished_at) "
         "VALUES ('default', 'add', 'failed', now()) RETURNING id"
@@ -286,7 +277,7 @@ def test_requests_without_authorisation_are_refused(
     unconfigured.close()
 
 
-def test_paging_through_the_task_list(app: Flask, page: Any) -> None:
+def test_paging_through_the_task_list(served_app: Flask, page: Any) -> None:
     ids = [worker_app.add.options(delay=3600).push(i, i).id for i in range(120)]
     page.goto("/pgtq/tasks")
     first = [int(r.get_attribute("data-task-id")) for r in page.locator("#tasks tbody tr").all()]
@@ -302,7 +293,7 @@ def test_paging_through_the_task_list(app: Flask, page: Any) -> None:
     assert again == second
 
 
-def test_overview_of_a_busy_queue_for_the_docs(app: Flask, page: Any, dsn: str) -> None:
+def test_overview_of_a_busy_queue_for_the_docs(served_app: Flask, page: Any, dsn: str) -> None:
     """A realistic hour of work across queues, for the README's screenshot."""
     sql_all(
         dsn,
