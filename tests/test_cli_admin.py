@@ -41,13 +41,12 @@ def make_app(dsn: str) -> Flask:
 
 @pytest.fixture
 def app(dsn: str) -> Flask:
+    """No app context: the commands run in their own, as under ``flask``."""
     return make_app(dsn)
 
 
 @pytest.fixture
-def q(app: Flask) -> PgTq:
-    q = PgTq(app)
-
+def q(q: PgTq) -> PgTq:
     @q.handler()
     def add(a: int, b: int) -> int:
         return a + b
