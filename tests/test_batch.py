@@ -51,11 +51,14 @@ def test_push_many_by_name_with_options(q: PgTq, dsn: str) -> None:
     job.options(queue="bulk", priority=7, delay=3600).push_many([(1,), (2,)])
     stored = sql_all(dsn, "SELECT args FROM pgtq_tasks WHERE queue = 'default' ORDER BY id")
     assert [row[0] for row in stored] == [[n] for n in range(1000)]
-    assert sql_one(
-        dsn,
-        "SELECT count(*) FROM pgtq_tasks WHERE queue = 'bulk' AND priority = 7 "
-        "AND run_at > now() + interval '50 minutes'",
-    )[0] == 2
+    assert (
+        sql_one(
+            dsn,
+            "SELECT count(*) FROM pgtq_tasks WHERE queue = 'bulk' AND priority = 7 "
+            "AND run_at > now() + interval '50 minutes'",
+        )[0]
+        == 2
+    )
 
 
 @pytest.mark.parametrize(
@@ -98,9 +101,7 @@ def test_push_many_is_one_statement_and_one_notify(q: PgTq, dsn: str) -> None:
         assert [n.payload for n in listener.notifies] == ["default"]
     finally:
         listener.close()
-    (statements,) = sql_one(
-        dsn, "SELECT count(DISTINCT xmin::text) FROM pgtq_tasks"
-    )
+    (statements,) = sql_one(dsn, "SELECT count(DISTINCT xmin::text) FROM pgtq_tasks")
     assert statements == 1, "the batch was not inserted in one transaction"
 
 

@@ -101,8 +101,8 @@ def page(browser: Any, serve: Callable[..., str]) -> Iterator[Any]:
     foreign: list[str] = []
     context.on(
         "request",
-        lambda request: None if request.url.startswith((base, "data:")) else foreign.append(
-            request.url
+        lambda request: (
+            None if request.url.startswith((base, "data:")) else foreign.append(request.url)
         ),
     )
     page = context.new_page()
@@ -215,8 +215,9 @@ def test_cancel_and_delete_from_the_task_page(served_app: Flask, page: Any, dsn:
 
 def test_posts_without_a_csrf_token_are_refused(served_app: Flask, page: Any, dsn: str) -> None:
     task_id = sql_one(
-        dsn, "INSERT INTO pgtq_tasks (queue, name, state, finished_at) "
-        "VALUES ('default', 'add', 'failed', now()) RETURNING id"
+        dsn,
+        "INSERT INTO pgtq_tasks (queue, name, state, finished_at) "
+        "VALUES ('default', 'add', 'failed', now()) RETURNING id",
     )[0]
     page.goto(f"/pgtq/tasks/{task_id}")
     url = f"/pgtq/tasks/{task_id}/retry"
@@ -322,8 +323,11 @@ def test_overview_of_a_busy_queue_for_the_docs(served_app: Flask, page: Any, dsn
     for i in range(14):
         worker_app.add.options(queue="emails" if i % 2 else "default").push(i, i)
     worker_app.add.options(delay=600, queue="reports").push(0, 0)
-    sql_all(dsn, "UPDATE pgtq_tasks SET run_at = now() - interval '37 seconds' "
-            "WHERE state = 'queued' AND run_at <= now()")
+    sql_all(
+        dsn,
+        "UPDATE pgtq_tasks SET run_at = now() - interval '37 seconds' "
+        "WHERE state = 'queued' AND run_at <= now()",
+    )
     sql_all(
         dsn,
         "INSERT INTO pgtq_workers (id, hostname, pid, queues, concurrency, lease_expires_at) "
@@ -343,8 +347,9 @@ def test_read_only_dashboard_has_no_buttons(
     browser: Any, serve: Callable[..., str], dsn: str
 ) -> None:
     task_id = sql_one(
-        dsn, "INSERT INTO pgtq_tasks (queue, name, state, finished_at) "
-        "VALUES ('default', 'add', 'failed', now()) RETURNING id"
+        dsn,
+        "INSERT INTO pgtq_tasks (queue, name, state, finished_at) "
+        "VALUES ('default', 'add', 'failed', now()) RETURNING id",
     )[0]
     context = browser.new_context(
         base_url=serve(PGTQ_DASHBOARD_READ_ONLY=True),

@@ -304,9 +304,10 @@ def test_each_fire_time_makes_exactly_one_task_with_several_workers(served_app, 
         w.terminate()
     assert [w.wait() for w in workers] == [0, 0, 0]
     fires = sql_all(dsn, "SELECT fire_at, task_id FROM pgtq_periodic ORDER BY fire_at")
-    tasks = [row[0] for row in sql_all(
-        dsn, "SELECT id FROM pgtq_tasks WHERE name = 'every_second' ORDER BY id"
-    )]
+    tasks = [
+        row[0]
+        for row in sql_all(dsn, "SELECT id FROM pgtq_tasks WHERE name = 'every_second' ORDER BY id")
+    ]
     # One task per fire time, whole seconds apart, each run once.
     assert sorted(task_id for _, task_id in fires) == tasks
     seconds = [fire_at for fire_at, _ in fires]
@@ -383,6 +384,7 @@ def test_schedules_follow_their_time_zone(q):
     assert schedule.latest_fire(now) == datetime(2026, 1, 15, 7, 30, tzinfo=UTC)
     summer = datetime(2026, 7, 15, 12, 0, tzinfo=UTC)
     assert schedule.latest_fire(summer) == datetime(2026, 7, 15, 6, 30, tzinfo=UTC)
+
     def other() -> None:
         pass
 
@@ -403,9 +405,9 @@ def test_concurrency_one_never_runs_two_at_once_anywhere(served_app, dsn, start_
     ids = [exclusive.push(f"x{i}").id for i in range(8)]
     poll_until(lambda: all(state(i) is State.SUCCEEDED for i in ids), 60, 0.05)
     events = sorted(
-        (r["at"], r["event"]) for r in sql_all(
-            dsn, "SELECT at, event FROM test_runs WHERE tag LIKE 'x%%'"
-        ) for r in [dict(zip(("at", "event"), r, strict=True))]
+        (r["at"], r["event"])
+        for r in sql_all(dsn, "SELECT at, event FROM test_runs WHERE tag LIKE 'x%%'")
+        for r in [dict(zip(("at", "event"), r, strict=True))]
     )
     running = peak = 0
     for _, event in events:
@@ -472,8 +474,7 @@ def test_workers_delete_finished_tasks_past_retention(served_app, dsn, start_wor
     failing = worker_app.flaky.options(max_attempts=1).push(5, "kept")
     start_worker(settings=settings)
     poll_until(
-        lambda: sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE id = ANY(%s)", (ids,))[0]
-        == 0,
+        lambda: sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE id = ANY(%s)", (ids,))[0] == 0,
         20,
         0.1,
         "succeeded tasks to be deleted",

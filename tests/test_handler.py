@@ -388,9 +388,7 @@ def test_non_json_arguments_are_refused_by_position_and_name(q: PgTq, dsn: str, 
     assert count_tasks(dsn) == 0
 
 
-def test_payload_exactly_at_the_limit_is_accepted_one_byte_more_is_not(
-    q: PgTq, dsn: str
-) -> None:
+def test_payload_exactly_at_the_limit_is_accepted_one_byte_more_is_not(q: PgTq, dsn: str) -> None:
     @q.handler()
     def job(text: str, *, note: str = "") -> None:
         pass

@@ -122,8 +122,9 @@ def test_polling_alone_runs_every_task_exactly_once(served_app, bounced, dsn, st
     }
     workers = [start_worker("--concurrency", "2", settings=settings) for _ in range(2)]
     poll_until(
-        lambda: sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE state = 'succeeded'")[0]
-        == len(ids),
+        lambda: (
+            sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE state = 'succeeded'")[0] == len(ids)
+        ),
         60,
         0.1,
         "all tasks to succeed through pgbouncer",

@@ -56,9 +56,7 @@ def test_chaos_drain_with_workers_killed_every_1_5_seconds(served_app, dsn, star
         workers.append(start_worker("--concurrency", "2", settings=settings))
         # ~1.5 s between kills, or stop as soon as everything is done.
         try:
-            poll_until(
-                lambda: counts(dsn).get("succeeded", 0) == len(ids), 1.5, 0.1, "drained"
-            )
+            poll_until(lambda: counts(dsn).get("succeeded", 0) == len(ids), 1.5, 0.1, "drained")
         except AssertionError:
             pass
 
@@ -97,7 +95,7 @@ def test_frozen_worker_loses_its_lease_and_its_late_outcome_is_rejected(
     try:
         rescuer = start_worker(settings=settings)
         poll_until(
-            lambda: ("finished" in [r["event"] for r in runs(dsn, "frozen")]),
+            lambda: "finished" in [r["event"] for r in runs(dsn, "frozen")],
             20,
             0.05,
             "the rescuer to finish the task",
@@ -190,9 +188,12 @@ def test_a_listen_connection_killed_before_its_listen_is_retried_not_raised(
         pid = conn.get_backend_pid()
         sql_one(dsn, "SELECT pg_terminate_backend(%s)", (pid,))
         poll_until(
-            lambda: not sql_one(dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
-                                (pid,))[0],
-            10, 0.01, "the backend to exit",
+            lambda: (
+                not sql_one(dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))[0]
+            ),
+            10,
+            0.01,
+            "the backend to exit",
         )
         killed.append(pid)
         return conn
@@ -268,9 +269,9 @@ def test_poison_tasks_fail_after_max_attempts_and_spare_the_rest(served_app, dsn
     workers = [start_worker(settings=settings, ready=False) for _ in range(2)]
     deadline = time.monotonic() + 90
     finished = ("succeeded", "failed", "cancelled")
-    while sql_one(
-        dsn, "SELECT count(*) FROM pgtq_tasks WHERE state <> ALL(%s)", (list(finished),)
-    )[0]:
+    while sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE state <> ALL(%s)", (list(finished),))[
+        0
+    ]:
         assert time.monotonic() < deadline, counts(dsn)
         for i, w in enumerate(workers):
             if w.proc.poll() is not None:  # a supervisor's job: start a new one
@@ -294,9 +295,12 @@ def test_poison_tasks_fail_after_max_attempts_and_spare_the_rest(served_app, dsn
         history = worker_app.q.get_task(poison[how]).history
         # Every attempt died with its worker; the task then failed for good.
         assert [h["state"] for h in history] == ["lost", "lost", "lost"], how
-        starts = [r for r in sql_all(
-            dsn, "SELECT attempt, at FROM test_runs WHERE tag = %s ORDER BY id", (how,)
-        )]
+        starts = [
+            r
+            for r in sql_all(
+                dsn, "SELECT attempt, at FROM test_runs WHERE tag = %s ORDER BY id", (how,)
+            )
+        ]
         gaps = [(b[1] - a[1]).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
         assert all(gap >= 1.5 for gap in gaps), f"{how}: no lease/backoff between attempts {gaps}"
     # Memory exhaustion is a MemoryError: an ordinary failure, retried with backoff.
@@ -549,8 +553,16 @@ def test_a_canary_password_never_shows(served_app, dsn, start_worker, pg_server,
         for signal_ in receivers:
             signal_.disconnect(capture)
     assert len(payloads) >= 6
-    for text in (worker.output(), broken.output(), str(info.value), repr(info.value),
-                 repr(standalone), repr(standalone.config), caplog.text, *payloads):
+    for text in (
+        worker.output(),
+        broken.output(),
+        str(info.value),
+        repr(info.value),
+        repr(standalone),
+        repr(standalone.config),
+        caplog.text,
+        *payloads,
+    ):
         assert canary not in text
 
 

@@ -422,9 +422,7 @@ def test_a_task_interrupted_at_every_shutdown_ends_failed(served_app, dsn, start
         if sql_one(dsn, "SELECT state FROM pgtq_tasks WHERE id = %s", (task.id,))[0] == "failed":
             break
         worker = start_worker(settings={"PGTQ_SHUTDOWN_GRACE": 0.2})
-        poll_until(
-            lambda n=restart: len(runs(dsn, "endless")) > n, 10, 0.02, "the task to start"
-        )
+        poll_until(lambda n=restart: len(runs(dsn, "endless")) > n, 10, 0.02, "the task to start")
         worker.terminate()
         assert worker.wait(10) == 0
     state, attempts, error, history = sql_one(
@@ -541,10 +539,12 @@ def test_a_drain_under_bad_values_timeouts_and_cancels_loses_nothing(
     canceller.start()
     try:
         poll_until(
-            lambda: sql_one(
-                dsn, "SELECT count(*) FROM pgtq_tasks WHERE state IN ('queued', 'running')"
-            )[0]
-            == 0,
+            lambda: (
+                sql_one(
+                    dsn, "SELECT count(*) FROM pgtq_tasks WHERE state IN ('queued', 'running')"
+                )[0]
+                == 0
+            ),
             240,
             0.2,
             "the drain to end",

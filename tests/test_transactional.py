@@ -90,9 +90,11 @@ def test_batch_push_joins_the_transaction(q, dsn, conn) -> None:
 
 
 def test_sqlalchemy_connection_and_session(q, dsn) -> None:
-    engine = sa.create_engine(sa.engine.make_url("postgresql+psycopg2://").set(
-        query=dict(psycopg2.extensions.parse_dsn(dsn))
-    ))
+    engine = sa.create_engine(
+        sa.engine.make_url("postgresql+psycopg2://").set(
+            query=dict(psycopg2.extensions.parse_dsn(dsn))
+        )
+    )
     try:
         with engine.connect() as connection:
             q.handlers["welcome"].options(connection=connection).push("sa-rollback")

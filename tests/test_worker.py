@@ -34,8 +34,9 @@ def test_three_workers_drain_1000_tasks_each_exactly_once(served_app, dsn, start
     workers = [start_worker("--concurrency", "2") for _ in range(3)]
 
     poll_until(
-        lambda: sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE state = 'succeeded'")[0]
-        == 1000,
+        lambda: (
+            sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE state = 'succeeded'")[0] == 1000
+        ),
         timeout=120,
         interval=0.1,
         message="all 1000 tasks to succeed",
