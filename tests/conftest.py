@@ -14,11 +14,18 @@ left behind last time.
 
 The schema is migrated once, into the database ``pgtq_template``; every test
 gets a copy of it (``CREATE DATABASE ... TEMPLATE``), dropped afterwards.
+
+On that database: ``app`` (a plain Flask app in its app context), ``q``
+(``PgTq(app)``), ``standalone_q`` (a queue without Flask) and ``served_app``
+(the app of the worker subprocesses).  A module gives them extra ``PGTQ_*``
+settings by overriding ``queue_settings``, and its handlers by overriding
+``q`` with a fixture that requests the ``q`` it replaces.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import pwd
 import shutil
@@ -33,9 +40,11 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 import pytest
+from flask import Flask
 from psycopg2 import sql
 
-from flask_pgtq import schema
+from flask_pgtq import PgTq, schema
+from tests import worker_app
 
 #: Fixtures for real worker processes: ``start_worker``, ``runs_table``.
 pytest_plugins = ["tests.workers"]
@@ -398,6 +407,65 @@ def db(dsn: str) -> Iterator[psycopg2.extensions.connection]:
         yield conn
     finally:
         conn.close()
+
+
+@pytest.fixture
+def queue_settings() -> dict[str, Any]:
+    """Extra ``PGTQ_*`` settings of the test's queue: none.
+
+    ``app`` and ``standalone_q`` use them, and so does ``served_app``.  A
+    module that needs some overrides this fixture, e.g. to return
+    ``{"PGTQ_RETRY_BACKOFF": 0}``.
+    """
+    return {}
+
+
+@pytest.fixture
+def app(dsn: str, queue_settings: dict[str, Any]) -> Iterator[Flask]:
+    """A plain Flask app on the test database, with ``queue_settings``,
+    in its app context."""
+    app = Flask(__name__)
+    app.config["PGTQ_DSN"] = dsn
+    app.config.update(queue_settings)
+    with app.app_context():
+        yield app
+
+
+@pytest.fixture
+def q(app: Flask) -> Iterator[PgTq]:
+    """``PgTq(app)``, its connections closed after the test.
+
+    A module registers its handlers by overriding ``q`` with a fixture that
+    requests this one: ``def q(q): @q.handler() ...; return q``.
+    """
+    q = PgTq(app)
+    yield q
+    q.close()
+
+
+@pytest.fixture
+def standalone_q(dsn: str, queue_settings: dict[str, Any]) -> Iterator[PgTq]:
+    """A queue without Flask, ``PgTq(dsn=dsn, **settings)`` with
+    ``queue_settings``, its connections closed after the test."""
+    keywords = {name.removeprefix("PGTQ_").lower(): value for name, value in queue_settings.items()}
+    queue = PgTq(dsn=dsn, **keywords)
+    yield queue
+    queue.close()
+
+
+@pytest.fixture
+def served_app(
+    dsn: str, queue_settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Flask]:
+    """The app the worker subprocesses serve (``tests.worker_app``), on the
+    test database, with ``queue_settings``, in its app context: the test
+    pushes tasks for ``start_worker``'s workers through it."""
+    monkeypatch.setenv("PGTQ_TEST_APP_DSN", dsn)
+    monkeypatch.setenv("PGTQ_TEST_APP_SETTINGS", json.dumps(queue_settings))
+    app = worker_app.create_app()
+    with app.app_context():
+        yield app
+    worker_app.q.close()
 
 
 def pytest_report_header(config: pytest.Config) -> str:

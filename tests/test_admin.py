@@ -6,12 +6,11 @@ import select
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
-from flask import Flask
 
 from flask_pgtq import PgTq, State, TaskNotFound
 from flask_pgtq.admin import (
@@ -30,18 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def app(dsn: str) -> Iterator[Flask]:
-    app = Flask(__name__)
-    app.config["PGTQ_DSN"] = dsn
-    app.config["PGTQ_RETRY_BACKOFF"] = 0
-    with app.app_context():
-        yield app
+def queue_settings() -> dict[str, Any]:
+    return {"PGTQ_RETRY_BACKOFF": 0}
 
 
 @pytest.fixture
-def q(app: Flask) -> PgTq:
-    q = PgTq(app)
-
+def q(q: PgTq) -> PgTq:
     @q.handler()
     def add(a: int, b: int) -> int:
         return a + b
@@ -87,14 +80,22 @@ def test_status_counts_tasks_by_queue_and_state(q: PgTq, admin: Admin, dsn: str)
     q.push("send", "a@example.com")
     run_all(q, "mail")
     fail_one(q)
-    sql_one(dsn, "UPDATE pgtq_tasks SET run_at = now() - interval '90 seconds' WHERE name = 'add'"
-            " AND run_at <= now() RETURNING id")
+    sql_one(
+        dsn,
+        "UPDATE pgtq_tasks SET run_at = now() - interval '90 seconds' WHERE name = 'add'"
+        " AND run_at <= now() RETURNING id",
+    )
 
     by_queue = {s.queue: s for s in admin.status()}
     assert list(by_queue) == ["default", "mail"]
     default = by_queue["default"]
     assert default.counts == {
-        "ready": 2, "scheduled": 1, "running": 0, "succeeded": 0, "failed": 1, "cancelled": 0
+        "ready": 2,
+        "scheduled": 1,
+        "running": 0,
+        "succeeded": 0,
+        "failed": 1,
+        "cancelled": 0,
     }
     assert 89 < default.oldest_wait < 120
     assert by_queue["mail"].counts["succeeded"] == 1
@@ -109,9 +110,12 @@ def test_status_counts_live_workers_per_queue(q: PgTq, admin: Admin, dsn: str) -
     bound.store.register_owner(
         "00000000-0000-0000-0000-000000000002", queues=["mail"], concurrency=1
     )
-    sql_one(dsn, "INSERT INTO pgtq_workers (id, hostname, pid, queues, concurrency, "
-            "lease_expires_at) VALUES (gen_random_uuid(), 'h', 1, '{mail}', 1, "
-            "now() - interval '1 minute') RETURNING id")
+    sql_one(
+        dsn,
+        "INSERT INTO pgtq_workers (id, hostname, pid, queues, concurrency, "
+        "lease_expires_at) VALUES (gen_random_uuid(), 'h', 1, '{mail}', 1, "
+        "now() - interval '1 minute') RETURNING id",
+    )
     workers = {s.queue: s.workers for s in admin.status()}
     assert workers == {"default": 1, "mail": 2}
 
@@ -172,8 +176,13 @@ def test_tasks_page_through_both_ways(q: PgTq, admin: Admin) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"state": "bogus"}, {"queue": "two words"}, {"name": "x'; drop"}, {"limit": 0},
-     {"before": 1, "after": 2}],
+    [
+        {"state": "bogus"},
+        {"queue": "two words"},
+        {"name": "x'; drop"},
+        {"limit": 0},
+        {"before": 1, "after": 2},
+    ],
 )
 def test_tasks_refuses_bad_filters(admin: Admin, kwargs: dict) -> None:
     with pytest.raises(ValueError):
@@ -248,8 +257,10 @@ def test_retry_refuses_tasks_that_are_not_failed_or_cancelled(q: PgTq, admin: Ad
 def test_retry_all_takes_the_failed_tasks_of_a_queue(q: PgTq, admin: Admin, dsn: str) -> None:
     failed = [fail_one(q, f"f{i}") for i in range(3)]
     mail_failed = sql_one(
-        dsn, "INSERT INTO pgtq_tasks (queue, name, state) VALUES ('mail', 'send', 'failed') "
-        "RETURNING id")[0]
+        dsn,
+        "INSERT INTO pgtq_tasks (queue, name, state) VALUES ('mail', 'send', 'failed') "
+        "RETURNING id",
+    )[0]
     cancelled = admin.cancel(q.push("add", 0, 0).id).task.id
 
     assert admin.retry_all(queue="default") == failed
@@ -371,8 +382,11 @@ def test_purge_by_state_age_and_queue(q: PgTq, admin: Admin, dsn: str) -> None:
     run_all(q, "mail")
     failed = fail_one(q)
     waiting = q.push("add", 9, 9).id
-    sql_all(dsn, "UPDATE pgtq_tasks SET finished_at = now() - interval '10 days' "
-            "WHERE finished_at IS NOT NULL")
+    sql_all(
+        dsn,
+        "UPDATE pgtq_tasks SET finished_at = now() - interval '10 days' "
+        "WHERE finished_at IS NOT NULL",
+    )
     young = q.push("add", 5, 5).id
     run_all(q)
 
@@ -408,8 +422,11 @@ def test_throughput_counts_ended_tasks_per_minute(q: PgTq, admin: Admin, dsn: st
         q.push("add", i, i)
     run_all(q)
     fail_one(q)
-    sql_all(dsn, "UPDATE pgtq_tasks SET finished_at = now() - interval '2 hours' "
-            "WHERE id = (SELECT min(id) FROM pgtq_tasks)")
+    sql_all(
+        dsn,
+        "UPDATE pgtq_tasks SET finished_at = now() - interval '2 hours' "
+        "WHERE id = (SELECT min(id) FROM pgtq_tasks)",
+    )
     series = admin.throughput(60)
     assert len(series) == 60
     assert series[-1]["minute"] <= admin.now()
@@ -423,8 +440,17 @@ def test_throughput_counts_ended_tasks_per_minute(q: PgTq, admin: Admin, dsn: st
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90", 90), ("90s", 90), ("15m", 900), ("12h", 43200), ("7d", 604800), ("2w", 1209600),
-     ("1h30m", 5400), ("0", 0), ("1.5h", 5400)],
+    [
+        ("90", 90),
+        ("90s", 90),
+        ("15m", 900),
+        ("12h", 43200),
+        ("7d", 604800),
+        ("2w", 1209600),
+        ("1h30m", 5400),
+        ("0", 0),
+        ("1.5h", 5400),
+    ],
 )
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
@@ -438,14 +464,18 @@ def test_parse_duration_refuses(text: str) -> None:
 
 def test_formatting_helpers() -> None:
     assert [format_age(s) for s in (None, 5, 75, 3700, 90000)] == [
-        "-", "5s", "1m 15s", "1h 1m", "1d 1h"
+        "-",
+        "5s",
+        "1m 15s",
+        "1h 1m",
+        "1d 1h",
     ]
     assert format_time("2024-05-01T14:03:04.5+02:00") == "2024-05-01 12:03:04Z"
     assert format_time(None) == "-"
     assert error_summary("Traceback:\n  File x\nValueError: nope\n\n") == "ValueError: nope"
     psycopg_error = (
-        "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n    run()\n"
-        "psycopg2.errors.UndefinedTable: relation \"t\" does not exist\n"
+        'Traceback (most recent call last):\n  File "x.py", line 1, in f\n    run()\n'
+        'psycopg2.errors.UndefinedTable: relation "t" does not exist\n'
         "LINE 1: INSERT INTO t VALUES (1)\n                    ^\n"
     )
     assert error_summary(psycopg_error) == (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import select
-from collections.abc import Iterator
+from typing import Any
 
 import psycopg2
 import pytest
@@ -13,10 +13,13 @@ from tests.helpers import sql_all, sql_one
 
 
 @pytest.fixture
-def q(dsn: str) -> Iterator[PgTq]:
-    queue = PgTq(dsn=dsn, max_payload_bytes=1000)
-    yield queue
-    queue.close()
+def queue_settings() -> dict[str, Any]:
+    return {"PGTQ_MAX_PAYLOAD_BYTES": 1000}
+
+
+@pytest.fixture
+def q(standalone_q: PgTq) -> PgTq:
+    return standalone_q
 
 
 def test_push_many_stores_every_item_in_order(q: PgTq, dsn: str) -> None:
@@ -48,11 +51,14 @@ def test_push_many_by_name_with_options(q: PgTq, dsn: str) -> None:
     job.options(queue="bulk", priority=7, delay=3600).push_many([(1,), (2,)])
     stored = sql_all(dsn, "SELECT args FROM pgtq_tasks WHERE queue = 'default' ORDER BY id")
     assert [row[0] for row in stored] == [[n] for n in range(1000)]
-    assert sql_one(
-        dsn,
-        "SELECT count(*) FROM pgtq_tasks WHERE queue = 'bulk' AND priority = 7 "
-        "AND run_at > now() + interval '50 minutes'",
-    )[0] == 2
+    assert (
+        sql_one(
+            dsn,
+            "SELECT count(*) FROM pgtq_tasks WHERE queue = 'bulk' AND priority = 7 "
+            "AND run_at > now() + interval '50 minutes'",
+        )[0]
+        == 2
+    )
 
 
 @pytest.mark.parametrize(
@@ -95,9 +101,7 @@ def test_push_many_is_one_statement_and_one_notify(q: PgTq, dsn: str) -> None:
         assert [n.payload for n in listener.notifies] == ["default"]
     finally:
         listener.close()
-    (statements,) = sql_one(
-        dsn, "SELECT count(DISTINCT xmin::text) FROM pgtq_tasks"
-    )
+    (statements,) = sql_one(dsn, "SELECT count(DISTINCT xmin::text) FROM pgtq_tasks")
     assert statements == 1, "the batch was not inserted in one transaction"
 
 

@@ -85,13 +85,12 @@ def test_init_db_without_the_extension_says_so(dsn: str) -> None:
 
 @pytest.fixture
 def app(dsn: str) -> Flask:
+    """No app context: the commands run in their own, as under ``flask``."""
     return make_app(dsn)
 
 
 @pytest.fixture
-def q(app: Flask) -> PgTq:
-    q = PgTq(app)
-
+def q(q: PgTq) -> PgTq:
     @q.handler()
     def add(a: int, b: int) -> int:
         return a + b

@@ -41,13 +41,12 @@ def make_app(dsn: str) -> Flask:
 
 @pytest.fixture
 def app(dsn: str) -> Flask:
+    """No app context: the commands run in their own, as under ``flask``."""
     return make_app(dsn)
 
 
 @pytest.fixture
-def q(app: Flask) -> PgTq:
-    q = PgTq(app)
-
+def q(q: PgTq) -> PgTq:
     @q.handler()
     def add(a: int, b: int) -> int:
         return a + b
@@ -90,8 +89,16 @@ def test_status_table_and_json(runner: FlaskCliRunner, tasks: dict[str, int]) ->
     out = invoke(runner, "status")
     lines = out.splitlines()
     assert lines[0].split() == [
-        "QUEUE", "READY", "SCHEDULED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED",
-        "OLDEST", "WAITING", "WORKERS",
+        "QUEUE",
+        "READY",
+        "SCHEDULED",
+        "RUNNING",
+        "SUCCEEDED",
+        "FAILED",
+        "CANCELLED",
+        "OLDEST",
+        "WAITING",
+        "WORKERS",
     ]
     assert lines[1].split()[:7] == ["default", "1", "0", "0", "2", "0", "0"]
     assert lines[2].split()[:7] == ["risky", "0", "0", "0", "0", "1", "0"]
@@ -190,8 +197,11 @@ def test_show_an_unknown_task_fails(runner: FlaskCliRunner) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["show", "99999999999999999999"], ["cancel", "99999999999999999999"],
-     ["tasks", "--before", "99999999999999999999"]],
+    [
+        ["show", "99999999999999999999"],
+        ["cancel", "99999999999999999999"],
+        ["tasks", "--before", "99999999999999999999"],
+    ],
     ids=lambda a: a[0],
 )
 def test_ids_out_of_range_fail_with_a_message(runner: FlaskCliRunner, args: list[str]) -> None:
@@ -242,17 +252,15 @@ def test_delete_a_finished_task(runner: FlaskCliRunner, tasks: dict[str, int]) -
     assert "cancel it first" in invoke(runner, "delete", str(tasks["waiting"]), code=1)
 
 
-def test_purge_old_finished_tasks(
-    runner: FlaskCliRunner, tasks: dict[str, int], dsn: str
-) -> None:
-    sql_all(dsn, "UPDATE pgtq_tasks SET finished_at = now() - interval '8 days' "
-            "WHERE state = 'succeeded'")
+def test_purge_old_finished_tasks(runner: FlaskCliRunner, tasks: dict[str, int], dsn: str) -> None:
+    sql_all(
+        dsn,
+        "UPDATE pgtq_tasks SET finished_at = now() - interval '8 days' WHERE state = 'succeeded'",
+    )
     assert "would delete 2 tasks" in invoke(
         runner, "purge", "--state", "succeeded", "--older-than", "7d", "--dry-run"
     )
-    assert "deleted 0 tasks" in invoke(
-        runner, "purge", "--state", "failed", "--older-than", "1h"
-    )
+    assert "deleted 0 tasks" in invoke(runner, "purge", "--state", "failed", "--older-than", "1h")
     assert "deleted 2 tasks" in invoke(
         runner, "purge", "--state", "succeeded", "--state", "failed", "--older-than", "7d"
     )
@@ -283,7 +291,14 @@ def test_workers_table_and_json(app: Flask, q: PgTq, runner: FlaskCliRunner) -> 
     out = invoke(runner, "workers")
     header, row = out.splitlines()[:2]
     assert header.split() == [
-        "ID", "HOST", "PID", "QUEUES", "THREADS", "HEARTBEAT", "STATE", "RUNNING"
+        "ID",
+        "HOST",
+        "PID",
+        "QUEUES",
+        "THREADS",
+        "HEARTBEAT",
+        "STATE",
+        "RUNNING",
     ]
     assert "(pop)" in row and "alive" in row and f"{task.id} add" in row
     (worker,) = json.loads(invoke(runner, "workers", "--json"))
@@ -340,8 +355,15 @@ def test_control_characters_in_task_data_are_printed_escaped(
 
 @pytest.mark.parametrize(
     "args",
-    [["status"], ["tasks"], ["show", "1"], ["retry", "1"], ["cancel", "1"], ["workers"],
-     ["purge", "--state", "succeeded", "--older-than", "1d"]],
+    [
+        ["status"],
+        ["tasks"],
+        ["show", "1"],
+        ["retry", "1"],
+        ["cancel", "1"],
+        ["workers"],
+        ["purge", "--state", "succeeded", "--older-than", "1d"],
+    ],
     ids=lambda a: a[0],
 )
 def test_commands_fail_cleanly_when_the_database_is_unreachable(args: list[str]) -> None:
@@ -370,8 +392,10 @@ def test_cancel_stops_a_task_running_in_a_real_worker(
     out = invoke(app.test_cli_runner(), "cancel", str(task.id))
     assert "cancel requested" in out
     poll_until(
-        lambda: sql_all(dsn, "SELECT state FROM pgtq_tasks WHERE id = %s", (task.id,))
-        == [("cancelled",)],
+        lambda: (
+            sql_all(dsn, "SELECT state FROM pgtq_tasks WHERE id = %s", (task.id,))
+            == [("cancelled",)]
+        ),
         15,
         0.05,
         "the worker to stop the task",

@@ -169,9 +169,7 @@ def test_no_dashboard_unless_a_prefix_is_set(dsn: str) -> None:
 # -- pages -------------------------------------------------------------------------------------
 
 
-def test_overview_shows_queues_counts_and_chart(
-    client: FlaskClient, tasks: dict[str, int]
-) -> None:
+def test_overview_shows_queues_counts_and_chart(client: FlaskClient, tasks: dict[str, int]) -> None:
     response = client.get("/pgtq/")
     assert response.status_code == 200
     page = text(response)
@@ -234,8 +232,15 @@ TOO_BIG = "99999999999999999999"  # more than a bigint holds
 
 @pytest.mark.parametrize(
     "query",
-    [f"before={TOO_BIG}", f"after={TOO_BIG}", f"before=-{TOO_BIG}", "before=abc",
-     "after=1.5", "before=" + "9" * 5000, f"done=retried-all&retried={TOO_BIG}"],
+    [
+        f"before={TOO_BIG}",
+        f"after={TOO_BIG}",
+        f"before=-{TOO_BIG}",
+        "before=abc",
+        "after=1.5",
+        "before=" + "9" * 5000,
+        f"done=retried-all&retried={TOO_BIG}",
+    ],
     ids=["before", "after", "negative", "not-a-number", "fraction", "huge", "retried"],
 )
 def test_numbers_out_of_range_are_a_400(client: FlaskClient, query: str) -> None:
@@ -260,9 +265,7 @@ def test_task_ids_out_of_range_are_a_400(client: FlaskClient, tasks: dict[str, i
     assert client.get("/pgtq/tasks?before=9223372036854775807").status_code == 200
 
 
-def test_task_detail_shows_everything(
-    client: FlaskClient, tasks: dict[str, int], dsn: str
-) -> None:
+def test_task_detail_shows_everything(client: FlaskClient, tasks: dict[str, int], dsn: str) -> None:
     failed = text(client.get(f"/pgtq/tasks/{tasks['failed']}"))
     assert "disk &lt;full&gt;" in failed and "disk <full>" not in failed
     assert 'id="error"' in failed and "Traceback (most recent call last)" in failed
@@ -274,17 +277,18 @@ def test_task_detail_shows_everything(
     assert re.search(r'<pre id="result">5</pre>', done)
     assert "succeeded the first time" in done
 
-    sql_all(dsn, "UPDATE pgtq_tasks SET progress = '{\"done\": 3, \"of\": 10}' WHERE id = %s",
-            (tasks["waiting"],))
+    sql_all(
+        dsn,
+        'UPDATE pgtq_tasks SET progress = \'{"done": 3, "of": 10}\' WHERE id = %s',
+        (tasks["waiting"],),
+    )
     waiting = text(client.get(f"/pgtq/tasks/{tasks['waiting']}"))
     assert 'id="progress"' in waiting and "&#34;of&#34;: 10" in waiting
     assert 'value="cancel"' in waiting and 'value="retry"' not in waiting
     assert PASSWORD not in failed + done + waiting
 
 
-def test_json_nested_too_deeply_is_shown_as_a_placeholder(
-    client: FlaskClient, dsn: str
-) -> None:
+def test_json_nested_too_deeply_is_shown_as_a_placeholder(client: FlaskClient, dsn: str) -> None:
     (task_id,) = sql_one(
         dsn,
         "INSERT INTO pgtq_tasks (queue, name, state, args, kwargs, result)"
@@ -381,9 +385,7 @@ def test_retry_all_refuses_what_it_cannot_retry(
     assert state_of(dsn, tasks["done"]) == "succeeded"
 
 
-def test_retry_all_needs_a_csrf_token(
-    client: FlaskClient, tasks: dict[str, int], dsn: str
-) -> None:
+def test_retry_all_needs_a_csrf_token(client: FlaskClient, tasks: dict[str, int], dsn: str) -> None:
     response = client.post("/pgtq/tasks/retry", data={"state": "failed"})
     assert response.status_code == 403
     assert state_of(dsn, tasks["failed"]) == "failed"
@@ -397,8 +399,9 @@ def test_cancel_and_delete(client: FlaskClient, tasks: dict[str, int], dsn: str)
     assert response.status_code == 303 and response.headers["Location"].endswith(
         "/pgtq/tasks?done=deleted"
     )
-    assert sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE id = %s",
-                   (tasks["waiting"],))[0] == 0
+    assert (
+        sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE id = %s", (tasks["waiting"],))[0] == 0
+    )
 
 
 def test_an_action_the_state_does_not_allow_is_a_409(
@@ -491,9 +494,7 @@ def test_a_token_is_bound_to_its_cookie(
     assert state_of(dsn, tasks["failed"]) == "failed"
 
 
-def test_cross_site_posts_are_refused(
-    client: FlaskClient, tasks: dict[str, int], dsn: str
-) -> None:
+def test_cross_site_posts_are_refused(client: FlaskClient, tasks: dict[str, int], dsn: str) -> None:
     response = post_action(
         client, tasks["failed"], "retry", headers={"Sec-Fetch-Site": "cross-site"}
     )
@@ -539,9 +540,10 @@ def test_read_only_refuses_actions_even_with_a_valid_token(
     assert "read-only" in text(response)
     assert row_of(dsn, task_id) == before
     # The very same request acts where the dashboard is not read-only.
-    assert client.post(
-        action_url(action, task_id), data={"csrf_token": token, **form}
-    ).status_code == 303
+    assert (
+        client.post(action_url(action, task_id), data={"csrf_token": token, **form}).status_code
+        == 303
+    )
     assert row_of(dsn, task_id) != before
 
 

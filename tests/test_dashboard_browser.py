@@ -101,8 +101,8 @@ def page(browser: Any, serve: Callable[..., str]) -> Iterator[Any]:
     foreign: list[str] = []
     context.on(
         "request",
-        lambda request: None if request.url.startswith((base, "data:")) else foreign.append(
-            request.url
+        lambda request: (
+            None if request.url.startswith((base, "data:")) else foreign.append(request.url)
         ),
     )
     page = context.new_page()
@@ -126,17 +126,8 @@ def wait_for_state(dsn: str, task_id: int, state: str) -> None:
     poll_until(lambda: state_of(dsn, task_id) == state, 20, 0.02, f"task {task_id} {state}")
 
 
-@pytest.fixture
-def app(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    """The worker's app, for pushing tasks from the test."""
-    monkeypatch.setenv("PGTQ_TEST_APP_DSN", dsn)
-    app = worker_app.create_app()
-    with app.app_context():
-        yield app
-
-
 def test_find_a_failed_task_retry_it_and_see_it_succeed(
-    app: Flask, page: Any, dsn: str, start_worker: Any
+    served_app: Flask, page: Any, dsn: str, start_worker: Any
 ) -> None:
     worker = start_worker()
     done = [worker_app.add.push(i, i).id for i in range(3)]
@@ -204,7 +195,7 @@ def test_find_a_failed_task_retry_it_and_see_it_succeed(
     screenshot(page, "05-workers")
 
 
-def test_cancel_and_delete_from_the_task_page(app: Flask, page: Any, dsn: str) -> None:
+def test_cancel_and_delete_from_the_task_page(served_app: Flask, page: Any, dsn: str) -> None:
     task_id = worker_app.add.options(delay=3600).push(1, 2).id
     page.goto(f"/pgtq/tasks/{task_id}")
     assert "scheduled" in page.locator(".task-head .state").inner_text()
@@ -222,10 +213,11 @@ def test_cancel_and_delete_from_the_task_page(app: Flask, page: Any, dsn: str) -
     assert sql_one(dsn, "SELECT count(*) FROM pgtq_tasks")[0] == 0
 
 
-def test_posts_without_a_csrf_token_are_refused(app: Flask, page: Any, dsn: str) -> None:
+def test_posts_without_a_csrf_token_are_refused(served_app: Flask, page: Any, dsn: str) -> None:
     task_id = sql_one(
-        dsn, "INSERT INTO pgtq_tasks (queue, name, state, finished_at) "
-        "VALUES ('default', 'add', 'failed', now()) RETURNING id"
+        dsn,
+        "INSERT INTO pgtq_tasks (queue, name, state, finished_at) "
+        "VALUES ('default', 'add', 'failed', now()) RETURNING id",
     )[0]
     page.goto(f"/pgtq/tasks/{task_id}")
     url = f"/pgtq/tasks/{task_id}/retry"
@@ -286,7 +278,7 @@ def test_requests_without_authorisation_are_refused(
     unconfigured.close()
 
 
-def test_paging_through_the_task_list(app: Flask, page: Any) -> None:
+def test_paging_through_the_task_list(served_app: Flask, page: Any) -> None:
     ids = [worker_app.add.options(delay=3600).push(i, i).id for i in range(120)]
     page.goto("/pgtq/tasks")
     first = [int(r.get_attribute("data-task-id")) for r in page.locator("#tasks tbody tr").all()]
@@ -302,7 +294,7 @@ def test_paging_through_the_task_list(app: Flask, page: Any) -> None:
     assert again == second
 
 
-def test_overview_of_a_busy_queue_for_the_docs(app: Flask, page: Any, dsn: str) -> None:
+def test_overview_of_a_busy_queue_for_the_docs(served_app: Flask, page: Any, dsn: str) -> None:
     """A realistic hour of work across queues, for the README's screenshot."""
     sql_all(
         dsn,
@@ -331,8 +323,11 @@ def test_overview_of_a_busy_queue_for_the_docs(app: Flask, page: Any, dsn: str) 
     for i in range(14):
         worker_app.add.options(queue="emails" if i % 2 else "default").push(i, i)
     worker_app.add.options(delay=600, queue="reports").push(0, 0)
-    sql_all(dsn, "UPDATE pgtq_tasks SET run_at = now() - interval '37 seconds' "
-            "WHERE state = 'queued' AND run_at <= now()")
+    sql_all(
+        dsn,
+        "UPDATE pgtq_tasks SET run_at = now() - interval '37 seconds' "
+        "WHERE state = 'queued' AND run_at <= now()",
+    )
     sql_all(
         dsn,
         "INSERT INTO pgtq_workers (id, hostname, pid, queues, concurrency, lease_expires_at) "
@@ -352,8 +347,9 @@ def test_read_only_dashboard_has_no_buttons(
     browser: Any, serve: Callable[..., str], dsn: str
 ) -> None:
     task_id = sql_one(
-        dsn, "INSERT INTO pgtq_tasks (queue, name, state, finished_at) "
-        "VALUES ('default', 'add', 'failed', now()) RETURNING id"
+        dsn,
+        "INSERT INTO pgtq_tasks (queue, name, state, finished_at) "
+        "VALUES ('default', 'add', 'failed', now()) RETURNING id",
     )[0]
     context = browser.new_context(
         base_url=serve(PGTQ_DASHBOARD_READ_ONLY=True),

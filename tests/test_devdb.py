@@ -123,6 +123,7 @@ def _lines(output: str) -> dict[str, int]:
 @pytest.mark.slow
 def test_the_development_database_starts_is_reused_and_stops(tmp_path: Path) -> None:
     import pgserver  # noqa: F401  (the test extra installs it: a missing one fails)
+
     instance = tmp_path / "instance"
     datadir = instance / devdb.DATA_DIRECTORY
 
@@ -158,6 +159,7 @@ def test_the_development_database_starts_is_reused_and_stops(tmp_path: Path) -> 
 @pytest.mark.slow
 def test_a_started_database_can_be_stopped_explicitly(tmp_path: Path) -> None:
     import pgserver  # noqa: F401  (the test extra installs it: a missing one fails)
+
     database = devdb.start_dev_database(tmp_path)
     try:
         assert database.running

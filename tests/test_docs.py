@@ -111,6 +111,7 @@ def test_pre_commit_runs_the_ruff_that_ci_runs() -> None:
 def test_the_docs_build_without_warnings(tmp_path: Path) -> None:
     import furo  # noqa: F401  (the test extra installs Sphinx and the theme)
     import sphinx  # noqa: F401
+
     build = subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "-q", "-b", "html", str(DOCS), str(tmp_path)],
         capture_output=True,

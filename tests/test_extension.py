@@ -26,6 +26,7 @@ def make_app(dsn: str, **config: object) -> Flask:
 
 @pytest.fixture
 def app(dsn: str) -> Flask:
+    """No app context: the tests push one where they need it."""
     return make_app(dsn)
 
 

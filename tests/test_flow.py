@@ -8,12 +8,10 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg2
 import pytest
-from flask import Flask
 
 from flask_pgtq import ConfigurationError, PgTq, State
 from flask_pgtq.periodic import DEFAULT_MISFIRE_GRACE, Schedule, Scheduler
@@ -32,18 +30,8 @@ from tests.workers import runs
 
 
 @pytest.fixture
-def app(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    monkeypatch.setenv("PGTQ_TEST_APP_DSN", dsn)
-    app = worker_app.create_app()
-    with app.app_context():
-        yield app
-
-
-@pytest.fixture
-def q(dsn: str) -> Iterator[PgTq]:
-    queue = PgTq(dsn=dsn)
-    yield queue
-    queue.close()
+def q(standalone_q: PgTq) -> PgTq:
+    return standalone_q
 
 
 def state(task_id: int) -> State:
@@ -53,7 +41,7 @@ def state(task_id: int) -> State:
 # -- delays -------------------------------------------------------------------
 
 
-def test_a_delayed_task_starts_on_time(app, dsn, start_worker):
+def test_a_delayed_task_starts_on_time(served_app, dsn, start_worker):
     start_worker(settings={"PGTQ_POLL_INTERVAL": 0.2})
     eta = datetime.now(UTC) + timedelta(seconds=1.5)
     delayed = mark.options(delay=timedelta(seconds=1)).push("delayed")
@@ -81,7 +69,7 @@ def test_naive_eta_is_refused(q):
 # -- priorities and queues ------------------------------------------------------
 
 
-def test_a_flood_in_one_queue_does_not_starve_another(app, dsn, start_worker):
+def test_a_flood_in_one_queue_does_not_starve_another(served_app, dsn, start_worker):
     flood = [mark.options(queue="flood").push(f"f{i}").id for i in range(150)]
     trickle = [mark.options(queue="trickle").push(f"t{i}").id for i in range(5)]
     start_worker("--queue", "flood", "--queue", "trickle")
@@ -95,7 +83,7 @@ def test_a_flood_in_one_queue_does_not_starve_another(app, dsn, start_worker):
     assert len(flood) == 150
 
 
-def test_higher_priority_runs_first_in_a_worker(app, dsn, start_worker):
+def test_higher_priority_runs_first_in_a_worker(served_app, dsn, start_worker):
     low = [mark.push(f"low{i}").id for i in range(5)]
     high = [mark.options(priority=10).push(f"high{i}").id for i in range(5)]
     worker = start_worker("--burst", ready=False)
@@ -216,7 +204,7 @@ def test_unique_for_needs_a_key(q):
 # -- timeouts -------------------------------------------------------------------
 
 
-def test_a_busy_handler_is_stopped_at_its_timeout(app, dsn, start_worker):
+def test_a_busy_handler_is_stopped_at_its_timeout(served_app, dsn, start_worker):
     worker = start_worker()
     task = spin.push(30, "spinner")
     poll_until(lambda: state(task.id) is State.FAILED, 20, 0.05, "both attempts to time out")
@@ -237,7 +225,7 @@ def test_a_busy_handler_is_stopped_at_its_timeout(app, dsn, start_worker):
     assert "restarting" not in worker.output()
 
 
-def test_a_blocked_handler_is_ended_by_restarting_the_worker(app, dsn, start_worker):
+def test_a_blocked_handler_is_ended_by_restarting_the_worker(served_app, dsn, start_worker):
     worker = start_worker()
     task = block.push(60, "blocked")
     poll_until(lambda: state(task.id) is State.FAILED, 20, 0.05, "the timeout to be recorded")
@@ -268,7 +256,7 @@ def test_cancel_a_queued_task_at_once(q):
     assert q.cancel(task.id).state is State.CANCELLED  # idempotent
 
 
-def test_cancel_a_running_task_that_checks(app, dsn, start_worker):
+def test_cancel_a_running_task_that_checks(served_app, dsn, start_worker):
     start_worker(settings={"PGTQ_CANCEL_GRACE": 30})
     task = cooperative.push("polite")
     poll_until(lambda: runs(dsn, "polite"), 10, 0.02, "the task to start")
@@ -279,7 +267,7 @@ def test_cancel_a_running_task_that_checks(app, dsn, start_worker):
     assert [r["event"] for r in runs(dsn, "polite")] == ["started", "noticed"]
 
 
-def test_cancel_a_running_task_that_ignores_it(app, dsn, start_worker):
+def test_cancel_a_running_task_that_ignores_it(served_app, dsn, start_worker):
     worker = start_worker(settings={"PGTQ_CANCEL_GRACE": 0.5})
     task = stubborn.push("deaf")
     poll_until(lambda: runs(dsn, "deaf"), 10, 0.02, "the task to start")
@@ -309,16 +297,17 @@ def test_cancel_of_a_finished_or_missing_task(q):
 
 
 @pytest.mark.slow
-def test_each_fire_time_makes_exactly_one_task_with_several_workers(app, dsn, start_worker):
+def test_each_fire_time_makes_exactly_one_task_with_several_workers(served_app, dsn, start_worker):
     workers = [start_worker("--queue", "periodic") for _ in range(3)]
     poll_until(lambda: len(runs(dsn, "tick")) >= 4, 20, 0.1, "four ticks")
     for w in workers:
         w.terminate()
     assert [w.wait() for w in workers] == [0, 0, 0]
     fires = sql_all(dsn, "SELECT fire_at, task_id FROM pgtq_periodic ORDER BY fire_at")
-    tasks = [row[0] for row in sql_all(
-        dsn, "SELECT id FROM pgtq_tasks WHERE name = 'every_second' ORDER BY id"
-    )]
+    tasks = [
+        row[0]
+        for row in sql_all(dsn, "SELECT id FROM pgtq_tasks WHERE name = 'every_second' ORDER BY id")
+    ]
     # One task per fire time, whole seconds apart, each run once.
     assert sorted(task_id for _, task_id in fires) == tasks
     seconds = [fire_at for fire_at, _ in fires]
@@ -395,6 +384,7 @@ def test_schedules_follow_their_time_zone(q):
     assert schedule.latest_fire(now) == datetime(2026, 1, 15, 7, 30, tzinfo=UTC)
     summer = datetime(2026, 7, 15, 12, 0, tzinfo=UTC)
     assert schedule.latest_fire(summer) == datetime(2026, 7, 15, 6, 30, tzinfo=UTC)
+
     def other() -> None:
         pass
 
@@ -408,16 +398,16 @@ def test_schedules_follow_their_time_zone(q):
 
 
 @pytest.mark.slow
-def test_concurrency_one_never_runs_two_at_once_anywhere(app, dsn, start_worker):
+def test_concurrency_one_never_runs_two_at_once_anywhere(served_app, dsn, start_worker):
     # Frequent polls: every worker keeps trying, so the lock is contended.
     settings = {"PGTQ_POLL_INTERVAL": 0.05}
     workers = [start_worker("--concurrency", "3", settings=settings) for _ in range(3)]
     ids = [exclusive.push(f"x{i}").id for i in range(8)]
     poll_until(lambda: all(state(i) is State.SUCCEEDED for i in ids), 60, 0.05)
     events = sorted(
-        (r["at"], r["event"]) for r in sql_all(
-            dsn, "SELECT at, event FROM test_runs WHERE tag LIKE 'x%%'"
-        ) for r in [dict(zip(("at", "event"), r, strict=True))]
+        (r["at"], r["event"])
+        for r in sql_all(dsn, "SELECT at, event FROM test_runs WHERE tag LIKE 'x%%'")
+        for r in [dict(zip(("at", "event"), r, strict=True))]
     )
     running = peak = 0
     for _, event in events:
@@ -432,7 +422,7 @@ def test_concurrency_one_never_runs_two_at_once_anywhere(app, dsn, start_worker)
 
 
 @pytest.mark.slow
-def test_rate_limit_caps_starts_per_period_across_workers(app, dsn, start_worker):
+def test_rate_limit_caps_starts_per_period_across_workers(served_app, dsn, start_worker):
     settings = {"PGTQ_POLL_INTERVAL": 0.05}
     workers = [start_worker("--concurrency", "2", settings=settings) for _ in range(3)]
     ids = [limited.push(f"r{i}").id for i in range(12)]
@@ -478,14 +468,13 @@ def test_bad_limits_are_refused(q):
 # -- retention --------------------------------------------------------------------
 
 
-def test_workers_delete_finished_tasks_past_retention(app, dsn, start_worker):
+def test_workers_delete_finished_tasks_past_retention(served_app, dsn, start_worker):
     settings = {"PGTQ_KEEP_SUCCEEDED": 0.5, "PGTQ_PRUNE_INTERVAL": 0.3}
     ids = [mark.push(f"keep{i}").id for i in range(20)]
     failing = worker_app.flaky.options(max_attempts=1).push(5, "kept")
     start_worker(settings=settings)
     poll_until(
-        lambda: sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE id = ANY(%s)", (ids,))[0]
-        == 0,
+        lambda: sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE id = ANY(%s)", (ids,))[0] == 0,
         20,
         0.1,
         "succeeded tasks to be deleted",

@@ -31,7 +31,7 @@ def make_queue(dsn: str) -> PgTq:
 def q(dsn: str) -> Iterator[PgTq]:
     queue = make_queue(dsn)
     yield queue
-    queue.app_queue().db.close()
+    queue.close()
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def other(dsn: str) -> Iterator[PgTq]:
     """A second process's queue: another lease owner."""
     queue = make_queue(dsn)
     yield queue
-    queue.app_queue().db.close()
+    queue.close()
 
 
 #: How the task is taken from the attempt that *q* claimed first.

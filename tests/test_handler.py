@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from flask import Flask
 
 from flask_pgtq import (
     Args,
@@ -26,17 +24,8 @@ from tests.helpers import sql_one
 
 
 @pytest.fixture
-def app(dsn: str) -> Iterator[Flask]:
-    app = Flask(__name__)
-    app.config["PGTQ_DSN"] = dsn
-    app.config["PGTQ_MAX_PAYLOAD_BYTES"] = 1000
-    with app.app_context():
-        yield app
-
-
-@pytest.fixture
-def q(app: Flask) -> PgTq:
-    return PgTq(app)
+def queue_settings() -> dict[str, Any]:
+    return {"PGTQ_MAX_PAYLOAD_BYTES": 1000}
 
 
 def count_tasks(dsn: str) -> int:
@@ -399,9 +388,7 @@ def test_non_json_arguments_are_refused_by_position_and_name(q: PgTq, dsn: str, 
     assert count_tasks(dsn) == 0
 
 
-def test_payload_exactly_at_the_limit_is_accepted_one_byte_more_is_not(
-    q: PgTq, dsn: str
-) -> None:
+def test_payload_exactly_at_the_limit_is_accepted_one_byte_more_is_not(q: PgTq, dsn: str) -> None:
     @q.handler()
     def job(text: str, *, note: str = "") -> None:
         pass

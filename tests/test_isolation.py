@@ -12,10 +12,8 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
 
 import pytest
-from flask import Flask
 
 from flask_pgtq import ConfigurationError, PgTq, State
 from flask_pgtq.connection import Database
@@ -25,14 +23,6 @@ from tests import worker_app
 from tests.helpers import poll_until
 from tests.worker_app import isolated, isolated_regex
 from tests.workers import runs
-
-
-@pytest.fixture
-def app(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    monkeypatch.setenv("PGTQ_TEST_APP_DSN", dsn)
-    app = worker_app.create_app()
-    with app.app_context():
-        yield app
 
 
 def state(task_id: int) -> State:
@@ -180,7 +170,7 @@ def test_isolated_must_be_a_bool(dsn: str) -> None:
 SHORT_LEASE = {"PGTQ_LEASE": 4.0, "PGTQ_HEARTBEAT_INTERVAL": 1.0}
 
 
-def test_a_gil_holding_handler_times_out_and_keeps_its_lease(app, dsn, start_worker):
+def test_a_gil_holding_handler_times_out_and_keeps_its_lease(served_app, dsn, start_worker):
     workers = [start_worker(settings=SHORT_LEASE) for _ in range(2)]
     ids = {w.wait_ready(): w for w in workers}
     task = isolated_regex.push(15, "regex")
@@ -203,7 +193,7 @@ def test_a_gil_holding_handler_times_out_and_keeps_its_lease(app, dsn, start_wor
     assert [w.wait() for w in workers] == [0, 0]
 
 
-def test_an_isolated_handler_runs_in_a_child_with_a_fresh_context(app, dsn, start_worker):
+def test_an_isolated_handler_runs_in_a_child_with_a_fresh_context(served_app, dsn, start_worker):
     worker = start_worker()
     task = isolated.push("result", "result")
     poll_until(lambda: finished(task.id), 15, 0.05)
@@ -226,7 +216,7 @@ def test_an_isolated_handler_runs_in_a_child_with_a_fresh_context(app, dsn, star
     ],
 )
 def test_retry_cancel_and_bad_results_end_as_in_a_thread(
-    app, dsn, start_worker, how, outcome, error
+    served_app, dsn, start_worker, how, outcome, error
 ):
     start_worker()
     task = isolated.push(how, how)
@@ -241,7 +231,7 @@ def test_retry_cancel_and_bad_results_end_as_in_a_thread(
     )
 
 
-def test_an_exception_comes_back_with_its_traceback(app, dsn, start_worker):
+def test_an_exception_comes_back_with_its_traceback(served_app, dsn, start_worker):
     start_worker()
     task = isolated.push("raise", "raise")
     poll_until(lambda: finished(task.id), 15, 0.05)
@@ -257,7 +247,7 @@ def test_an_exception_comes_back_with_its_traceback(app, dsn, start_worker):
 @pytest.mark.parametrize(
     ("how", "death"), [("exit", "exited with code 3"), ("segfault", "killed by signal SIGSEGV")]
 )
-def test_a_child_that_dies_is_a_failed_attempt(app, dsn, start_worker, how, death):
+def test_a_child_that_dies_is_a_failed_attempt(served_app, dsn, start_worker, how, death):
     worker = start_worker()
     task = isolated.push(how, how)
     poll_until(lambda: finished(task.id), 15, 0.05)
@@ -273,7 +263,7 @@ def test_a_child_that_dies_is_a_failed_attempt(app, dsn, start_worker, how, deat
     assert worker_app.q.get_task(later.id).result["parent"] == worker.pid
 
 
-def test_cancel_kills_a_running_isolated_handler_at_once(app, dsn, start_worker):
+def test_cancel_kills_a_running_isolated_handler_at_once(served_app, dsn, start_worker):
     worker = start_worker(settings={"PGTQ_CANCEL_GRACE": 30})
     task = isolated.push("sleep", "sleeper")
     (start,) = poll_until(lambda: runs(dsn, "sleeper"), 10, 0.02, "the task to start")
@@ -289,7 +279,7 @@ def test_cancel_kills_a_running_isolated_handler_at_once(app, dsn, start_worker)
 
 
 def test_a_stopping_worker_kills_its_children_and_releases_their_tasks(
-    app, dsn, start_worker
+    served_app, dsn, start_worker
 ):
     worker = start_worker(settings={"PGTQ_SHUTDOWN_GRACE": 0.5})
     task = isolated.push("sleep", "stopped")

@@ -76,10 +76,14 @@ def test_worker_logs_json_lines_without_argument_values(
         worker = start_worker(settings={"PGTQ_LOG_FORMAT": "json"})
     ids = [ok.id, retried.id, failed.id]
     poll_until(
-        lambda: sql_one(
-            dsn, "SELECT count(*) FROM pgtq_tasks WHERE id = ANY(%s) AND finished_at IS NOT NULL",
-            (ids,),
-        )[0] == 3,
+        lambda: (
+            sql_one(
+                dsn,
+                "SELECT count(*) FROM pgtq_tasks WHERE id = ANY(%s) AND finished_at IS NOT NULL",
+                (ids,),
+            )[0]
+            == 3
+        ),
         20,
         0.05,
         "the three tasks to end",

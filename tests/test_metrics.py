@@ -57,8 +57,11 @@ def test_metrics_endpoint_shows_queue_depth_and_outcomes(dsn: str) -> None:
         q.handlers["add"].options(delay=600).push(0, 0)
         q.pop().run()
         q.push("boom")
-        sql_all(dsn, "UPDATE pgtq_tasks SET run_at = now() - interval '42 seconds' "
-                "WHERE state = 'queued' AND run_at <= now()")
+        sql_all(
+            dsn,
+            "UPDATE pgtq_tasks SET run_at = now() - interval '42 seconds' "
+            "WHERE state = 'queued' AND run_at <= now()",
+        )
         q.handlers["boom"].options(priority=9).push()
         q.pop().run()  # boom: attempt 1 fails, retried (backoff 0)
         q.pop().run()  # boom again: attempt 2 fails for good
@@ -106,9 +109,10 @@ def test_collector_and_task_metrics_in_your_own_registry(dsn: str) -> None:
     finally:
         metrics.disconnect()
     assert sample(body, "pgtq_tasks", queue="default", state="succeeded") == 1
-    assert sample(
-        body, "pgtq_task_outcomes_total", queue="default", name="add", outcome="succeeded"
-    ) == 1
+    assert (
+        sample(body, "pgtq_task_outcomes_total", queue="default", name="add", outcome="succeeded")
+        == 1
+    )
 
 
 def test_metrics_url_must_be_a_path(dsn: str) -> None:

@@ -7,7 +7,6 @@ Needs Debian's ``pgbouncer`` package (``./run-tests`` installs it).
 from __future__ import annotations
 
 import collections
-import json
 import os
 import pwd
 import shutil
@@ -17,11 +16,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 import pytest
-from flask import Flask
 
 from flask_pgtq import PgTq, State, schema
 from tests import worker_app
@@ -101,12 +100,9 @@ NO_PREPARE = {"PGTQ_PREPARED_STATEMENTS": False}
 
 
 @pytest.fixture
-def app(bounced: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    monkeypatch.setenv("PGTQ_TEST_APP_DSN", bounced)
-    monkeypatch.setenv("PGTQ_TEST_APP_SETTINGS", json.dumps(NO_PREPARE))
-    app = worker_app.create_app()
-    with app.app_context():
-        yield app
+def queue_settings(bounced: str) -> dict[str, Any]:
+    """The served app pushes through the bouncer, without prepared statements."""
+    return {"PGTQ_DSN": bounced, **NO_PREPARE}
 
 
 def test_init_db_through_the_bouncer(empty_dsn: str, bouncer_port: int) -> None:
@@ -116,7 +112,7 @@ def test_init_db_through_the_bouncer(empty_dsn: str, bouncer_port: int) -> None:
     assert q.init_db() == []
 
 
-def test_polling_alone_runs_every_task_exactly_once(app, bounced, dsn, start_worker) -> None:
+def test_polling_alone_runs_every_task_exactly_once(served_app, bounced, dsn, start_worker) -> None:
     ids = [mark.push(f"pb{i}").id for i in range(200)]
     settings = {
         "PGTQ_DSN": bounced,
@@ -126,8 +122,9 @@ def test_polling_alone_runs_every_task_exactly_once(app, bounced, dsn, start_wor
     }
     workers = [start_worker("--concurrency", "2", settings=settings) for _ in range(2)]
     poll_until(
-        lambda: sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE state = 'succeeded'")[0]
-        == len(ids),
+        lambda: (
+            sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE state = 'succeeded'")[0] == len(ids)
+        ),
         60,
         0.1,
         "all tasks to succeed through pgbouncer",

@@ -49,8 +49,13 @@ def test_the_readme_block_is_pgtqs_quickstart() -> None:
     code = quickstart()
     assert code.startswith("from flask_pgtq import PgTq, worker\n")
     assert f"q = PgTq('test_queue', {README_DSN})\n" in code
-    for line in ("add_numbers(2, 3)", "add_numbers.push(2, 3)", "worker.main_loop(q)",
-                 "task = q.pop()", '@q.handler(name="sum_task")'):
+    for line in (
+        "add_numbers(2, 3)",
+        "add_numbers.push(2, 3)",
+        "worker.main_loop(q)",
+        "task = q.pop()",
+        '@q.handler(name="sum_task")',
+    ):
         assert f"\n{line}\n" in code, line
 
 
@@ -60,9 +65,7 @@ def test_the_pgtq_quickstart_runs_as_written(dsn: str, tmp_path: Path) -> None:
     script = tmp_path / "pgtq_quickstart.py"
     script.write_text(code, encoding="utf-8")
     statements = ast.parse(code).body
-    (worker_at,) = [
-        i for i, s in enumerate(statements) if ast.unparse(s) == "worker.main_loop(q)"
-    ]
+    (worker_at,) = [i for i, s in enumerate(statements) if ast.unparse(s) == "worker.main_loop(q)"]
 
     # The shell: everything up to the worker.
     shell: dict[str, Any] = {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
@@ -18,10 +17,13 @@ from tests.helpers import poll_until, sql_one
 
 
 @pytest.fixture
-def q(dsn: str) -> Iterator[PgTq]:
-    queue = PgTq(dsn=dsn, retry_backoff=0.2, lease=1.0, heartbeat_interval=0.2)
-    yield queue
-    queue.close()
+def queue_settings() -> dict[str, Any]:
+    return {"PGTQ_RETRY_BACKOFF": 0.2, "PGTQ_LEASE": 1.0, "PGTQ_HEARTBEAT_INTERVAL": 0.2}
+
+
+@pytest.fixture
+def q(standalone_q: PgTq) -> PgTq:
+    return standalone_q
 
 
 def test_pop_returns_none_when_nothing_is_ready(q: PgTq) -> None:
@@ -121,7 +123,7 @@ def test_concurrent_claimers_never_share_a_task(dsn: str) -> None:
     for thread in threads:
         thread.join(60)
     for claimer in claimers:
-        claimer.app_queue().db.close()
+        claimer.close()
     assert errors == []
     assert sum(1 for c in claimed if c) >= 2, "one claimer took everything: no race"
     ids = [task_id for c in claimed for task_id, _ in c]

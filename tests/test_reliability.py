@@ -13,26 +13,16 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
 import pytest
-from flask import Flask
 
 from flask_pgtq import DatabaseError, PgTq, State, signals
 from tests import worker_app
 from tests.helpers import poll_until, sql_all, sql_one
 from tests.worker_app import crash, cut_own_connections, mark, slow
 from tests.workers import runs
-
-
-@pytest.fixture
-def app(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    monkeypatch.setenv("PGTQ_TEST_APP_DSN", dsn)
-    app = worker_app.create_app()
-    with app.app_context():
-        yield app
 
 
 def counts(dsn: str) -> dict[str, int]:
@@ -49,7 +39,7 @@ def listener_backends(dsn: str, pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_chaos_drain_with_workers_killed_every_1_5_seconds(app, dsn, start_worker):
+def test_chaos_drain_with_workers_killed_every_1_5_seconds(served_app, dsn, start_worker):
     settings = {"PGTQ_LEASE": 2.0, "PGTQ_HEARTBEAT_INTERVAL": 0.3, "PGTQ_RETRY_BACKOFF": 0.05}
     # 0.1 s of work per task: with six handler threads the drain lasts long
     # enough for several kills, and kills land mid-task.
@@ -66,9 +56,7 @@ def test_chaos_drain_with_workers_killed_every_1_5_seconds(app, dsn, start_worke
         workers.append(start_worker("--concurrency", "2", settings=settings))
         # ~1.5 s between kills, or stop as soon as everything is done.
         try:
-            poll_until(
-                lambda: counts(dsn).get("succeeded", 0) == len(ids), 1.5, 0.1, "drained"
-            )
+            poll_until(lambda: counts(dsn).get("succeeded", 0) == len(ids), 1.5, 0.1, "drained")
         except AssertionError:
             pass
 
@@ -96,7 +84,9 @@ def test_chaos_drain_with_workers_killed_every_1_5_seconds(app, dsn, start_worke
     assert [w.wait() for w in workers] == [0] * len(workers)
 
 
-def test_frozen_worker_loses_its_lease_and_its_late_outcome_is_rejected(app, dsn, start_worker):
+def test_frozen_worker_loses_its_lease_and_its_late_outcome_is_rejected(
+    served_app, dsn, start_worker
+):
     settings = {"PGTQ_LEASE": 2.0, "PGTQ_HEARTBEAT_INTERVAL": 0.3}
     frozen = start_worker(settings=settings)
     task = slow.push(1.0, "frozen")
@@ -105,7 +95,7 @@ def test_frozen_worker_loses_its_lease_and_its_late_outcome_is_rejected(app, dsn
     try:
         rescuer = start_worker(settings=settings)
         poll_until(
-            lambda: ("finished" in [r["event"] for r in runs(dsn, "frozen")]),
+            lambda: "finished" in [r["event"] for r in runs(dsn, "frozen")],
             20,
             0.05,
             "the rescuer to finish the task",
@@ -139,7 +129,7 @@ def test_frozen_worker_loses_its_lease_and_its_late_outcome_is_rejected(app, dsn
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
-def test_workers_survive_a_database_restart(app, dsn, start_worker, pg_server, mode):
+def test_workers_survive_a_database_restart(served_app, dsn, start_worker, pg_server, mode):
     # Polling every 30 s: only a re-established LISTEN explains a quick start.
     worker = start_worker(settings={"PGTQ_POLL_INTERVAL": 30.0})
     before = poll_until(lambda: listener_backends(dsn, worker.pid), 10, 0.05, "LISTEN")
@@ -164,7 +154,7 @@ def test_workers_survive_a_database_restart(app, dsn, start_worker, pg_server, m
     assert worker.wait() == 0
 
 
-def test_a_worker_waits_for_a_database_that_is_down(app, dsn, start_worker, pg_server):
+def test_a_worker_waits_for_a_database_that_is_down(served_app, dsn, start_worker, pg_server):
     task = mark.push("patient")
     pg_server.stop("fast")
     try:
@@ -198,9 +188,12 @@ def test_a_listen_connection_killed_before_its_listen_is_retried_not_raised(
         pid = conn.get_backend_pid()
         sql_one(dsn, "SELECT pg_terminate_backend(%s)", (pid,))
         poll_until(
-            lambda: not sql_one(dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
-                                (pid,))[0],
-            10, 0.01, "the backend to exit",
+            lambda: (
+                not sql_one(dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))[0]
+            ),
+            10,
+            0.01,
+            "the backend to exit",
         )
         killed.append(pid)
         return conn
@@ -218,7 +211,7 @@ def test_a_listen_connection_killed_before_its_listen_is_retried_not_raised(
         listener.close()
 
 
-def test_killed_listener_connection_is_rebuilt(app, dsn, start_worker):
+def test_killed_listener_connection_is_rebuilt(served_app, dsn, start_worker):
     worker = start_worker(settings={"PGTQ_POLL_INTERVAL": 30.0})
     (old,) = poll_until(lambda: listener_backends(dsn, worker.pid), 10, 0.05, "LISTEN")
     sql_one(dsn, "SELECT pg_terminate_backend(%s)", (old,))
@@ -234,7 +227,7 @@ def test_killed_listener_connection_is_rebuilt(app, dsn, start_worker):
     assert "lost its LISTEN connection" in worker.output()
 
 
-def test_killed_control_connections_between_handler_and_ack(app, dsn, start_worker):
+def test_killed_control_connections_between_handler_and_ack(served_app, dsn, start_worker):
     worker = start_worker()
     tasks = [cut_own_connections.push(f"cut{i}") for i in range(5)]
     for task in tasks:
@@ -251,7 +244,7 @@ def test_killed_control_connections_between_handler_and_ack(app, dsn, start_work
     poll_until(lambda: worker_app.q.get_task(later.id).state is State.SUCCEEDED, 10, 0.02)
 
 
-def test_killing_every_worker_connection_under_load_loses_nothing(app, dsn, start_worker):
+def test_killing_every_worker_connection_under_load_loses_nothing(served_app, dsn, start_worker):
     worker = start_worker("--concurrency", "2")
     ids = [mark.push(f"load{i}").id for i in range(150)]
     for _ in range(5):
@@ -269,16 +262,16 @@ def test_killing_every_worker_connection_under_load_loses_nothing(app, dsn, star
 
 
 @pytest.mark.slow
-def test_poison_tasks_fail_after_max_attempts_and_spare_the_rest(app, dsn, start_worker):
+def test_poison_tasks_fail_after_max_attempts_and_spare_the_rest(served_app, dsn, start_worker):
     settings = {"PGTQ_LEASE": 1.5, "PGTQ_HEARTBEAT_INTERVAL": 0.25, "PGTQ_RETRY_BACKOFF": 0.3}
     poison = {how: crash.push(how).id for how in ("exit", "segfault", "memory")}
     good = [mark.push(f"good{i}").id for i in range(30)]
     workers = [start_worker(settings=settings, ready=False) for _ in range(2)]
     deadline = time.monotonic() + 90
     finished = ("succeeded", "failed", "cancelled")
-    while sql_one(
-        dsn, "SELECT count(*) FROM pgtq_tasks WHERE state <> ALL(%s)", (list(finished),)
-    )[0]:
+    while sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE state <> ALL(%s)", (list(finished),))[
+        0
+    ]:
         assert time.monotonic() < deadline, counts(dsn)
         for i, w in enumerate(workers):
             if w.proc.poll() is not None:  # a supervisor's job: start a new one
@@ -302,9 +295,12 @@ def test_poison_tasks_fail_after_max_attempts_and_spare_the_rest(app, dsn, start
         history = worker_app.q.get_task(poison[how]).history
         # Every attempt died with its worker; the task then failed for good.
         assert [h["state"] for h in history] == ["lost", "lost", "lost"], how
-        starts = [r for r in sql_all(
-            dsn, "SELECT attempt, at FROM test_runs WHERE tag = %s ORDER BY id", (how,)
-        )]
+        starts = [
+            r
+            for r in sql_all(
+                dsn, "SELECT attempt, at FROM test_runs WHERE tag = %s ORDER BY id", (how,)
+            )
+        ]
         gaps = [(b[1] - a[1]).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
         assert all(gap >= 1.5 for gap in gaps), f"{how}: no lease/backoff between attempts {gaps}"
     # Memory exhaustion is a MemoryError: an ordinary failure, retried with backoff.
@@ -313,7 +309,7 @@ def test_poison_tasks_fail_after_max_attempts_and_spare_the_rest(app, dsn, start
     assert all(worker_app.q.get_task(i).state is State.SUCCEEDED for i in good)
 
 
-def test_memory_ceiling_recycles_the_worker_between_tasks(app, dsn, start_worker):
+def test_memory_ceiling_recycles_the_worker_between_tasks(served_app, dsn, start_worker):
     for i in range(3):
         mark.push(f"mem{i}")
     worker = start_worker("--max-memory", "1", ready=False)  # any Python is above 1 MiB
@@ -395,7 +391,7 @@ def test_threads_never_share_a_connection(dsn):
     assert len({backend for _, backend in backends}) <= 3, "the pool exceeded its size"
 
 
-def test_connection_budget_of_a_busy_worker(app, dsn, start_worker):
+def test_connection_budget_of_a_busy_worker(served_app, dsn, start_worker):
     worker = start_worker("--concurrency", "4")
     for i in range(12):
         slow.push(0.3, f"budget{i}")
@@ -509,7 +505,7 @@ def test_retention_deletes_in_small_batches(dsn, db):
     assert counts(dsn) == {"failed": 1200, "succeeded": 10}
 
 
-def test_a_canary_password_never_shows(app, dsn, start_worker, pg_server, caplog):
+def test_a_canary_password_never_shows(served_app, dsn, start_worker, pg_server, caplog):
     canary = "canary-Pa55w0rd-xyzzy"
     # The throwaway server trusts everyone, so a password is accepted and ignored.
     secret_dsn = psycopg2.extensions.make_dsn(dsn, password=canary)
@@ -557,8 +553,16 @@ def test_a_canary_password_never_shows(app, dsn, start_worker, pg_server, caplog
         for signal_ in receivers:
             signal_.disconnect(capture)
     assert len(payloads) >= 6
-    for text in (worker.output(), broken.output(), str(info.value), repr(info.value),
-                 repr(standalone), repr(standalone.config), caplog.text, *payloads):
+    for text in (
+        worker.output(),
+        broken.output(),
+        str(info.value),
+        repr(info.value),
+        repr(standalone),
+        repr(standalone.config),
+        caplog.text,
+        *payloads,
+    ):
         assert canary not in text
 
 
@@ -611,7 +615,7 @@ def test_recorded_outcomes_survive_a_server_crash(dsn, pg_server):
         for task in claimed:
             assert task.run().state is State.SUCCEEDED
         pg_server.restart("immediate")
-        q.app_queue().db.close()
+        q.close()
     finally:
         sql_all(pg_server.dsn, "ALTER SYSTEM RESET wal_writer_delay")
         sql_all(pg_server.dsn, "SELECT pg_reload_conf()")

@@ -11,12 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
 import pytest
-from flask import Flask
 
 from flask_pgtq import ArgumentsNotSerializable, DatabaseError, PgTq, State
 from flask_pgtq.codec import MAX_DEPTH
@@ -24,14 +22,6 @@ from tests import worker_app
 from tests.helpers import poll_until, sql_all, sql_one
 from tests.worker_app import bad_error, bad_result, bad_retry, mark, slow
 from tests.workers import runs
-
-
-@pytest.fixture
-def app(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    monkeypatch.setenv("PGTQ_TEST_APP_DSN", dsn)
-    app = worker_app.create_app()
-    with app.app_context():
-        yield app
 
 
 def with_options(dsn: str, **settings: Any) -> str:
@@ -125,7 +115,7 @@ def test_a_connection_given_back_after_any_error_is_not_reused(dsn: str) -> None
 
 @pytest.mark.slow
 def test_a_worker_goes_on_after_statement_timeouts_and_cancelled_queries(
-    app, dsn, start_worker
+    served_app, dsn, start_worker
 ):
     worker = start_worker(
         settings={"PGTQ_DSN": with_options(dsn, statement_timeout=200), "PGTQ_POLL_INTERVAL": 0.1}
@@ -177,7 +167,7 @@ def test_a_worker_goes_on_after_statement_timeouts_and_cancelled_queries(
     ],
 )
 def test_an_unstorable_result_fails_its_task_and_holds_back_no_other(
-    app, dsn, start_worker, kind, reason
+    served_app, dsn, start_worker, kind, reason
 ):
     worker = start_worker(
         "--concurrency", "1", settings={"PGTQ_MAX_RESULT_BYTES": 1_000, "PGTQ_PREFETCH": 50}
@@ -199,7 +189,7 @@ def test_an_unstorable_result_fails_its_task_and_holds_back_no_other(
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["nul", "surrogate"])
 def test_an_error_text_postgresql_cannot_store_is_recorded_escaped(
-    app, dsn, start_worker, kind
+    served_app, dsn, start_worker, kind
 ):
     start_worker()
     task = bad_error.push(kind, "err")
@@ -214,7 +204,7 @@ def test_an_error_text_postgresql_cannot_store_is_recorded_escaped(
 
 @pytest.mark.slow
 def test_an_outcome_the_database_refuses_is_replaced_by_a_readable_failure(
-    app, dsn, start_worker
+    served_app, dsn, start_worker
 ):
     # A constraint the codec knows nothing about: the database refuses the
     # batch that carries this outcome.  The others are recorded one by one
@@ -245,7 +235,7 @@ def test_an_outcome_the_database_refuses_is_replaced_by_a_readable_failure(
 
 @pytest.mark.slow
 def test_an_outcome_that_always_times_out_ends_failed_and_the_worker_goes_on(
-    app, dsn, start_worker
+    served_app, dsn, start_worker
 ):
     # A transient error that never passes for one outcome: a trigger makes
     # recording it outlast the statement timeout, every time.
@@ -280,7 +270,7 @@ def test_an_outcome_that_always_times_out_ends_failed_and_the_worker_goes_on(
 
 
 @pytest.mark.slow
-def test_retry_takes_a_timedelta(app, dsn, start_worker):
+def test_retry_takes_a_timedelta(served_app, dsn, start_worker):
     start_worker()
     task = bad_retry.push(["timedelta", 0.2], "td")
     row = final(dsn, task.id)
@@ -298,7 +288,7 @@ def _runs_at(dsn: str, tag: str) -> list[dict[str, Any]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("delay", ["nan", "inf", "1e300", -1, "soon", {"s": 1}])
 def test_a_bad_retry_delay_fails_the_task_with_a_readable_reason(
-    app, dsn, start_worker, delay
+    served_app, dsn, start_worker, delay
 ):
     worker = start_worker("--concurrency", "1")
     pid = worker.pid
@@ -348,7 +338,7 @@ def test_deep_or_unstorable_arguments_are_refused_at_push(dsn: str) -> None:
 
 @pytest.mark.slow
 def test_stored_arguments_too_deep_to_decode_fail_the_task_not_the_worker(
-    app, dsn, start_worker
+    served_app, dsn, start_worker
 ):
     # Rows written by other means than a push (raw SQL, another client):
     # PostgreSQL takes 5,000 levels; Python's decoder does not.
@@ -424,7 +414,7 @@ def test_results_are_as_strict_as_arguments(dsn: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_task_interrupted_at_every_shutdown_ends_failed(app, dsn, start_worker):
+def test_a_task_interrupted_at_every_shutdown_ends_failed(served_app, dsn, start_worker):
     # On 0b61ba8 a released attempt was uncounted: a max_attempts=2 task that
     # never finishes before shutdown was still queued after 4 restarts.
     task = slow.options(max_attempts=2).push(60, "endless")
@@ -432,9 +422,7 @@ def test_a_task_interrupted_at_every_shutdown_ends_failed(app, dsn, start_worker
         if sql_one(dsn, "SELECT state FROM pgtq_tasks WHERE id = %s", (task.id,))[0] == "failed":
             break
         worker = start_worker(settings={"PGTQ_SHUTDOWN_GRACE": 0.2})
-        poll_until(
-            lambda n=restart: len(runs(dsn, "endless")) > n, 10, 0.02, "the task to start"
-        )
+        poll_until(lambda n=restart: len(runs(dsn, "endless")) > n, 10, 0.02, "the task to start")
         worker.terminate()
         assert worker.wait(10) == 0
     state, attempts, error, history = sql_one(
@@ -519,7 +507,7 @@ def chaos_dsn(dsn: str) -> str:
 
 @pytest.mark.slow
 def test_a_drain_under_bad_values_timeouts_and_cancels_loses_nothing(
-    app, dsn, chaos_dsn, start_worker, capsys
+    served_app, dsn, chaos_dsn, start_worker, capsys
 ):
     """1,000 tasks: 2 % return unstorable results, 1 % raise Retry with a bad
     delay; the workers' role has a 50 ms statement timeout and their
@@ -568,10 +556,12 @@ def test_a_drain_under_bad_values_timeouts_and_cancels_loses_nothing(
     locker.start()
     try:
         poll_until(
-            lambda: sql_one(
-                dsn, "SELECT count(*) FROM pgtq_tasks WHERE state IN ('queued', 'running')"
-            )[0]
-            == 0,
+            lambda: (
+                sql_one(
+                    dsn, "SELECT count(*) FROM pgtq_tasks WHERE state IN ('queued', 'running')"
+                )[0]
+                == 0
+            ),
             240,
             0.2,
             "the drain to end",

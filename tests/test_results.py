@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -15,10 +15,13 @@ from tests.helpers import poll_until
 
 
 @pytest.fixture
-def q(dsn: str) -> Iterator[PgTq]:
-    queue = PgTq(dsn=dsn, poll_interval=30.0)  # a wait must not rely on polling
-    yield queue
-    queue.close()
+def queue_settings() -> dict[str, Any]:
+    return {"PGTQ_POLL_INTERVAL": 30.0}  # a wait must not rely on polling
+
+
+@pytest.fixture
+def q(standalone_q: PgTq) -> PgTq:
+    return standalone_q
 
 
 def run_soon(q: PgTq, delay: float = 0.3) -> threading.Thread:

@@ -57,18 +57,12 @@ class Recorder:
 
 
 @pytest.fixture
-def app(dsn: str) -> Iterator[Flask]:
-    app = Flask(__name__)
-    app.config["PGTQ_DSN"] = dsn
-    app.config["PGTQ_RETRY_BACKOFF"] = 0.05
-    app.config["PGTQ_RETRY_BACKOFF_MAX"] = 0.05
-    with app.app_context():
-        yield app
+def queue_settings() -> dict[str, Any]:
+    return {"PGTQ_RETRY_BACKOFF": 0.05, "PGTQ_RETRY_BACKOFF_MAX": 0.05}
 
 
 @pytest.fixture
-def q(app: Flask) -> PgTq:
-    q = PgTq(app)
+def q(q: PgTq) -> PgTq:
     failures: dict[int, int] = {}
 
     @q.handler()

@@ -19,15 +19,12 @@ from tests.helpers import sql_all, sql_one
 
 
 @pytest.fixture
-def q(dsn: str) -> Iterator[PgTq]:
-    queue = PgTq(dsn=dsn)
-
-    @queue.handler()
+def q(standalone_q: PgTq) -> PgTq:
+    @standalone_q.handler()
     def welcome(user: str) -> str:
         return f"hello {user}"
 
-    yield queue
-    queue.close()
+    return standalone_q
 
 
 def task_count(dsn: str) -> int:
@@ -93,9 +90,11 @@ def test_batch_push_joins_the_transaction(q, dsn, conn) -> None:
 
 
 def test_sqlalchemy_connection_and_session(q, dsn) -> None:
-    engine = sa.create_engine(sa.engine.make_url("postgresql+psycopg2://").set(
-        query=dict(psycopg2.extensions.parse_dsn(dsn))
-    ))
+    engine = sa.create_engine(
+        sa.engine.make_url("postgresql+psycopg2://").set(
+            query=dict(psycopg2.extensions.parse_dsn(dsn))
+        )
+    )
     try:
         with engine.connect() as connection:
             q.handlers["welcome"].options(connection=connection).push("sa-rollback")

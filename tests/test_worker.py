@@ -5,25 +5,14 @@ from __future__ import annotations
 import collections
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
-from flask import Flask
 
 from flask_pgtq import State
 from tests import worker_app
 from tests.helpers import poll_until, sql_all, sql_one
 from tests.worker_app import add, flaky, mark, probe_context, slow
 from tests.workers import runs
-
-
-@pytest.fixture
-def app(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    """The workers' app, on the test database, with an app context pushed."""
-    monkeypatch.setenv("PGTQ_TEST_APP_DSN", dsn)
-    app = worker_app.create_app()
-    with app.app_context():
-        yield app
 
 
 def state_of(dsn: str, task_id: int) -> str:
@@ -40,13 +29,14 @@ def wait_for_state(dsn: str, task_id: int, state: str, timeout: float = 20.0) ->
 
 
 @pytest.mark.slow
-def test_three_workers_drain_1000_tasks_each_exactly_once(app, dsn, start_worker):
+def test_three_workers_drain_1000_tasks_each_exactly_once(served_app, dsn, start_worker):
     ids = [mark.push(f"t{i}").id for i in range(1000)]
     workers = [start_worker("--concurrency", "2") for _ in range(3)]
 
     poll_until(
-        lambda: sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE state = 'succeeded'")[0]
-        == 1000,
+        lambda: (
+            sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE state = 'succeeded'")[0] == 1000
+        ),
         timeout=120,
         interval=0.1,
         message="all 1000 tasks to succeed",
@@ -63,7 +53,7 @@ def test_three_workers_drain_1000_tasks_each_exactly_once(app, dsn, start_worker
     assert [w.wait() for w in workers] == [0, 0, 0]
 
 
-def test_result_is_stored_and_read_back(app, dsn, start_worker):
+def test_result_is_stored_and_read_back(served_app, dsn, start_worker):
     task = add.push(2, 3)
     start_worker()
     wait_for_state(dsn, task.id, "succeeded")
@@ -74,7 +64,7 @@ def test_result_is_stored_and_read_back(app, dsn, start_worker):
     assert fresh.started_at <= fresh.finished_at
 
 
-def test_killed_worker_task_runs_again_on_another(app, dsn, start_worker):
+def test_killed_worker_task_runs_again_on_another(served_app, dsn, start_worker):
     first = start_worker()
     task = slow.push(1.0, "victim")
     poll_until(lambda: runs(dsn, "victim"), 10, 0.02, "the task to start")
@@ -95,7 +85,7 @@ def test_killed_worker_task_runs_again_on_another(app, dsn, start_worker):
     assert fresh.attempts == 2
 
 
-def test_sigterm_lets_the_running_task_finish(app, dsn, start_worker):
+def test_sigterm_lets_the_running_task_finish(served_app, dsn, start_worker):
     worker = start_worker()
     task = slow.push(1.5, "graceful")
     poll_until(lambda: runs(dsn, "graceful"), 10, 0.02, "the task to start")
@@ -106,7 +96,7 @@ def test_sigterm_lets_the_running_task_finish(app, dsn, start_worker):
     assert sql_one(dsn, "SELECT count(*) FROM pgtq_workers")[0] == 0
 
 
-def test_tasks_left_after_the_grace_period_are_released_at_once(app, dsn, start_worker):
+def test_tasks_left_after_the_grace_period_are_released_at_once(served_app, dsn, start_worker):
     worker = start_worker(settings={"PGTQ_SHUTDOWN_GRACE": 0.5})
     task = slow.push(30, "too-long")
     poll_until(lambda: runs(dsn, "too-long"), 10, 0.02, "the task to start")
@@ -127,7 +117,7 @@ def test_tasks_left_after_the_grace_period_are_released_at_once(app, dsn, start_
     assert "released 1 unfinished task" in worker.output()
 
 
-def test_a_second_signal_stops_at_once(app, dsn, start_worker):
+def test_a_second_signal_stops_at_once(served_app, dsn, start_worker):
     worker = start_worker(settings={"PGTQ_SHUTDOWN_GRACE": 60})
     task = slow.push(60, "stubborn")
     poll_until(lambda: runs(dsn, "stubborn"), 10, 0.02, "the task to start")
@@ -138,7 +128,7 @@ def test_a_second_signal_stops_at_once(app, dsn, start_worker):
     assert state_of(dsn, task.id) == "queued"
 
 
-def test_retries_then_success_in_a_worker(app, dsn, start_worker):
+def test_retries_then_success_in_a_worker(served_app, dsn, start_worker):
     task = flaky.push(2, "flaky")
     start_worker()
     wait_for_state(dsn, task.id, "succeeded")
@@ -146,7 +136,7 @@ def test_retries_then_success_in_a_worker(app, dsn, start_worker):
     assert worker_app.q.get_task(task.id).result == 3
 
 
-def test_each_task_gets_a_fresh_app_context_and_teardown(app, dsn, start_worker):
+def test_each_task_gets_a_fresh_app_context_and_teardown(served_app, dsn, start_worker):
     tasks = [probe_context.push(f"ctx{i}") for i in range(5)]
     worker = start_worker("--burst", ready=False)
     assert worker.wait() == 0
@@ -156,7 +146,7 @@ def test_each_task_gets_a_fresh_app_context_and_teardown(app, dsn, start_worker)
     assert sorted(teardowns) == sorted(f"ctx{i}" for i in range(5))
 
 
-def test_unknown_task_name_fails_and_the_worker_goes_on(app, dsn, start_worker):
+def test_unknown_task_name_fails_and_the_worker_goes_on(served_app, dsn, start_worker):
     (bogus,) = sql_one(
         dsn,
         "INSERT INTO pgtq_tasks (queue, name) VALUES ('default', 'os.system') RETURNING id",
@@ -171,7 +161,7 @@ def test_unknown_task_name_fails_and_the_worker_goes_on(app, dsn, start_worker):
     assert state_of(dsn, good.id) == "succeeded"
 
 
-def test_notify_wakes_an_idle_worker_long_before_the_poll(app, dsn, start_worker):
+def test_notify_wakes_an_idle_worker_long_before_the_poll(served_app, dsn, start_worker):
     start_worker(settings={"PGTQ_POLL_INTERVAL": 30.0})
     # The worker has polled once and now sleeps on LISTEN.
     pushed = time.monotonic()
@@ -180,13 +170,13 @@ def test_notify_wakes_an_idle_worker_long_before_the_poll(app, dsn, start_worker
     assert time.monotonic() - pushed < 5, "the task waited for the poll, not NOTIFY"
 
 
-def test_polling_alone_runs_tasks_when_listen_is_off(app, dsn, start_worker):
+def test_polling_alone_runs_tasks_when_listen_is_off(served_app, dsn, start_worker):
     start_worker(settings={"PGTQ_LISTEN": False, "PGTQ_POLL_INTERVAL": 0.2})
     task = mark.push("polled")
     wait_for_state(dsn, task.id, "succeeded", timeout=10)
 
 
-def test_burst_runs_what_is_ready_and_exits(app, dsn, start_worker):
+def test_burst_runs_what_is_ready_and_exits(served_app, dsn, start_worker):
     tasks = [mark.push(f"b{i}") for i in range(10)]
     later = mark.options(delay=3600).push("later")
     worker = start_worker("--burst", "--concurrency", "3", ready=False)
@@ -195,7 +185,7 @@ def test_burst_runs_what_is_ready_and_exits(app, dsn, start_worker):
     assert state_of(dsn, later.id) == "queued"
 
 
-def test_max_tasks_exits_between_tasks(app, dsn, start_worker):
+def test_max_tasks_exits_between_tasks(served_app, dsn, start_worker):
     for i in range(5):
         mark.push(f"m{i}")
     worker = start_worker("--max-tasks", "2", ready=False)
@@ -204,7 +194,7 @@ def test_max_tasks_exits_between_tasks(app, dsn, start_worker):
     assert states == {"succeeded": 2, "queued": 3}
 
 
-def test_worker_serves_only_its_queues(app, dsn, start_worker):
+def test_worker_serves_only_its_queues(served_app, dsn, start_worker):
     mine = mark.options(queue="mine").push("mine")
     other = mark.options(queue="other").push("other")
     worker = start_worker("--queue", "mine", "--burst", ready=False)
@@ -230,7 +220,7 @@ def claim_sizes(dsn: str, name: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_short_tasks_are_prefetched_up_to_the_cap(app, dsn, start_worker):
+def test_short_tasks_are_prefetched_up_to_the_cap(served_app, dsn, start_worker):
     add.push_many([(i, i) for i in range(600)])
     worker = start_worker("--burst", settings={"PGTQ_PREFETCH": 100}, ready=False)
     assert worker.wait() == 0
@@ -242,7 +232,7 @@ def test_short_tasks_are_prefetched_up_to_the_cap(app, dsn, start_worker):
 
 
 def test_slow_tasks_and_tasks_without_a_spare_attempt_are_not_prefetched(
-    app, dsn, start_worker
+    served_app, dsn, start_worker
 ):
     for i in range(4):
         slow.push(0.1, f"s{i}")  # 0.1 s each: two would take longer than 50 ms

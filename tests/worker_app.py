@@ -41,8 +41,7 @@ def record(tag: str, event: str = "ran") -> None:
     """Write a row to test_runs for the current task."""
     with psycopg2.connect(current_app.config["PGTQ_DSN"]) as conn, conn.cursor() as cur:
         cur.execute(
-            "INSERT INTO test_runs (task_id, attempt, pid, tag, event) "
-            "VALUES (%s, %s, %s, %s, %s)",
+            "INSERT INTO test_runs (task_id, attempt, pid, tag, event) VALUES (%s, %s, %s, %s, %s)",
             (current_task.id, current_task.attempts, os.getpid(), tag, event),
         )
     conn.close()

@@ -132,9 +132,7 @@ def runs_table(dsn: str) -> str:
 
 
 @pytest.fixture
-def start_worker(
-    runs_table: str, request: pytest.FixtureRequest
-) -> Iterator[Any]:
+def start_worker(runs_table: str, request: pytest.FixtureRequest) -> Iterator[Any]:
     """A factory: ``start_worker("--concurrency", "2", settings={...})``.
 
     Waits until the worker is registered (pass ``ready=False`` not to).

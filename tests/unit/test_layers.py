@@ -41,8 +41,10 @@ def _is_type_checking(node: ast.If) -> bool:
 def runtime_imports(path: Path) -> list[str]:
     """Absolute names of what *path* imports when it runs."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    package = module_name(path).split(".") if path.name == "__init__.py" else (
-        module_name(path).split(".")[:-1]
+    package = (
+        module_name(path).split(".")
+        if path.name == "__init__.py"
+        else (module_name(path).split(".")[:-1])
     )
     found: list[str] = []
 
@@ -132,9 +134,7 @@ def test_flask_only_in_the_flask_glue() -> None:
         if top in FLASK_GLUE:
             continue
         used = {
-            name
-            for name in runtime_imports(path)
-            if name.split(".")[0] in ("flask", "werkzeug")
+            name for name in runtime_imports(path) if name.split(".")[0] in ("flask", "werkzeug")
         }
         if used:
             offenders[module_name(path)] = sorted(used)
