@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from flask import Flask
 
 from flask_pgtq import ConfigurationError, signals
 from tests import worker_app
@@ -16,20 +14,12 @@ from tests.worker_app import add, mark
 from tests.workers import runs
 
 
-@pytest.fixture
-def app(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    monkeypatch.setenv("PGTQ_TEST_APP_DSN", dsn)
-    app = worker_app.create_app()
-    with app.app_context():
-        yield app
-
-
 def state(dsn: str, task_id: int) -> str:
     return str(sql_one(dsn, "SELECT state FROM pgtq_tasks WHERE id = %s", (task_id,))[0])
 
 
 @pytest.mark.slow
-def test_a_paused_queue_is_claimed_by_no_worker_until_resumed(app, dsn, start_worker):
+def test_a_paused_queue_is_claimed_by_no_worker_until_resumed(served_app, dsn, start_worker):
     workers = [start_worker("-q", "default", "-q", "other") for _ in range(3)]
     q = worker_app.q
     pause = q.pause("default", reason="maintenance")
@@ -59,7 +49,7 @@ def test_a_paused_queue_is_claimed_by_no_worker_until_resumed(app, dsn, start_wo
 
 
 @pytest.mark.slow
-def test_a_paused_handler_is_skipped_while_others_of_its_queue_run(app, dsn, start_worker):
+def test_a_paused_handler_is_skipped_while_others_of_its_queue_run(served_app, dsn, start_worker):
     start_worker()
     q = worker_app.q
     q.pause(handler="add")
@@ -73,7 +63,7 @@ def test_a_paused_handler_is_skipped_while_others_of_its_queue_run(app, dsn, sta
 
 
 @pytest.mark.slow
-def test_a_timed_pause_ends_by_itself(app, dsn, start_worker):
+def test_a_timed_pause_ends_by_itself(served_app, dsn, start_worker):
     start_worker(settings={"PGTQ_HEARTBEAT_INTERVAL": 0.2, "PGTQ_LEASE": 2.0})
     q = worker_app.q
     ended: list[dict] = []
@@ -84,14 +74,12 @@ def test_a_timed_pause_ends_by_itself(app, dsn, start_worker):
     (started,) = sql_one(dsn, "SELECT started_at FROM pgtq_tasks WHERE id = %s", (task.id,))
     assert started >= pause.until  # never before the pause's end
     # A worker removed the pause that ran out.
-    poll_until(
-        lambda: not sql_all(dsn, "SELECT 1 FROM pgtq_pauses"), 10, 0.05, "the row to go"
-    )
+    poll_until(lambda: not sql_all(dsn, "SELECT 1 FROM pgtq_pauses"), 10, 0.05, "the row to go")
     assert q.pauses() == []
     assert ended == []
 
 
-def test_pause_arguments_are_checked(app) -> None:
+def test_pause_arguments_are_checked(served_app) -> None:
     q = worker_app.q
     with pytest.raises(ConfigurationError):
         q.pause()
@@ -103,7 +91,7 @@ def test_pause_arguments_are_checked(app) -> None:
         q.pause("default", until=-5)
 
 
-def test_pause_and_resume_send_signals(app) -> None:
+def test_pause_and_resume_send_signals(served_app) -> None:
     q = worker_app.q
     seen: list[tuple[str, dict]] = []
 
@@ -113,8 +101,9 @@ def test_pause_and_resume_send_signals(app) -> None:
     def on_resumed(sender, **payload):
         seen.append(("resumed", payload))
 
-    with signals.paused.connected_to(on_paused, app), signals.resumed.connected_to(
-        on_resumed, app
+    with (
+        signals.paused.connected_to(on_paused, served_app),
+        signals.resumed.connected_to(on_resumed, served_app),
     ):
         q.pause(handler="mark", until=60, reason="deploy", by="ops")
         q.resume(handler="mark")
@@ -123,7 +112,7 @@ def test_pause_and_resume_send_signals(app) -> None:
     assert seen[1][1] == {"kind": "handler", "target": "mark", "ended": "resumed"}
 
 
-def test_pushes_to_a_paused_queue_are_accepted_and_pop_skips_them(app, dsn) -> None:
+def test_pushes_to_a_paused_queue_are_accepted_and_pop_skips_them(served_app, dsn) -> None:
     q = worker_app.q
     q.pause("default")
     task = mark.push("held")
