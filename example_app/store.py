@@ -69,9 +69,7 @@ def transaction() -> Iterator[Any]:
 
 
 def _query(sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    with transaction() as conn, conn.cursor(
-        cursor_factory=psycopg2.extras.RealDictCursor
-    ) as cur:
+    with transaction() as conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
         cur.execute(sql, params)
         return [dict(row) for row in cur.fetchall()] if cur.description else []
 
@@ -115,9 +113,7 @@ def recent_jobs(limit: int = 10) -> list[dict[str, Any]]:
 
 def record_tick(task_id: int) -> int:
     """Record a run of the periodic task (once per task); return the count."""
-    _query(
-        "INSERT INTO example_ticks (task_id) VALUES (%s) ON CONFLICT DO NOTHING", (task_id,)
-    )
+    _query("INSERT INTO example_ticks (task_id) VALUES (%s) ON CONFLICT DO NOTHING", (task_id,))
     return int(_query("SELECT count(*) AS n FROM example_ticks")[0]["n"])
 
 
