@@ -129,11 +129,11 @@ def translated_errors(db: Database | None = None) -> Iterator[None]:
     try:
         yield
     except psycopg2.Error as exc:
-        raise translate(exc, db._secrets if db is not None else ()) from exc
+        raise translate(exc, db.secrets if db is not None else ()) from exc
     except Exception as exc:
         # psycopg (3) or another driver behind a caller's connection.
         if type(exc).__module__.split(".")[0] in ("psycopg", "sqlalchemy"):
-            raise translate(exc, db._secrets if db is not None else ()) from exc
+            raise translate(exc, db.secrets if db is not None else ()) from exc
         raise
 
 
@@ -196,6 +196,12 @@ class Database:
         self._idle: list[Any] = []
         self._slots = threading.BoundedSemaphore(max_connections)
         _pools.add(self)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What error messages about this database must never show (the
+        password)."""
+        return self._secrets
 
     def __repr__(self) -> str:
         return f"<Database pid={self._pid} max_connections={self._max}>"

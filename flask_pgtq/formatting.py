@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .exceptions import InvalidRequest
-from .task import State, Task
+from .task import COLUMNS, State, Task
 
 _EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(: .*)?")
 
@@ -46,9 +46,8 @@ def jsonable(value: Any) -> Any:
 
 def task_as_json(task: Task) -> dict[str, Any]:
     """Every column of *task*, JSON-ready."""
-    from .task import _COLUMNS
 
-    row: dict[str, Any] = jsonable({name: _plain(getattr(task, name)) for name in _COLUMNS})
+    row: dict[str, Any] = jsonable({name: _plain(getattr(task, name)) for name in COLUMNS})
     return row
 
 

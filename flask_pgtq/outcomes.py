@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from .exceptions import DatabaseError, DatabaseUnavailable
 from .queue import TaskStore
-from .runner import _UNSTORABLE, unstorable
+from .runner import REFUSED, unstorable
 from .values import Outcome
 
 log = logging.getLogger("flask_pgtq.worker")
@@ -110,7 +110,7 @@ class Outcomes:
                     raise
                 if exc.transient and tries < OUTCOME_TRIES:
                     continue
-                if outcome.exception is _UNSTORABLE:
+                if outcome.exception is REFUSED:
                     raise
                 log.error(
                     "worker %s: the outcome of task %s (%s) could not be recorded (%s); "

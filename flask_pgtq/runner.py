@@ -104,8 +104,9 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     return ceiling * random.uniform(0.5, 1.0)
 
 
-#: Marks an outcome that replaced one the database refused.
-_UNSTORABLE = RuntimeError("outcome refused by the database")
+#: The ``exception`` of an outcome that replaced one the database refused
+#: (see :func:`unstorable`).
+REFUSED = RuntimeError("outcome refused by the database")
 
 
 def unstorable(outcome: Outcome, exc: BaseException) -> Outcome:
@@ -117,7 +118,7 @@ def unstorable(outcome: Outcome, exc: BaseException) -> Outcome:
         error=f"the outcome of this attempt ({outcome.state.value}) could not be stored "
         f"and was replaced by this failure; failed without retry. The database said: {exc}",
         duration=outcome.duration,
-        exception=_UNSTORABLE,
+        exception=REFUSED,
     )
 
 

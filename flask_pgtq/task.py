@@ -86,7 +86,7 @@ class Task:
     @classmethod
     def from_row(cls, row: dict[str, Any], backend: Backend | None = None) -> Task:
         """Build a task from a ``pgtq_tasks`` row (a column-name mapping)."""
-        values = {name: row[name] for name in _COLUMNS if name in row}
+        values = {name: row[name] for name in COLUMNS if name in row}
         if "is_new" in row:
             values["is_new"] = row["is_new"]
         values["state"] = State(values["state"])
@@ -122,7 +122,7 @@ class Task:
     def refresh(self) -> Task:
         """Reload every field from the database and return ``self``."""
         fresh = self._require_backend().get(self.id)
-        for name in _COLUMNS:
+        for name in COLUMNS:
             setattr(self, name, getattr(fresh, name))
         return self
 
@@ -149,7 +149,7 @@ class Task:
         from .exceptions import TaskFailed
 
         final = self._require_backend().wait(self, timeout)
-        for name in _COLUMNS:
+        for name in COLUMNS:
             setattr(self, name, getattr(final, name))
         if self.state is not State.SUCCEEDED:
             raise TaskFailed(self, self.error)
@@ -169,7 +169,8 @@ class Task:
         self.progress = progress
 
 
-_COLUMNS = tuple(
+#: The task columns a :class:`Task` holds, in field order.
+COLUMNS = tuple(
     f.name
     for f in fields(Task)
     if not f.name.startswith("_") and f.name not in ("is_new", "problem")
