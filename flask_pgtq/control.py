@@ -137,6 +137,10 @@ class Control:
         """The pauses in force."""
         return [_pause(row) for row in self._rows("list_pauses", {})]
 
+    def stored_schedules(self) -> list[dict[str, Any]]:
+        """The rows of the enabled stored schedules."""
+        return [row for row in self._rows("list_schedules", {}) if row["enabled"]]
+
     def end_pauses(self) -> list[tuple[str, str]]:
         """Remove timed pauses that are over and wake the workers; return
         the ``(kind, target)`` of each."""

@@ -20,6 +20,7 @@ from .exceptions import (
     UsageError,
 )
 from .handler import Handler
+from .schedules import ScheduleBook
 from .task import Task
 from .values import HandlerOptions
 
@@ -52,7 +53,7 @@ class PgTq:
         self, app: Flask | str | None = None, dsn: str | None = None, **settings: Any
     ) -> None:
         self._handlers: dict[str, Handler[Any, Any]] = {}
-        self._schedules: dict[str, Any] = {}
+        self._schedules = ScheduleBook(self)
         self._standalone: AppQueue | None = None
         #: Per-app state, keyed by app (as Flask-SQLAlchemy keeps its engines):
         #: the extension object itself holds no app.
@@ -254,18 +255,19 @@ class PgTq:
 
         def decorate(fn: Callable[P, R]) -> Handler[P, R]:
             h: Handler[P, R] = self.handler(name=name, **handler_options)(fn)
-            schedule = Schedule.build(h, cron, tz, args, kwargs or {})
-            if schedule.key in self._schedules:
-                raise DuplicateHandler(f"schedule {schedule.key!r} is registered twice")
-            self._schedules[schedule.key] = schedule
+            self._schedules.register(Schedule.build(h, cron, tz, args, kwargs or {}))
             return h
 
         return decorate
 
     @property
-    def schedules(self) -> Mapping[str, Any]:
-        """Periodic schedules by key (read-only view)."""
-        return dict(self._schedules)
+    def schedules(self) -> ScheduleBook:
+        """The schedules: code ones (``@q.periodic``) by key, as a read-only
+        mapping, and stored ones, edited at run time with
+        ``q.schedules.add(name, cron, handler_name, args, kwargs, tz)``,
+        ``update``, ``disable``, ``enable``, ``remove``, ``run_now`` and
+        ``list`` (see :class:`~flask_pgtq.schedules.ScheduleBook`)."""
+        return self._schedules
 
     @property
     def handlers(self) -> Mapping[str, Handler[Any, Any]]:

@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,8 @@ log = logging.getLogger("flask_pgtq.worker")
 
 #: Seconds a missed fire time may be late and still run.
 DEFAULT_MISFIRE_GRACE = 3600.0
+#: Seconds between reloads of the stored schedules (sooner on NOTIFY).
+RELOAD_EVERY = 1.0
 
 
 def _croniter() -> Any:
@@ -123,12 +125,33 @@ class Scheduler:
     offset measured every minute), so workers agree on them.
     """
 
-    def __init__(self, store: TaskStore, schedules: Sequence[Schedule]) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        schedules: Sequence[Schedule],
+        stored: Callable[[], list[Schedule]] | None = None,
+    ) -> None:
         self.store = store
-        self.schedules = list(schedules)
+        #: Code schedules.
+        self.code = list(schedules)
+        #: Every schedule fired: code ones and the stored ones last loaded.
+        self.schedules = list(self.code)
+        self._load_stored = stored
+        self._loaded_at = -1e9
         self._last: dict[str, datetime] = {}
         self._offset = timedelta(0)
         self._measured = -1e9
+
+    def changed(self) -> None:
+        """Stored schedules changed (a NOTIFY said so): reload before the
+        next tick."""
+        self._loaded_at = -1e9
+
+    def _reload(self) -> None:
+        if self._load_stored is None or time.monotonic() - self._loaded_at < RELOAD_EVERY:
+            return
+        self._loaded_at = time.monotonic()
+        self.schedules = self.code + self._load_stored()
 
     def now(self) -> datetime:
         if time.monotonic() - self._measured > 60:
@@ -139,6 +162,7 @@ class Scheduler:
 
     def tick(self) -> None:
         """Fire every schedule whose latest fire time is new to us."""
+        self._reload()
         if not self.schedules:
             return
         now = self.now()
@@ -161,7 +185,8 @@ class Scheduler:
 
     def seconds_to_next(self) -> float | None:
         """Seconds until the next fire time of any schedule."""
-        if not self.schedules:
-            return None
-        now = self.now()
-        return min((s.next_fire(now) - now).total_seconds() for s in self.schedules)
+        waits = [RELOAD_EVERY] if self._load_stored is not None else []
+        if self.schedules:
+            now = self.now()
+            waits += [(s.next_fire(now) - now).total_seconds() for s in self.schedules]
+        return min(waits) if waits else None

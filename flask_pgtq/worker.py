@@ -48,6 +48,7 @@ from .pacing import LimitTimer, Prefetch
 from .periodic import Schedule, Scheduler
 from .queue import new_owner_id
 from .runner import Runner
+from .schedules import stored_for
 from .task import State, Task
 from .values import Outcome
 from .watchdog import Watchdog
@@ -110,14 +111,18 @@ class Worker:
         )
         self.prefetch = Prefetch(concurrency, self.config.prefetch)
         default = self.config.queue
+        unknown: set[str] = set()
         self.scheduler = Scheduler(
             self.store,
             [s for s in schedules if (s.handler.defaults.queue or default) in self.queues],
+            lambda: stored_for(
+                self.control.stored_schedules(), runner.handlers, self.queues, default, unknown
+            ),
         )
         self.watchdog = Watchdog(self.config.cancel_grace)
         self.listener = Listener(
             self.config.effective_listen_dsn,
-            (queries.NEW_TASKS, queries.CANCEL_REQUESTS),
+            (queries.NEW_TASKS, queries.CANCEL_REQUESTS, queries.CONTROL),
             f"worker {self.id}",
         )
         self._running: dict[int, Task] = {}
@@ -564,6 +569,8 @@ class Worker:
                     self._cancels.add(int(payload))
                 elif channel == queries.NEW_TASKS:
                     self.limits.wake_all()
+                elif channel == queries.CONTROL and payload == "schedules":
+                    self.scheduler.changed()
         elif not ready and listen:
             self.listener.check()
 
