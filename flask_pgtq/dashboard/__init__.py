@@ -38,11 +38,10 @@ from ..admin import (
     BIGINT_MIN,
     FILTER_STATES,
     FINAL_STATES,
-    ActionNotAllowed,
     Admin,
     check_bigint,
 )
-from ..exceptions import DatabaseError, InvalidName, TaskNotFound
+from ..exceptions import ActionNotAllowed, DatabaseError, InvalidName, TaskNotFound
 from ..formatting import (
     dumps,
     error_summary,
