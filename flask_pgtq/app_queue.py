@@ -16,6 +16,7 @@ from . import codec, signals
 from .codec import encode_arguments
 from .config import Config, queue_list
 from .connection import Database, dbapi_connection
+from .exceptions import ArgumentsMismatch
 from .queue import TaskStore, new_owner_id
 from .runner import Runner
 from .task import State, Task
@@ -75,11 +76,16 @@ class AppQueue:
 
         :param connection: push inside this open transaction (a psycopg2
             connection, or a SQLAlchemy ``Connection`` or ``Session``).
+        :raises ArgumentsMismatch: the handler's function cannot take these
+            arguments (checked when the handler is registered in this process).
         :raises ArgumentsNotSerializable: an argument cannot be stored as JSON.
         :raises PayloadTooLarge: over ``PGTQ_MAX_PAYLOAD_BYTES``.
         """
         config = self.config
         args_json, kwargs_json = encode_arguments(name, args, kwargs, config.max_payload_bytes)
+        handler = self.handlers.get(name)
+        if handler is not None:
+            handler.check_arguments(args, kwargs)
         if config.eager:
             return self._run_eagerly(name, args_json, kwargs_json, options)
         task = self.store.push(
@@ -104,11 +110,17 @@ class AppQueue:
         from .handler import split_item
 
         config = self.config
+        handler = self.handlers.get(name)
         args_json: list[str] = []
         kwargs_json: list[str] = []
-        for item in items:
+        for index, item in enumerate(items):
             args, kwargs = split_item(item)
             encoded = encode_arguments(name, args, kwargs, config.max_payload_bytes)
+            if handler is not None:
+                try:
+                    handler.check_arguments(args, kwargs)
+                except ArgumentsMismatch as exc:
+                    raise ArgumentsMismatch(f"push_many item {index}: {exc}") from None
             args_json.append(encoded[0])
             kwargs_json.append(encoded[1])
         if config.eager:

@@ -187,12 +187,7 @@ class Runner:
         try:
             handler.check_arguments(task.args, task.kwargs)
         except TypeError as exc:
-            return Outcome(
-                task,
-                State.FAILED,
-                error=f"arguments do not match the signature of handler {task.name!r}: "
-                f"{exc}; failed without retry",
-            )
+            return Outcome(task, State.FAILED, error=f"{exc}; failed without retry")
         started = time.perf_counter()
         token = _current_task.set(task)
         try:
