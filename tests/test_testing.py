@@ -106,3 +106,39 @@ def test_record_pushes_sees_single_and_batch_pushes(dsn: str) -> None:
     with record_pushes(app) as nothing:
         pass
     assert nothing == []
+
+
+def test_drain_now_runs_retries_and_delayed_tasks_without_waiting(dsn: str) -> None:
+    from flask_pgtq import Retry
+
+    app, q = make_app(dsn)
+    attempts: list[int] = []
+
+    @q.handler(max_attempts=3, retry_backoff=3600)
+    def flaky() -> str:
+        from flask_pgtq import current_task
+
+        attempts.append(current_task.attempts)
+        if current_task.attempts == 1:
+            raise RuntimeError("first attempt fails")
+        if current_task.attempts == 2:
+            raise Retry(delay=86400)
+        return "third time lucky"
+
+    @q.handler()
+    def later() -> str:
+        return "ran"
+
+    with app.app_context():
+        task = flaky.push()
+        delayed = later.options(delay=3600).push()
+        other_queue = later.options(queue="elsewhere", delay=3600).push()
+        assert [t.state for t in q.drain()] == [State.QUEUED]  # waits an hour
+        assert attempts == [1]
+        ran = q.drain(now=True)
+        assert attempts == [1, 2, 3]
+        assert q.get_task(task.id).state is State.SUCCEEDED
+        assert q.get_task(task.id).result == "third time lucky"
+        assert q.get_task(delayed.id).state is State.SUCCEEDED
+        assert {t.id for t in ran} == {task.id, delayed.id}
+        assert q.get_task(other_queue.id).state is State.QUEUED  # not a drained queue
