@@ -218,9 +218,10 @@ class Config:
     listen: bool = True
     #: Queue used by handlers that name none.
     queue: str = "default"
-    #: Testing aid: run each task at push time, in the pushing thread, after
-    #: a JSON round trip of its arguments; nothing is stored.  Exceptions
-    #: propagate to the caller.
+    #: Testing aid: run each task at push time (a push inside a SQLAlchemy
+    #: transaction: at its commit), in the pushing thread, in a fresh app
+    #: context as a worker would, after a JSON round trip of its arguments;
+    #: nothing is stored.  Exceptions propagate to the caller.
     eager: bool = False
     #: Development only: without ``PGTQ_DSN``, start an embedded PostgreSQL
     #: server (the ``dev`` extra, pgserver) in the app's instance folder,

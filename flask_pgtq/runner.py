@@ -17,6 +17,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from . import codec, signals
@@ -33,6 +34,7 @@ from .exceptions import (
     Retry,
     SetupError,
     TaskCancelled,
+    TaskFailed,
     TaskTimeout,
 )
 from .queue import TaskStore
@@ -289,6 +291,24 @@ class Runner:
         return Outcome(
             task, State.QUEUED, error=error, delay=delay, duration=duration, exception=exc
         )
+
+    def run_eagerly(self, task: Task) -> None:
+        """``PGTQ_EAGER``: announce *task* as pushed, run its one attempt as
+        a worker would (:meth:`execute`: a fresh app context, ``current_task``,
+        the same signals and log line) and raise what its handler raised.
+        Nothing is stored; a failure that a worker would retry fails here."""
+        signals.send(signals.task_pushed, self.sender, task=task)
+        task.state, task.attempts = State.RUNNING, 1
+        outcome = self.execute(task)
+        if outcome.state is State.QUEUED:
+            outcome = replace(outcome, state=State.FAILED, delay=0.0)
+        self.announce(outcome)
+        if outcome.state is State.SUCCEEDED:
+            task.result = None if outcome.result is None else json.loads(outcome.result)
+            return
+        if outcome.exception is not None:
+            raise outcome.exception
+        raise TaskFailed(task, outcome.error)
 
     # -- recording ---------------------------------------------------------
 
