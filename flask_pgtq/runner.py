@@ -349,7 +349,8 @@ class Runner:
         task.error = outcome.error
         level = logging.INFO if outcome.state is State.SUCCEEDED else logging.WARNING
         if log.isEnabledFor(level):
-            word = "retrying" if outcome.state is State.QUEUED else outcome.state.value
+            retry = outcome.state is State.QUEUED
+            word = "retrying" if retry else outcome.state.value
             # Built by hand rather than with log.log(): that would walk the
             # stack for the caller's line on every task, a worker's largest
             # cost per task after the database.
@@ -358,18 +359,16 @@ class Runner:
                 level,
                 __file__,
                 0,
-                "task %s %s queue=%s attempt=%s/%s %s in %.3fs%s",
+                "task %s %s queue=%s attempt=%s/%s %s %.3fs%s",
                 (
                     task.id,
                     task.name,
                     task.queue,
                     task.attempts,
                     task.max_attempts,
-                    word,
+                    "failed after" if retry else f"{word} in",
                     outcome.duration,
-                    f" (next attempt in {outcome.delay:.1f}s)"
-                    if outcome.state is State.QUEUED
-                    else "",
+                    f"; retry in {outcome.delay:.1f}s" if retry else "",
                 ),
                 None,
                 "announce",
