@@ -451,6 +451,10 @@ class TaskStore:
         rows = self._rows("fire_periodic", {"schedule": schedule, "fire_at": fire_at, **task})
         return rows[0]["id"] if rows else None
 
+    def mark_stopping(self, owner: str) -> None:
+        """Record that worker *owner* is stopping (it claims no more)."""
+        self._rows("mark_worker_stopping", {"owner": owner})
+
     def make_scheduled_due(self, queues: Sequence[str]) -> int:
         """Make the queued tasks of *queues* that wait for a later time due
         now (a testing aid); return how many."""

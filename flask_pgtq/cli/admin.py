@@ -363,7 +363,7 @@ def workers_command(as_json: bool) -> None:
             ",".join(w.queues) or "(pop)",
             w.concurrency,
             format_age(w.heartbeat_age),
-            "alive" if w.alive else "lease expired",
+            ("stopping" if w.stopping_since else "alive") if w.alive else "lease expired",
             ", ".join(f"{t['id']} {t['name']}" for t in w.tasks) or "-",
         ]
         for w in workers

@@ -148,3 +148,10 @@ WHERE locked_by = %(owner)s AND state = 'running' AND cancel_requested_at IS NOT
 UPDATE pgtq_tasks
 SET run_at = now()
 WHERE state = 'queued' AND queue = ANY(%(queues)s) AND run_at > now();
+
+-- name: mark_worker_stopping
+-- A worker got a stop request: it claims nothing more and lets its running
+-- tasks finish.  Shown by flask pgtq workers and the dashboard.
+UPDATE pgtq_workers
+SET stopping_since = coalesce(stopping_since, now())
+WHERE id = %(owner)s;
