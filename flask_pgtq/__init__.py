@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .exceptions import (
     ActionNotAllowed,
+    ArgumentsMismatch,
     ArgumentsNotSerializable,
     Cancel,
     ChildFailed,
@@ -35,6 +36,7 @@ from .task import State, Task
 __all__ = [
     "ActionNotAllowed",
     "Args",
+    "ArgumentsMismatch",
     "ArgumentsNotSerializable",
     "Cancel",
     "ChildFailed",

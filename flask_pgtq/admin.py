@@ -111,6 +111,9 @@ class WorkerInfo:
     started_at: datetime
     heartbeat_at: datetime
     lease_expires_at: datetime
+    #: When the worker got a stop request and began waiting for its running
+    #: tasks (it claims no more); ``None`` while it works.
+    stopping_since: datetime | None
     #: Seconds since the last heartbeat.
     heartbeat_age: float
     #: ``False`` once the lease ran out: the worker is presumed dead and its

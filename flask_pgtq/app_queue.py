@@ -9,14 +9,15 @@ Like the rest of the core this module does not import Flask.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import codec, signals
+from . import signals, transactions
 from .codec import encode_arguments, encode_batch
 from .config import Config, queue_list
 from .connection import Database, dbapi_connection
 from .control import Control
+from .exceptions import ArgumentsMismatch
 from .queue import TaskStore, new_owner_id
 from .runner import Runner
 from .task import State, Task
@@ -77,14 +78,23 @@ class AppQueue:
         """Store one task of handler *name* (or run it now with ``PGTQ_EAGER``).
 
         :param connection: push inside this open transaction (a psycopg2
-            connection, or a SQLAlchemy ``Connection`` or ``Session``).
+            connection, or a SQLAlchemy ``Connection`` or ``Session``).  The
+            ``task_pushed`` signal (and, with ``PGTQ_EAGER``, the run) waits
+            for a SQLAlchemy transaction's commit, and is dropped if it rolls
+            back; with a psycopg2 connection, which has no commit hook, it
+            comes at once (see :func:`~flask_pgtq.transactions.after_commit`).
+        :raises ArgumentsMismatch: the handler's function cannot take these
+            arguments (checked when the handler is registered in this process).
         :raises ArgumentsNotSerializable: an argument cannot be stored as JSON.
         :raises PayloadTooLarge: over ``PGTQ_MAX_PAYLOAD_BYTES``.
         """
         config = self.config
         args_json, kwargs_json = encode_arguments(name, args, kwargs, config.max_payload_bytes)
+        handler = self.handlers.get(name)
+        if handler is not None:
+            handler.check_arguments(args, kwargs)
         if config.eager:
-            return self._run_eagerly(name, args_json, kwargs_json, options)
+            return self._run_eagerly(name, args_json, kwargs_json, options, connection)
         task = self.store.push(
             options.insert(name, config),
             args_json,
@@ -92,7 +102,10 @@ class AppQueue:
             None if connection is None else dbapi_connection(connection),
         )
         if task.is_new is not False:
-            signals.send(signals.task_pushed, self.runner.sender, task=task)
+            self.after_commit(
+                connection,
+                lambda: signals.send(signals.task_pushed, self.runner.sender, task=task),
+            )
         return task
 
     def push_many(
@@ -107,12 +120,19 @@ class AppQueue:
         from .handler import split_item
 
         config = self.config
+        handler = self.handlers.get(name)
         batch = [split_item(item) for item in items]
         args_text, kwargs_text = encode_batch(name, batch, config.max_payload_bytes)
+        if handler is not None:
+            for index, (args, kwargs) in enumerate(batch):
+                try:
+                    handler.check_arguments(args, kwargs)
+                except ArgumentsMismatch as exc:
+                    raise ArgumentsMismatch(f"push_many item {index}: {exc}") from None
         if config.eager:
             kwargs_list = json.loads(kwargs_text) or [{}] * len(batch)
             for args, kwargs in zip(json.loads(args_text), kwargs_list, strict=True):
-                self._run_eagerly(name, json.dumps(args), json.dumps(kwargs), options)
+                self._run_eagerly(name, json.dumps(args), json.dumps(kwargs), options, connection)
             return [0] * len(batch)
         spec = options.insert(name, config)
         ids = self.store.push_many(
@@ -121,22 +141,42 @@ class AppQueue:
             kwargs_text,
             None if connection is None else dbapi_connection(connection),
         )
-        if signals.tasks_pushed.receivers:
-            signals.send(
-                signals.tasks_pushed,
-                self.runner.sender,
-                name=name,
-                queue=spec.queue,
-                ids=ids,
-                args=json.loads(args_text),
-                kwargs=json.loads(kwargs_text) or [{} for _ in ids],
-            )
+
+        def announce() -> None:
+            if signals.tasks_pushed.receivers:
+                signals.send(
+                    signals.tasks_pushed,
+                    self.runner.sender,
+                    name=name,
+                    queue=spec.queue,
+                    ids=ids,
+                    args=json.loads(args_text),
+                    kwargs=json.loads(kwargs_text) or [{} for _ in ids],
+                )
+
+        self.after_commit(connection, announce)
         return ids
 
+    @staticmethod
+    def after_commit(connection: Any, action: Callable[[], None]) -> None:
+        """Call *action* once the push on *connection* is committed: at once
+        without a connection (the push committed by itself) or on a psycopg2
+        connection (no commit hook); at the commit of a SQLAlchemy
+        transaction, and never if it rolls back."""
+        if connection is None or not transactions.after_commit(connection, action):
+            action()
+
     def _run_eagerly(
-        self, name: str, args_json: str, kwargs_json: str, options: PushOptions
+        self,
+        name: str,
+        args_json: str,
+        kwargs_json: str,
+        options: PushOptions,
+        connection: Any,
     ) -> Task:
-        """``PGTQ_EAGER``: run now, with arguments as a worker would see them."""
+        """``PGTQ_EAGER``: run as a worker would (a fresh app context, the
+        arguments after a JSON round trip, the same signals), now or, for a
+        push inside a SQLAlchemy transaction, once it commits."""
         spec = options.insert(name, self.config)
         task = Task(
             id=0,
@@ -144,15 +184,14 @@ class AppQueue:
             queue=spec.queue,
             args=json.loads(args_json),
             kwargs=json.loads(kwargs_json),
-            state=State.RUNNING,
+            state=State.QUEUED,
             priority=spec.priority,
-            attempts=1,
+            attempts=0,
             max_attempts=spec.max_attempts,
         )
-        signals.send(signals.task_pushed, self.runner.sender, task=task)
-        value = self.handlers[name].func(*task.args, **task.kwargs)
-        task.result = json.loads(codec.encode(value, self.config.max_result_bytes))
-        task.state = State.SUCCEEDED
+        if connection is not None:
+            dbapi_connection(connection)  # a connection it is, in a transaction
+        self.after_commit(connection, lambda: self.runner.run_eagerly(task))
         return task
 
     # -- consuming ----------------------------------------------------------

@@ -5,6 +5,8 @@ Read once, when the extension is set up; nothing reads the Flask config later.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -13,6 +15,8 @@ from datetime import timedelta
 from typing import Any
 
 from .exceptions import ConfigurationError, InvalidName
+
+log = logging.getLogger("flask_pgtq")
 
 #: Queue and task names: printable, no spaces or quotes, at most this long.
 MAX_NAME_LENGTH = 200
@@ -66,6 +70,53 @@ def parse_dsn(dsn: Any, key: str = "PGTQ_DSN") -> dict[str, str]:
         raise ConfigurationError(
             f"{key} is not a valid connection string. Set it to {_DSN_EXAMPLE}."
         ) from None
+
+
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
+
+
+def libpq_dsn(dsn: Any, key: str = "PGTQ_DSN") -> Any:
+    """*dsn* as libpq reads it: a SQLAlchemy URL of PostgreSQL
+    (``postgresql+psycopg2://...``, ``postgresql+psycopg://...``) loses its
+    driver; any other value is returned as it is, for :func:`parse_dsn` to check.
+
+    :raises ConfigurationError: a URL of another database (``sqlite://``,
+        ``mysql://``...), naming *key* and the scheme, never the rest.
+    """
+    if not isinstance(dsn, str):
+        return dsn
+    match = _URL_SCHEME.match(dsn)
+    if match is None:
+        return dsn
+    dialect = match[1].partition("+")[0].lower()
+    if dialect not in ("postgresql", "postgres"):
+        setting = key if key.startswith("PGTQ_") else "PGTQ_DSN"
+        raise ConfigurationError(
+            f"{key} is a {dialect} URL ({match[1]}://...), and flask_pgtq needs PostgreSQL: "
+            f"its queue is a PostgreSQL table. Set {setting} to {_DSN_EXAMPLE}."
+        )
+    return "postgresql://" + dsn[match.end() :]
+
+
+def sqlalchemy_dsn(uri: Any) -> str:
+    """The libpq DSN of a ``SQLALCHEMY_DATABASE_URI`` (a string or a
+    SQLAlchemy ``URL``), for when ``PGTQ_DSN`` is not set.
+
+    :raises ConfigurationError: it is not a PostgreSQL URL.
+    """
+    render = getattr(uri, "render_as_string", None)
+    if render is not None:
+        uri = render(hide_password=False)
+    if not isinstance(uri, str) or _URL_SCHEME.match(uri) is None:
+        raise ConfigurationError(
+            f"PGTQ_DSN is not set, and SQLALCHEMY_DATABASE_URI is not a database URL. "
+            f"Set PGTQ_DSN to {_DSN_EXAMPLE}."
+        )
+    try:
+        dsn: str = libpq_dsn(uri, "SQLALCHEMY_DATABASE_URI")
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"PGTQ_DSN is not set, and {exc}") from None
+    return dsn
 
 
 def redact_dsn(dsn: str) -> str:
@@ -130,6 +181,12 @@ def queue_list(queues: str | Iterable[str] | None, default: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _suggestion(name: str, known: Iterable[str], prefix: str) -> str:
+    """``: did you mean PGTQ_MAX_ATTEMPTS?`` for the known setting closest to *name*."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f": did you mean {prefix}{close[0].upper()}?" if close else ""
+
+
 def _positive(value: Any, key: str, *, number: type = float, zero: bool = False) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"{key} must be a number, not {value!r}")
@@ -150,7 +207,9 @@ class Config:
     lower case.  Build one with :meth:`from_mapping`.
     """
 
-    #: libpq connection string of the queue's database.  Required.
+    #: libpq connection string of the queue's database, or a SQLAlchemy URL
+    #: of PostgreSQL (``postgresql+psycopg2://...``).  Unset in a Flask app:
+    #: a PostgreSQL ``SQLALCHEMY_DATABASE_URI``, if there is one.
     dsn: str = field(repr=False)
     #: Connection string for LISTEN, when ``dsn`` goes through a pooler such
     #: as PgBouncer in transaction mode.  Defaults to ``dsn``.
@@ -159,9 +218,10 @@ class Config:
     listen: bool = True
     #: Queue used by handlers that name none.
     queue: str = "default"
-    #: Testing aid: run each task at push time, in the pushing thread, after
-    #: a JSON round trip of its arguments; nothing is stored.  Exceptions
-    #: propagate to the caller.
+    #: Testing aid: run each task at push time (a push inside a SQLAlchemy
+    #: transaction: at its commit), in the pushing thread, in a fresh app
+    #: context as a worker would, after a JSON round trip of its arguments;
+    #: nothing is stored.  Exceptions propagate to the caller.
     eager: bool = False
     #: Development only: without ``PGTQ_DSN``, start an embedded PostgreSQL
     #: server (the ``dev`` extra, pgserver) in the app's instance folder,
@@ -249,8 +309,15 @@ class Config:
                 continue
             name = key[len(prefix) :].lower()
             if name not in known:
-                raise ConfigurationError(f"unknown setting {key}")
+                raise ConfigurationError(f"unknown setting {key}{_suggestion(name, known, prefix)}")
             kwargs[name] = value
+        uri = values.get("SQLALCHEMY_DATABASE_URI")
+        if "dsn" not in kwargs and prefix == "PGTQ_" and uri:
+            kwargs["dsn"] = sqlalchemy_dsn(uri)
+            log.info(
+                "PGTQ_DSN is not set: the queue uses SQLALCHEMY_DATABASE_URI's database (%s)",
+                redact_dsn(kwargs["dsn"]),
+            )
         if "dsn" not in kwargs:
             raise ConfigurationError(
                 f"{prefix}DSN is not set. Set it to {_DSN_EXAMPLE}.{_DEV_HINT}"
@@ -258,15 +325,17 @@ class Config:
         return cls(**kwargs)
 
     def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "dsn", libpq_dsn(self.dsn, "PGTQ_DSN"))
         parse_dsn(self.dsn, "PGTQ_DSN")
         if self.listen_dsn is not None:
+            set_(self, "listen_dsn", libpq_dsn(self.listen_dsn, "PGTQ_LISTEN_DSN"))
             parse_dsn(self.listen_dsn, "PGTQ_LISTEN_DSN")
         validate_name(self.queue, "PGTQ_QUEUE")
         if not isinstance(self.listen, bool):
             raise ConfigurationError("PGTQ_LISTEN must be True or False")
         if not isinstance(self.prepared_statements, bool):
             raise ConfigurationError("PGTQ_PREPARED_STATEMENTS must be True or False")
-        set_ = object.__setattr__
         set_(self, "max_attempts", _positive(self.max_attempts, "PGTQ_MAX_ATTEMPTS", number=int))
         for name in ("retry_backoff", "retry_backoff_max"):
             set_(self, name, _positive(getattr(self, name), f"PGTQ_{name.upper()}", zero=True))

@@ -96,10 +96,12 @@ def translate(exc: BaseException, secrets: tuple[str, ...] = ()) -> DatabaseErro
 def _translate(exc: BaseException, secrets: tuple[str, ...]) -> DatabaseError:
     message = _message(exc, secrets)
     if isinstance(exc, psycopg2.errors.UndefinedTable | psycopg2.errors.UndefinedFunction):
+        # One line: the primary message, without the statement excerpt
+        # (LINE 1: ... and a caret) that follows it.
+        primary = message.splitlines()[0] if message else type(exc).__name__
         return SchemaNotReady(
-            "the flask_pgtq tables are missing or out of date: "
-            "run 'flask pgtq init-db' (or PgTq.init_db()). "
-            f"The database said: {message}"
+            "the flask_pgtq tables are missing or out of date "
+            f"(the database said: {primary}): run 'flask pgtq init-db' (or PgTq.init_db())"
         )
     if isinstance(
         exc, psycopg2.errors.InvalidSqlStatementName | psycopg2.errors.DuplicatePreparedStatement

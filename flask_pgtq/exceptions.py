@@ -30,6 +30,13 @@ class UsageError(PgTqError, TypeError):
     ``PgTq(42)``, or a connection object that is not a database connection)."""
 
 
+class ArgumentsMismatch(UsageError):
+    """A task's arguments do not fit its handler's signature (say, two
+    positional arguments for ``def f(a)``).  Raised at push, before anything
+    is stored; a worker given such a task by other means fails it without
+    retry."""
+
+
 class InvalidRequest(PgTqError, ValueError):
     """An inspection or operator request (``q.admin``, the CLI, the
     dashboard) has a bad argument: an id out of range, an unknown state, a

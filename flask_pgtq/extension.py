@@ -10,7 +10,7 @@ from weakref import WeakKeyDictionary
 from . import signals
 from .admin import Admin
 from .app_queue import AppQueue
-from .config import Config, redact_dsn
+from .config import Config, queue_list, redact_dsn
 from .control import Pause, default_actor, duration_of, target_of
 from .exceptions import (
     ConfigurationError,
@@ -311,21 +311,34 @@ class PgTq:
         return self.app_queue().pop(queues)
 
     def drain(
-        self, queues: str | Iterable[str] | None = None, max_tasks: int = 10_000
+        self,
+        queues: str | Iterable[str] | None = None,
+        max_tasks: int = 10_000,
+        *,
+        now: bool = False,
     ) -> list[Task]:
         """Run every ready task now, in this thread, through the real SQL path
         (claim, run, record), until none is ready; return the tasks run.
 
-        Meant for tests: tasks pushed by tasks run too; retries scheduled for
-        later do not.
+        Meant for tests: tasks pushed by tasks run too; tasks scheduled for
+        later (retries, delayed pushes) do not, unless *now*.
 
         :param queues: queues to drain; default ``PGTQ_QUEUE``.
         :param max_tasks: stop after this many (a guard against tasks that
             push themselves for ever).
+        :param now: before each claim, make every queued task of *queues*
+            due now, whatever it waits for: a retry's backoff,
+            ``Retry(delay=...)``, a push's ``delay`` or ``eta``.  A retrying
+            handler is then run until it succeeds or its attempts are
+            spent, with no sleep, whatever its ``retry_backoff``.
         """
+        app_queue = self.app_queue()
+        names = queue_list(queues, app_queue.config.queue)
         ran: list[Task] = []
         while len(ran) < max_tasks:
-            task = self.pop(queues)
+            if now:
+                app_queue.store.make_scheduled_due(names)
+            task = self.pop(names)
             if task is None:
                 break
             ran.append(task.run())

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .config import validate_name
-from .exceptions import ArgumentsNotSerializable
+from .exceptions import ArgumentsMismatch, ArgumentsNotSerializable
 from .values import HandlerOptions, PushOptions
 
 if TYPE_CHECKING:
@@ -68,14 +68,27 @@ class Handler(Generic[P, R]):
         return inspect.signature(self.func)
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
-        """Raise :class:`TypeError` if the function cannot take these
-        arguments.  Whether it can depends only on how many positional
-        arguments there are and which keywords, so the shapes that passed
-        are remembered (a few dozen at most) and checked once."""
+        """Raise :class:`~flask_pgtq.ArgumentsMismatch` (a :class:`TypeError`)
+        if the function cannot take these arguments.  Whether it can depends
+        only on how many positional arguments there are and which keywords,
+        so the shapes that passed are remembered (a few dozen at most) and
+        checked once."""
         shape = (len(args), frozenset(kwargs))
         if shape in self._accepted:
             return
-        self.signature.bind(*args, **kwargs)
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            plain = self.signature.replace(
+                parameters=[
+                    p.replace(annotation=inspect.Parameter.empty)
+                    for p in self.signature.parameters.values()
+                ],
+                return_annotation=inspect.Signature.empty,
+            )
+            raise ArgumentsMismatch(
+                f"arguments do not match the signature of handler {self.name!r} {plain}: {exc}"
+            ) from None
         if len(self._accepted) < 64:
             self._accepted.add(shape)
 
@@ -86,6 +99,8 @@ class Handler(Generic[P, R]):
     def push(self, *args: P.args, **kwargs: P.kwargs) -> Task:
         """Store a task that runs this handler with these arguments; return at once.
 
+        :raises ArgumentsMismatch: the function cannot take these arguments
+            (a :class:`TypeError`); nothing is stored.
         :raises ArgumentsNotSerializable: an argument is not JSON (a
             :class:`TypeError`); nothing is stored.
         :raises PayloadTooLarge: the arguments exceed ``PGTQ_MAX_PAYLOAD_BYTES``.
@@ -98,8 +113,8 @@ class Handler(Generic[P, R]):
 
         Each item gives one task's arguments: a tuple or list of positional
         arguments, a dict of keyword arguments, or :class:`Args` for both.
-        Every item is validated first: one bad item rejects the whole batch
-        and nothing is stored.
+        Every item is validated first (JSON, size, and the function's
+        signature): one bad item rejects the whole batch and nothing is stored.
         """
         return self.pgtq.app_queue().push_many(self.name, items, self.defaults)
 

@@ -456,6 +456,18 @@ class TaskStore:
         rows = self._rows("fire_periodic", {"schedule": schedule, "fire_at": fire_at, **task})
         return rows[0]["id"] if rows else None
 
+    def mark_stopping(self, owner: str) -> None:
+        """Record that worker *owner* is stopping (it claims no more)."""
+        self._rows("mark_worker_stopping", {"owner": owner})
+
+    def make_scheduled_due(self, queues: Sequence[str]) -> int:
+        """Make the queued tasks of *queues* that wait for a later time due
+        now (a testing aid); return how many."""
+        with self.db.connection() as conn, conn.cursor() as cur:
+            cur.execute(queries.get("make_scheduled_due"), {"queues": list(queues)})
+            count: int = cur.rowcount
+        return count
+
     def database_now(self) -> datetime:
         """The database's clock: the one every time in flask_pgtq follows."""
         now: datetime = self._rows("database_now", {})[0]["now"]

@@ -17,6 +17,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from . import codec, signals
@@ -33,6 +34,7 @@ from .exceptions import (
     Retry,
     SetupError,
     TaskCancelled,
+    TaskFailed,
     TaskTimeout,
 )
 from .queue import TaskStore
@@ -188,12 +190,7 @@ class Runner:
         try:
             handler.check_arguments(task.args, task.kwargs)
         except TypeError as exc:
-            return Outcome(
-                task,
-                State.FAILED,
-                error=f"arguments do not match the signature of handler {task.name!r}: "
-                f"{exc}; failed without retry",
-            )
+            return Outcome(task, State.FAILED, error=f"{exc}; failed without retry")
         started = time.perf_counter()
         token = _current_task.set(task)
         try:
@@ -296,6 +293,24 @@ class Runner:
             task, State.QUEUED, error=error, delay=delay, duration=duration, exception=exc
         )
 
+    def run_eagerly(self, task: Task) -> None:
+        """``PGTQ_EAGER``: announce *task* as pushed, run its one attempt as
+        a worker would (:meth:`execute`: a fresh app context, ``current_task``,
+        the same signals and log line) and raise what its handler raised.
+        Nothing is stored; a failure that a worker would retry fails here."""
+        signals.send(signals.task_pushed, self.sender, task=task)
+        task.state, task.attempts = State.RUNNING, 1
+        outcome = self.execute(task)
+        if outcome.state is State.QUEUED:
+            outcome = replace(outcome, state=State.FAILED, delay=0.0)
+        self.announce(outcome)
+        if outcome.state is State.SUCCEEDED:
+            task.result = None if outcome.result is None else json.loads(outcome.result)
+            return
+        if outcome.exception is not None:
+            raise outcome.exception
+        raise TaskFailed(task, outcome.error)
+
     # -- recording ---------------------------------------------------------
 
     def record(self, owner: str, outcomes: Iterable[Outcome]) -> set[int]:
@@ -335,7 +350,8 @@ class Runner:
         task.error = outcome.error
         level = logging.INFO if outcome.state is State.SUCCEEDED else logging.WARNING
         if log.isEnabledFor(level):
-            word = "retrying" if outcome.state is State.QUEUED else outcome.state.value
+            retry = outcome.state is State.QUEUED
+            word = "retrying" if retry else outcome.state.value
             # Built by hand rather than with log.log(): that would walk the
             # stack for the caller's line on every task, a worker's largest
             # cost per task after the database.
@@ -344,18 +360,16 @@ class Runner:
                 level,
                 __file__,
                 0,
-                "task %s %s queue=%s attempt=%s/%s %s in %.3fs%s",
+                "task %s %s queue=%s attempt=%s/%s %s %.3fs%s",
                 (
                     task.id,
                     task.name,
                     task.queue,
                     task.attempts,
                     task.max_attempts,
-                    word,
+                    "failed after" if retry else f"{word} in",
                     outcome.duration,
-                    f" (next attempt in {outcome.delay:.1f}s)"
-                    if outcome.state is State.QUEUED
-                    else "",
+                    f"; retry in {outcome.delay:.1f}s" if retry else "",
                 ),
                 None,
                 "announce",

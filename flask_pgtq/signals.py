@@ -25,14 +25,19 @@ log = logging.getLogger("flask_pgtq")
 
 _signals = Namespace()
 
-#: A task was stored.  Payload: ``task``.  Fires after the insert commits
-#: (for a push inside a caller's transaction: after the insert, before that
-#: transaction commits).
+#: A task was stored.  Payload: ``task``.  Fires after the insert commits.
+#: For a push inside a caller's SQLAlchemy transaction
+#: (``options(connection=db.session)``): when that transaction commits, and
+#: never if it rolls back; inside a psycopg2 connection's transaction, which
+#: has no commit hook: at the push, before the caller's commit
+#: (:mod:`flask_pgtq.transactions`).  With ``PGTQ_EAGER``: just before the
+#: task runs.
 task_pushed = _signals.signal("task-pushed")
 
 #: A batch of tasks of one handler was stored (:meth:`~flask_pgtq.Handler.push_many`).
 #: Payload: ``name``, ``queue``, ``ids``, ``args`` and ``kwargs`` (one entry
-#: per task, as the worker will see them).  Sent only when it has receivers.
+#: per task, as the worker will see them).  Sent only when it has receivers,
+#: at the same time as :data:`task_pushed` would be.
 tasks_pushed = _signals.signal("tasks-pushed")
 
 #: A worker (or :meth:`~flask_pgtq.Task.run`) is about to run a claimed task.

@@ -1,8 +1,8 @@
 """Helpers for testing apps that use flask_pgtq.
 
-* ``PGTQ_EAGER = True`` runs each task at push time (no worker, no table),
-  after a JSON round trip of its arguments, so what would fail in a worker
-  fails in the test.
+* ``PGTQ_EAGER = True`` runs each task at push time (no worker, no table) as
+  a worker would: in a fresh app context, after a JSON round trip of its
+  arguments, so what would fail in a worker fails in the test.
 * :meth:`~flask_pgtq.PgTq.drain` runs every ready task through the real SQL path.
 * :func:`record_pushes` records what a block of code pushed.
 """
@@ -37,6 +37,11 @@ def record_pushes(sender: Any = ANY) -> Iterator[list[Pushed]]:
         with record_pushes(app) as pushed:
             client.post("/signup", data={"email": "ada@example.com"})
         assert [(p.name, p.args) for p in pushed] == [("send_welcome", ["ada@example.com"])]
+
+    A push inside a SQLAlchemy transaction (``options(connection=db.session)``)
+    is recorded when that transaction commits, and not at all if it rolls
+    back: the list holds committed pushes only.  A push on a psycopg2
+    connection is recorded at the push (it has no commit hook).
 
     :param sender: only record pushes for this app (or standalone
         :class:`~flask_pgtq.PgTq`); default: all.

@@ -232,6 +232,17 @@ class Worker:
     def _shutdown(self) -> None:
         reason = self.stop_reason or "stopped"
         log.info("worker %s stopping (%s)", self.id, reason)
+        with contextlib.suppress(DatabaseError):
+            self.store.mark_stopping(self.id)
+        if self._running and self.stop_requests < 2:
+            ids = sorted(self._running)
+            log.info(
+                "worker %s: waiting up to %gs for task%s %s; Ctrl-C again to requeue now",
+                self.id,
+                self.config.shutdown_grace,
+                "s" if len(ids) > 1 else "",
+                ", ".join(map(str, ids)),
+            )
         with self.runner.context():
             signals.send(
                 signals.worker_stopping, self.runner.sender, worker_id=self.id, reason=reason

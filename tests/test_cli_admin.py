@@ -401,3 +401,30 @@ def test_cancel_stops_a_task_running_in_a_real_worker(
         "the worker to stop the task",
     )
     assert [r["event"] for r in runs(dsn, "cancel-me")] == ["started"]
+
+
+def test_show_traceback_prints_every_attempts_error_in_full(
+    app: Flask, q: PgTq, runner: FlaskCliRunner
+) -> None:
+    @q.handler(max_attempts=2)
+    def deep(step: int) -> None:
+        from flask_pgtq import current_task
+
+        def inner() -> None:
+            raise ValueError(f"attempt {current_task.attempts} went wrong")
+
+        inner()
+
+    with app.app_context():
+        task_id = deep.push(1).id
+        q.drain(now=True)
+    short = invoke(runner, "show", str(task_id))
+    assert "ValueError: attempt 1 went wrong" in short  # the history's one line
+    assert short.count("in inner") == 1  # the last error's traceback only
+    full = invoke(runner, "show", str(task_id), "--traceback")
+    first = full.split("\nattempt 1 (retried):\n", 1)[1]
+    assert first.startswith("  Traceback (most recent call last)")
+    assert "in inner" in first.split("\nattempt 2")[0]
+    assert "ValueError: attempt 1 went wrong" in first.split("\nattempt 2")[0]
+    assert "\nattempt 2 (failed):\n  Traceback" in full
+    assert full.count("in inner") == 3  # the error, and each attempt in full

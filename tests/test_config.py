@@ -263,3 +263,81 @@ def test_repr_never_shows_the_password(dsn: str) -> None:
     assert PASSWORD not in str(q.config)
     c = Config.from_mapping({"PGTQ_DSN": dsn, "PGTQ_LISTEN_DSN": dsn})
     assert PASSWORD not in repr(c)
+
+
+# -- SQLAlchemy URLs and typos ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("driver", ["postgresql+psycopg2", "postgresql+psycopg", "postgresql"])
+def test_sqlalchemy_urls_are_accepted_as_libpq_urls(driver: str) -> None:
+    c = Config.from_mapping({"PGTQ_DSN": f"{driver}://alice:{PASSWORD}@db.example/shop"})
+    assert c.dsn == f"postgresql://alice:{PASSWORD}@db.example/shop"
+    c = config(listen_dsn=f"{driver}://alice@direct.example/shop")
+    assert c.listen_dsn == "postgresql://alice@direct.example/shop"
+
+
+def test_sqlalchemy_url_works_for_a_real_queue(dsn: str) -> None:
+    from psycopg2.extensions import parse_dsn
+
+    params = parse_dsn(dsn)
+    url = f"postgresql+psycopg2://{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
+    q = PgTq(dsn=url)
+    try:
+
+        @q.handler()
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        assert add.push(1, 2).id > 0
+    finally:
+        q.close()
+
+
+def test_without_pgtq_dsn_the_sqlalchemy_database_is_used_and_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from flask import Flask
+
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"postgresql+psycopg2://alice:{PASSWORD}@db/shop"
+    with caplog.at_level("INFO", logger="flask_pgtq"):
+        q = PgTq(app)
+    with app.app_context():
+        assert q.config.dsn == f"postgresql://alice:{PASSWORD}@db/shop"
+    (line,) = [m for m in caplog.messages if "SQLALCHEMY_DATABASE_URI" in m]
+    assert "PGTQ_DSN is not set" in line and "dbname=shop" in line
+    assert PASSWORD not in line and "***" in line
+
+
+def test_pgtq_dsn_wins_over_the_sqlalchemy_url() -> None:
+    c = Config.from_mapping(
+        {"PGTQ_DSN": "dbname=queue", "SQLALCHEMY_DATABASE_URI": "sqlite:///app.db"}
+    )
+    assert c.dsn == "dbname=queue"
+
+
+@pytest.mark.parametrize(
+    ("uri", "dialect"),
+    [("sqlite:///app.db", "sqlite"), (f"mysql+pymysql://u:{PASSWORD}@db/app", "mysql")],
+)
+def test_a_url_of_another_database_says_postgresql_is_needed(uri: str, dialect: str) -> None:
+    with pytest.raises(ConfigurationError) as from_sqlalchemy:
+        Config.from_mapping({"SQLALCHEMY_DATABASE_URI": uri})
+    message = str(from_sqlalchemy.value)
+    assert "PGTQ_DSN is not set" in message
+    assert f"SQLALCHEMY_DATABASE_URI is a {dialect} URL" in message
+    assert "needs PostgreSQL" in message
+    with pytest.raises(ConfigurationError) as as_pgtq_dsn:
+        Config.from_mapping({"PGTQ_DSN": uri})
+    assert f"PGTQ_DSN is a {dialect} URL" in str(as_pgtq_dsn.value)
+    for exc in (from_sqlalchemy.value, as_pgtq_dsn.value):
+        assert PASSWORD not in shown(exc)
+
+
+def test_an_unknown_setting_suggests_the_closest_known_one() -> None:
+    with pytest.raises(ConfigurationError) as typo:
+        config(max_attempt=3)
+    assert str(typo.value) == "unknown setting PGTQ_MAX_ATTEMPT: did you mean PGTQ_MAX_ATTEMPTS?"
+    with pytest.raises(ConfigurationError) as nothing_close:
+        config(xyzzy=1)
+    assert str(nothing_close.value) == "unknown setting PGTQ_XYZZY"

@@ -424,3 +424,51 @@ def test_payload_over_the_limit_is_refused(q: PgTq, dsn: str) -> None:
     with pytest.raises(PayloadTooLarge):
         job.push(text="\u00e9" * 600)  # 600 characters, over 1000 bytes however encoded
     assert count_tasks(dsn) == 1
+
+
+# -- arguments checked against the signature at push -----------------------------------
+
+
+def test_arguments_that_do_not_fit_the_signature_are_refused_at_push(q: PgTq, dsn: str) -> None:
+    from flask_pgtq import ArgumentsMismatch, PgTqError
+
+    @q.handler()
+    def f(a: int) -> int:
+        return a
+
+    @q.handler(name="greeting")
+    def greet(name: str, *, loud: bool = False) -> str:
+        return name
+
+    for push, message in [
+        (lambda: f.push(2, 5), "too many positional arguments"),  # type: ignore[call-arg]
+        (lambda: f.push(), "missing a required argument: 'a'"),  # type: ignore[call-arg]
+        (lambda: f.options(priority=3).push(b=1), "missing a required argument"),  # type: ignore[call-arg]
+        (lambda: q.push("greeting", "ada", shout=True), "unexpected keyword argument 'shout'"),
+        (lambda: q.push("greeting", "ada", True), "too many positional arguments"),
+    ]:
+        with pytest.raises(ArgumentsMismatch) as refused:
+            push()
+        assert isinstance(refused.value, TypeError) and isinstance(refused.value, PgTqError)
+        assert "of handler 'f' (a): " in str(refused.value) or (
+            "of handler 'greeting' (name, *, loud=False): " in str(refused.value)
+        )
+        assert message in str(refused.value)
+    assert sql_one(dsn, "SELECT count(*) FROM pgtq_tasks") == (0,)
+    assert f.push(2).args == [2]
+    assert q.push("greeting", "ada", loud=True).kwargs == {"loud": True}
+
+
+def test_push_many_checks_each_item_against_the_signature(q: PgTq, dsn: str) -> None:
+    from flask_pgtq import ArgumentsMismatch
+
+    @q.handler()
+    def f(a: int, b: int = 0) -> int:
+        return a + b
+
+    with pytest.raises(ArgumentsMismatch, match=r"push_many item 2: .*handler 'f'.*too many"):
+        f.push_many([(1,), Args(1, b=2), (1, 2, 3)])
+    with pytest.raises(ArgumentsMismatch, match=r"item 0: .*unexpected keyword argument 'c'"):
+        q.push_many("f", [{"a": 1, "c": 1}])
+    assert sql_one(dsn, "SELECT count(*) FROM pgtq_tasks") == (0,)
+    assert len(f.push_many([(1,), Args(1, b=2), {"a": 5}])) == 3

@@ -103,3 +103,35 @@ def test_worker_logs_json_lines_without_argument_values(
     assert success["level"] == "INFO"
     assert success["task_name"] == "mark" and success["queue"] == "default"
     assert success["attempt"] == 1 and success["duration"] >= 0
+
+
+def test_outcome_lines_say_what_happened_and_when_the_retry_comes(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import re
+
+    from flask import Flask
+
+    app = Flask(__name__)
+    app.config["PGTQ_DSN"] = dsn
+    q = PgTq(app)
+
+    @q.handler(max_attempts=2, retry_backoff=2)
+    def flaky() -> None:
+        from flask_pgtq import current_task
+
+        if current_task.attempts == 1:
+            raise RuntimeError("first attempt fails")
+
+    with app.app_context(), caplog.at_level("INFO", logger="flask_pgtq"):
+        task = flaky.push()
+        q.drain(now=True)
+    lines = [m for m in caplog.messages if m.startswith(f"task {task.id} ")]
+    assert re.fullmatch(
+        rf"task {task.id} flaky queue=default attempt=1/2 failed after \d+\.\d{{3}}s; "
+        r"retry in (1\.\d|2\.0)s",
+        lines[0],
+    ), lines[0]
+    assert re.fullmatch(
+        rf"task {task.id} flaky queue=default attempt=2/2 succeeded in \d+\.\d{{3}}s", lines[1]
+    ), lines[1]

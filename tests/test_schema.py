@@ -115,6 +115,18 @@ def test_queue_before_init_db_says_to_run_it(unmigrated: PgTq, use: Any) -> None
     with pytest.raises(SchemaNotReady) as info:
         use(unmigrated)
     assert "flask pgtq init-db" in str(info.value)
+    assert "\n" not in str(info.value), "one line, not the statement excerpt below it"
+    assert "does not exist" in str(info.value)
+
+
+def test_cli_before_init_db_prints_one_line(unmigrated: PgTq) -> None:
+    from flask import current_app
+
+    result = current_app.test_cli_runner().invoke(args=["pgtq", "status"])
+    assert result.exit_code == 1
+    (line,) = result.output.splitlines()
+    assert line.startswith("Error: the flask_pgtq tables are missing")
+    assert line.endswith("run 'flask pgtq init-db' (or PgTq.init_db())")
 
 
 # -- concurrent init-db -----------------------------------------------------------------

@@ -190,3 +190,84 @@ def test_concurrent_transactions_each_see_only_their_own(q, dsn) -> None:
     assert seen == {n: [[f"{n}:{n % 2 == 0}"]] for n in range(4)}
     committed = sorted(row[0][0] for row in sql_all(dsn, "SELECT args FROM pgtq_tasks"))
     assert committed == ["0:True", "2:True"]
+
+
+# -- signals and record_pushes wait for the commit ----------------------------------------
+
+
+def test_signals_and_record_pushes_report_only_committed_pushes(dsn) -> None:
+    from flask_pgtq import signals
+    from flask_pgtq.testing import record_pushes
+
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = sa.engine.make_url("postgresql+psycopg2://").set(
+        query=dict(psycopg2.extensions.parse_dsn(dsn))
+    )
+    app.config["PGTQ_DSN"] = dsn
+    db = SQLAlchemy(app)
+    q = PgTq(app)
+    announced: list[list[str]] = []
+
+    @q.handler()
+    def greet(name: str) -> None:
+        pass
+
+    def pushed(sender, task, **extra) -> None:
+        announced.append(task.args)
+
+    with (
+        app.app_context(),
+        signals.task_pushed.connected_to(pushed, app),
+        record_pushes(app) as recorded,
+    ):
+        greet.options(connection=db.session).push("rolled back")
+        greet.options(connection=db.session).push_many([("rolled back too",)])
+        db.session.rollback()
+        greet.options(connection=db.session).push("committed")
+        greet.options(connection=db.session).push_many([("batch",)])
+        assert announced == [] and recorded == [], "reported before the commit"
+        with db.session.begin_nested():
+            greet.options(connection=db.session).push("released savepoint")
+        savepoint = db.session.begin_nested()
+        greet.options(connection=db.session).push("rolled back savepoint")
+        savepoint.rollback()
+        db.session.commit()
+        assert announced == [["committed"], ["released savepoint"]]
+        assert [p.args for p in recorded] == [["committed"], ["batch"], ["released savepoint"]]
+        stored = sql_all(dsn, "SELECT id FROM pgtq_tasks ORDER BY id")
+        assert [p.id for p in recorded] == [row[0] for row in stored]
+        # A session closed without a commit (the app context's end) reports nothing.
+        greet.options(connection=db.session).push("never committed")
+        db.session.close()
+        db.session.commit()
+        assert len(recorded) == 3
+        db.engine.dispose()
+
+
+def test_signals_of_a_sqlalchemy_connection_wait_for_its_commit(q, dsn) -> None:
+    from flask_pgtq.testing import record_pushes
+
+    engine = sa.create_engine(
+        sa.engine.make_url("postgresql+psycopg2://").set(
+            query=dict(psycopg2.extensions.parse_dsn(dsn))
+        )
+    )
+    try:
+        with record_pushes(q) as recorded, engine.connect() as connection:
+            q.handlers["welcome"].options(connection=connection).push("rolled back")
+            connection.rollback()
+            q.handlers["welcome"].options(connection=connection).push("committed")
+            assert recorded == []
+            connection.commit()
+        assert [p.args for p in recorded] == [["committed"]]
+    finally:
+        engine.dispose()
+
+
+def test_a_psycopg2_connection_has_no_commit_hook_so_signals_come_at_push(q, conn) -> None:
+    from flask_pgtq.testing import record_pushes
+
+    with record_pushes(q) as recorded:
+        q.handlers["welcome"].options(connection=conn).push("at push")
+        assert [p.args for p in recorded] == [["at push"]]
+        conn.rollback()

@@ -241,3 +241,23 @@ def test_slow_tasks_and_tasks_without_a_spare_attempt_are_not_prefetched(
     assert worker.wait() == 0
     assert claim_sizes(dsn, "slow") == [1, 1, 1, 1]
     assert set(claim_sizes(dsn, "add")) == {1}
+
+
+@pytest.mark.slow
+def test_a_stopping_worker_says_what_it_waits_for_and_shows_as_stopping(app, dsn, start_worker):
+    worker = start_worker(settings={"PGTQ_SHUTDOWN_GRACE": 30})
+    task = slow.push(60, "waited-for")
+    poll_until(lambda: runs(dsn, "waited-for"), 10, 0.02, "the task to start")
+    cli = app.test_cli_runner()
+    before = cli.invoke(args=["pgtq", "workers"]).output
+    assert " alive " in before and "stopping" not in before
+    worker.terminate()
+    expected = f"waiting up to 30s for task {task.id}; Ctrl-C again to requeue now"
+    poll_until(lambda: expected in worker.output(), 10, 0.02, "the waiting line")
+    (row,) = cli.invoke(args=["pgtq", "workers"]).output.splitlines()[1:]
+    assert row.split()[6] == "stopping", row
+    (listed,) = worker_app.q.admin.workers()
+    assert listed.stopping_since is not None
+    worker.send(signal.SIGINT)
+    assert worker.wait(10) == 0
+    assert state_of(dsn, task.id) == "queued"

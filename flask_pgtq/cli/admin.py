@@ -172,8 +172,14 @@ def tasks_command(
 
 @click.command("show")
 @click.argument("task_id", type=int)
+@click.option(
+    "--traceback",
+    "full",
+    is_flag=True,
+    help="Print every attempt's error in full (the history table shows one line each).",
+)
 @json_option
-def show_command(task_id: int, as_json: bool) -> None:
+def show_command(task_id: int, full: bool, as_json: bool) -> None:
     """Everything about one task: arguments, result, error, attempt history."""
     with _admin() as admin:
         task = admin.get(task_id)
@@ -222,6 +228,12 @@ def show_command(task_id: int, as_json: bool) -> None:
         ]
         headers = ["ATTEMPT", "OUTCOME", "WORKER", "STARTED", "ENDED", "ERROR"]
         click.echo("\nhistory:\n" + _indent(format_table(headers, rows)))
+        if full:
+            for h in task.history:
+                if h.get("error"):
+                    title = f"attempt {h.get('attempt')} ({history_label(h.get('state'))})"
+                    text = printable(str(h["error"]), multiline=True)
+                    click.echo(f"\n{_cell(title)}:\n{_indent(text)}")
 
 
 def _indent(text: str) -> str:
@@ -351,7 +363,7 @@ def workers_command(as_json: bool) -> None:
             ",".join(w.queues) or "(pop)",
             w.concurrency,
             format_age(w.heartbeat_age),
-            "alive" if w.alive else "lease expired",
+            ("stopping" if w.stopping_since else "alive") if w.alive else "lease expired",
             ", ".join(f"{t['id']} {t['name']}" for t in w.tasks) or "-",
         ]
         for w in workers

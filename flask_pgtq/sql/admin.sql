@@ -19,7 +19,7 @@ GROUP BY 1, 2;
 -- name: admin_live_workers
 -- Workers whose lease has not run out, with what they run now.
 SELECT w.id::text AS id, w.hostname, w.pid, w.queues, w.concurrency, w.started_at,
-       w.heartbeat_at, w.lease_expires_at,
+       w.heartbeat_at, w.lease_expires_at, w.stopping_since,
        extract(epoch FROM now() - w.heartbeat_at) AS heartbeat_age,
        w.lease_expires_at >= now() AS alive,
        coalesce(

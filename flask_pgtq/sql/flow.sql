@@ -147,3 +147,18 @@ FROM changed;
 -- Which of this owner's running tasks were asked to stop.
 SELECT id FROM pgtq_tasks
 WHERE locked_by = %(owner)s AND state = 'running' AND cancel_requested_at IS NOT NULL;
+
+-- name: make_scheduled_due
+-- Testing aid (q.drain(now=True)): the queued tasks of these queues that
+-- wait for a later time (a push's delay or eta, a retry's backoff) are due
+-- now.  Returns nothing; the row count says how many.
+UPDATE pgtq_tasks
+SET run_at = now()
+WHERE state = 'queued' AND queue = ANY(%(queues)s) AND run_at > now();
+
+-- name: mark_worker_stopping
+-- A worker got a stop request: it claims nothing more and lets its running
+-- tasks finish.  Shown by flask pgtq workers and the dashboard.
+UPDATE pgtq_workers
+SET stopping_since = coalesce(stopping_since, now())
+WHERE id = %(owner)s;

@@ -1,4 +1,4 @@
--- flask_pgtq schema, version 4: run-time control.  Rows every worker reads:
+-- flask_pgtq schema, version 5: run-time control.  Rows every worker reads:
 -- pauses of queues and handlers, and cron schedules stored in the database.
 -- Changes are announced on the pgtq_control channel (a latency hint: the
 -- claim reads pauses itself, and workers reload schedules every second).
