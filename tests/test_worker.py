@@ -261,3 +261,29 @@ def test_a_stopping_worker_says_what_it_waits_for_and_shows_as_stopping(app, dsn
     worker.send(signal.SIGINT)
     assert worker.wait(10) == 0
     assert state_of(dsn, task.id) == "queued"
+
+
+@pytest.mark.slow
+def test_a_requeued_task_forgets_the_progress_of_its_last_run(served_app, dsn, start_worker):
+    from tests.worker_app import report_then_sleep
+
+    settings = {"PGTQ_SHUTDOWN_GRACE": 0.2, "PGTQ_LEASE": 2.0, "PGTQ_HEARTBEAT_INTERVAL": 0.3}
+    task = report_then_sleep.push(60, "requeue")
+    worker = start_worker(settings=settings)
+    poll_until(lambda: runs(dsn, "requeue"), 10, 0.02, "the task to start")
+    progress = lambda: sql_one(dsn, "SELECT progress FROM pgtq_tasks WHERE id = %s", (task.id,))[0]  # noqa: E731
+    assert progress() == {"step": 1, "of": 2}
+    worker.terminate()  # released at shutdown
+    assert worker.wait(10) == 0
+    assert progress() is None
+    # Rescued after its worker was killed: the lost run is in the history
+    # too (the rescue clears progress the same way; the next run sets it).
+    worker = start_worker(settings=settings)
+    poll_until(lambda: len(runs(dsn, "requeue")) == 2, 10, 0.02, "the second run")
+    assert progress() == {"step": 1, "of": 2}
+    worker.kill()
+    rescuer = start_worker(settings=settings)
+    poll_until(lambda: len(runs(dsn, "requeue")) == 3, 20, 0.05, "the rescued run")
+    history = sql_one(dsn, "SELECT history FROM pgtq_tasks WHERE id = %s", (task.id,))[0]
+    assert [h["state"] for h in history] == ["released", "lost"]
+    rescuer.kill()

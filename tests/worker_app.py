@@ -285,6 +285,14 @@ def chaos(kind: str, tag: str) -> Any:
     return bad_value(kind) if kind != "good" else tag
 
 
+@q.handler(max_attempts=5)
+def report_then_sleep(seconds: float, tag: str) -> None:
+    """Report progress, record a start, then sleep (to be interrupted)."""
+    current_task.set_progress({"step": 1, "of": 2})
+    record(tag, "started")
+    time.sleep(seconds)
+
+
 def create_app() -> Flask:
     app = Flask(__name__)
     app.config["PGTQ_DSN"] = os.environ["PGTQ_TEST_APP_DSN"]
