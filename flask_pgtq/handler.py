@@ -128,6 +128,8 @@ class Handler(Generic[P, R]):
         eta: datetime | None = None,
         unique_key: str | None = None,
         unique_for: float | timedelta | None = None,
+        on_conflict: str = "keep",
+        debounce: float | timedelta | None = None,
         connection: Any = None,
     ) -> BoundOptions[P]:
         """Push options for one push: ``handler.options(delay=30).push(...)``.
@@ -142,6 +144,14 @@ class Handler(Generic[P, R]):
             :attr:`Task.is_new` ``False``.
         :param unique_for: seconds (or a timedelta) the key stays taken after
             the push, even once the task has finished.
+        :param on_conflict: with a unique key held by a *queued* task:
+            ``"keep"`` (default) returns that task as it is; ``"replace"``
+            gives it this push's arguments, run time and priority (and
+            returns it, with :attr:`Task.is_new` ``False``).  A *running*
+            holder is returned as it is either way.
+        :param debounce: seconds (or a timedelta): with a ``unique_key``, run
+            the task this long after the *last* push of the key (each push
+            replaces the queued task and moves its run time).
         :param connection: push inside this open transaction: a psycopg2
             connection, or a SQLAlchemy ``Connection`` or ``Session`` (e.g.
             Flask-SQLAlchemy's ``db.session``).  The task exists only if that
@@ -155,6 +165,8 @@ class Handler(Generic[P, R]):
             eta=eta,
             unique_key=unique_key,
             unique_for=unique_for,
+            on_conflict=on_conflict,
+            debounce=debounce,
         )
         merged = replace(
             given,

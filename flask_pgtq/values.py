@@ -74,6 +74,9 @@ class PushOptions:
     eta: datetime | None = None
     unique_key: str | None = None
     unique_for: float | None = None
+    #: What a push does when a queued task holds its unique key: ``"keep"``
+    #: (return that task) or ``"replace"`` (update its arguments and run time).
+    on_conflict: str = "keep"
 
     @classmethod
     def build(
@@ -86,8 +89,23 @@ class PushOptions:
         eta: datetime | None = None,
         unique_key: str | None = None,
         unique_for: float | timedelta | None = None,
+        on_conflict: str = "keep",
+        debounce: float | timedelta | None = None,
     ) -> PushOptions:
-        """Validate options given by a caller."""
+        """Validate options given by a caller.  ``debounce=N`` is
+        ``on_conflict="replace"`` with ``delay=N``: the task runs N seconds
+        after the last push of its key."""
+        if on_conflict not in ("keep", "replace"):
+            raise ConfigurationError(
+                f"on_conflict must be 'keep' or 'replace', not {on_conflict!r}"
+            )
+        if (on_conflict == "replace" or debounce is not None) and unique_key is None:
+            raise ConfigurationError("on_conflict='replace' and debounce need a unique_key")
+        if debounce is not None:
+            if delay is not None or eta is not None:
+                raise ConfigurationError("debounce is a delay: give no delay or eta with it")
+            delay = seconds(debounce, "debounce")
+            on_conflict = "replace"
         if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
             raise ConfigurationError(f"unique_key must be a non-empty string, not {unique_key!r}")
         if unique_key is not None and len(unique_key) > 1000:
@@ -119,7 +137,16 @@ class PushOptions:
                 )
             if delay is not None:
                 raise ConfigurationError("give delay or eta, not both")
-        return cls(queue, priority, max_attempts, delay_seconds, eta, unique_key, unique_seconds)
+        return cls(
+            queue,
+            priority,
+            max_attempts,
+            delay_seconds,
+            eta,
+            unique_key,
+            unique_seconds,
+            on_conflict,
+        )
 
     def insert(self, name: str, config: Config) -> Insert:
         """How to insert tasks of handler *name*, app defaults filled in."""
@@ -132,6 +159,7 @@ class PushOptions:
             run_at=self.eta,
             unique_key=self.unique_key,
             unique_for=self.unique_for,
+            replace=self.on_conflict == "replace",
         )
 
 
@@ -219,6 +247,9 @@ class Insert:
     run_at: datetime | None = None
     unique_key: str | None = None
     unique_for: float | None = None
+    #: A queued task holding the unique key gets these arguments and run
+    #: time instead of the push being refused.
+    replace: bool = False
 
     def params(self) -> dict[str, Any]:
         return {
@@ -230,4 +261,5 @@ class Insert:
             "run_at": self.run_at,
             "unique_key": self.unique_key,
             "unique_for": self.unique_for,
+            "replace": self.replace,
         }

@@ -29,6 +29,47 @@ SELECT true AS is_new, * FROM inserted
 UNION ALL
 SELECT false AS is_new, * FROM holder;
 
+-- name: replace_unique_task
+-- Like push_unique_task, but a queued holder of the key gets this push's
+-- arguments, priority, attempts and run time (on_conflict="replace",
+-- debounce).  Concurrent pushers of one key update the holder one after the
+-- other under its row lock: the last push wins.  A running holder, or a
+-- finished one within unique_for, is returned untouched.  A pusher that
+-- finds nothing (a holder committed after this statement's snapshot) asks
+-- again, as push_unique_task's caller does.
+WITH replaced AS (
+    UPDATE pgtq_tasks
+    SET args = %(args)s::jsonb, kwargs = %(kwargs)s::jsonb, priority = %(priority)s,
+        max_attempts = greatest(%(max_attempts)s, attempts + 1),
+        run_at = coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'),
+        unique_until = now() + %(unique_for)s::float8 * interval '1 second'
+    WHERE unique_key = %(unique_key)s AND state = 'queued'
+    RETURNING *
+), holder AS (
+    SELECT *
+    FROM pgtq_tasks
+    WHERE unique_key = %(unique_key)s
+      AND (state = 'running' OR (state NOT IN ('queued', 'running') AND unique_until > now()))
+      AND NOT EXISTS (SELECT 1 FROM replaced)
+    ORDER BY id DESC
+    LIMIT 1
+), inserted AS (
+    INSERT INTO pgtq_tasks
+        (queue, name, args, kwargs, priority, max_attempts, run_at, unique_key, unique_until)
+    SELECT %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s,
+           %(max_attempts)s, coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'),
+           %(unique_key)s, now() + %(unique_for)s::float8 * interval '1 second'
+    WHERE NOT EXISTS (SELECT 1 FROM replaced) AND NOT EXISTS (SELECT 1 FROM holder)
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
+    DO NOTHING
+    RETURNING *
+)
+SELECT true AS is_new, * FROM inserted
+UNION ALL
+SELECT false AS is_new, * FROM replaced
+UNION ALL
+SELECT false AS is_new, * FROM holder;
+
 -- name: find_unique_task
 SELECT false AS is_new, *
 FROM pgtq_tasks
