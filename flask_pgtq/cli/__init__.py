@@ -11,14 +11,25 @@ The extension adds :data:`pgtq_cli` to each app's CLI.
 
 from __future__ import annotations
 
+import click
 from flask.cli import AppGroup, with_appcontext
 
-from . import admin, core
+from . import admin, control, core
 
 #: The ``flask pgtq`` command group.
 pgtq_cli = AppGroup("pgtq", help="The flask_pgtq task queue.")
-for _command in (*core.COMMANDS, *admin.COMMANDS):
-    # As AppGroup.command() would: each command runs in the app context.
-    assert _command.callback is not None
-    _command.callback = with_appcontext(_command.callback)
-    pgtq_cli.add_command(_command)
+
+
+def _in_app_context(command: click.Command) -> click.Command:
+    """As AppGroup.command() would: the command (and a group's
+    subcommands) run in the app context."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _in_app_context(sub)
+    elif command.callback is not None:
+        command.callback = with_appcontext(command.callback)
+    return command
+
+
+for _command in (*core.COMMANDS, *admin.COMMANDS, *control.COMMANDS):
+    pgtq_cli.add_command(_in_app_context(_command))

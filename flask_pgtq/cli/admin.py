@@ -100,10 +100,24 @@ def status_command(as_json: bool) -> None:
     with _admin() as admin:
         queues = admin.status()
         workers = admin.workers()
+        pauses = current_extension().pauses()
     live = sum(1 for w in workers if w.alive and w.concurrency)
     if as_json:
-        _echo_json({"queues": [q.as_json() for q in queues], "live_workers": live})
+        _echo_json(
+            {
+                "queues": [q.as_json() for q in queues],
+                "live_workers": live,
+                "pauses": [p.as_json() for p in pauses],
+            }
+        )
         return
+    for pause in pauses:
+        until = f"until {format_time(pause.until)}" if pause.until else "until resumed"
+        reason = f": {printable(pause.reason)}" if pause.reason else ""
+        click.echo(
+            f"paused {pause.kind} {printable(pause.target)} by "
+            f"{printable(pause.paused_by or '?')} {until}{reason}"
+        )
     if not queues:
         click.echo("no tasks and no workers yet")
         return
