@@ -557,3 +557,52 @@ def test_without_a_secret_key_actions_are_off(dsn: str) -> None:
     page = text(client.get(f"/pgtq/tasks/{task_id}"))
     assert "set the app's SECRET_KEY" in page and 'value="retry"' not in page
     assert client.post(f"/pgtq/tasks/{task_id}/retry").status_code == 403
+
+
+def test_pause_and_resume_a_queue_from_the_queue_table(
+    client: FlaskClient, app: Flask, q: PgTq, tasks: dict[str, int], dsn: str
+) -> None:
+    page = text(client.get("/pgtq/"))
+    assert 'value="pause"' in page
+    token = csrf_token(page)
+    response = client.post("/pgtq/queues/pause", data={"queue": "risky", "csrf_token": token})
+    assert response.status_code == 303
+    assert sql_all(dsn, "SELECT kind, target, paused_by FROM pgtq_pauses") == [
+        ("queue", "risky", "dashboard")
+    ]
+    page = text(client.get("/pgtq/"))
+    assert "paused" in page and 'value="resume"' in page
+    response = client.post("/pgtq/queues/resume", data={"queue": "risky", "csrf_token": token})
+    assert response.status_code == 303
+    assert sql_all(dsn, "SELECT * FROM pgtq_pauses") == []
+    # Without a token, or read-only: refused, nothing changes.
+    assert client.post("/pgtq/queues/pause", data={"queue": "risky"}).status_code == 403
+    ro_app, _ = make_app(dsn, PGTQ_DASHBOARD_READ_ONLY=True)
+    ro = ro_app.test_client()
+    ro.environ_base["HTTP_X_OPS"] = "yes"
+    assert 'value="pause"' not in text(ro.get("/pgtq/"))
+    ro.set_cookie(CSRF_COOKIE, client.get_cookie(CSRF_COOKIE, path="/pgtq/").value, path="/pgtq/")
+    response = ro.post("/pgtq/queues/pause", data={"queue": "risky", "csrf_token": token})
+    assert response.status_code == 403
+    assert sql_all(dsn, "SELECT * FROM pgtq_pauses") == []
+    bad = client.post("/pgtq/queues/pause", data={"queue": "bad name!", "csrf_token": token})
+    assert bad.status_code == 400
+
+
+def test_the_schedules_page_lists_and_acts(
+    client: FlaskClient, app: Flask, q: PgTq, dsn: str
+) -> None:
+    with app.app_context():
+        q.schedules.add("nightly", "0 3 * * *", "add", args=[1, 2], tz="Europe/Paris")
+    page = text(client.get("/pgtq/schedules"))
+    assert "nightly" in page and "Europe/Paris" in page and "Run now" in page
+    token = csrf_token(page)
+    response = client.post("/pgtq/schedules/nightly/disable", data={"csrf_token": token})
+    assert response.status_code == 303
+    assert sql_all(dsn, "SELECT enabled FROM pgtq_schedules") == [(False,)]
+    assert "disabled" in text(client.get("/pgtq/schedules"))
+    client.post("/pgtq/schedules/nightly/run", data={"csrf_token": token})
+    assert sql_all(dsn, "SELECT name, args FROM pgtq_tasks") == [("add", [1, 2])]
+    assert client.post("/pgtq/schedules/nightly/enable").status_code == 403  # no token
+    missing = client.post("/pgtq/schedules/nope/run", data={"csrf_token": token})
+    assert missing.status_code == 404

@@ -41,7 +41,13 @@ from ..admin import (
     Admin,
     check_bigint,
 )
-from ..exceptions import ActionNotAllowed, DatabaseError, InvalidName, TaskNotFound
+from ..exceptions import (
+    ActionNotAllowed,
+    ConfigurationError,
+    DatabaseError,
+    InvalidName,
+    TaskNotFound,
+)
 from ..formatting import (
     dumps,
     error_summary,
@@ -49,6 +55,7 @@ from ..formatting import (
     format_time,
     history_label,
 )
+from ..schedules import ScheduleNotFound
 from .chart import build_chart
 
 blueprint = Blueprint(
@@ -93,6 +100,10 @@ def register_dashboard(app: Any, url_prefix: str) -> None:
 
 def _config() -> Any:
     return current_app.extensions["pgtq"].config
+
+
+def _extension() -> Any:
+    return current_app.extensions["pgtq"]
 
 
 def _admin() -> Admin:
@@ -258,9 +269,13 @@ def overview() -> Any:
         for state in ("ready", "scheduled", "running", *FINAL_STATES)
     }
     live = [w for w in workers if w.alive and w.concurrency]
+    pauses = _extension().pauses()
     return render_template(
         "pgtq_dashboard/overview.html",
         queues=queues,
+        paused={p.target: p for p in pauses if p.kind == "queue"},
+        handler_pauses=[p for p in pauses if p.kind == "handler"],
+        done=_arg("done"),
         totals=totals,
         chart=chart,
         live_workers=len(live),
@@ -401,6 +416,60 @@ def delete(task_id: int) -> Any:
     except ActionNotAllowed as exc:
         return task(task_id, problem=str(exc), status=409)
     return redirect(url_for(".tasks", done="deleted"), code=303)
+
+
+@blueprint.post("/queues/pause")
+def pause_queue() -> Any:
+    """Pause a queue (``queue``) or a handler (``handler``) until resumed."""
+    return _control("pause")
+
+
+@blueprint.post("/queues/resume")
+def resume_queue() -> Any:
+    return _control("resume")
+
+
+def _control(verb: str) -> Any:
+    refused = _refuse_action()
+    if refused is not None:
+        return refused
+    queue = request.form.get("queue") or None
+    handler = request.form.get("handler") or None
+    try:
+        if verb == "pause":
+            _extension().pause(queue, handler=handler, by="dashboard")
+        else:
+            _extension().resume(queue, handler=handler)
+    except (ConfigurationError, InvalidName) as exc:
+        return _page(400, "Bad request", str(exc))
+    return redirect(url_for(".overview", done=f"{verb}d"), code=303)
+
+
+@blueprint.get("/schedules")
+def schedules() -> Any:
+    """Code and stored schedules with their next fire time and last task."""
+    return render_template(
+        "pgtq_dashboard/schedules.html",
+        schedules=_extension().schedules.list(),
+        done=_arg("done"),
+        page="schedules",
+    )
+
+
+@blueprint.post("/schedules/<name>/<any(run, disable, enable):verb>")
+def schedule_action(name: str, verb: str) -> Any:
+    refused = _refuse_action()
+    if refused is not None:
+        return refused
+    book = _extension().schedules
+    try:
+        if verb == "run":
+            book.run_now(name)
+        else:
+            getattr(book, verb)(name)
+    except ScheduleNotFound:
+        return _page(404, "No such schedule", f"There is no stored schedule {name!r}.")
+    return redirect(url_for(".schedules", done=f"{verb}-{name}"), code=303)
 
 
 def _act(task_id: int, action: Any) -> Any:
