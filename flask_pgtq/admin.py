@@ -29,6 +29,7 @@ import psycopg2.extras
 from . import queries
 from .config import validate_name
 from .connection import Database
+from .control import Control, Pause
 from .exceptions import ActionNotAllowed, InvalidRequest, TaskNotFound
 from .formatting import error_summary, jsonable, loads_for_display
 from .task import State, Task
@@ -182,6 +183,10 @@ class Admin:
             for name in worker.queues:
                 by_queue.setdefault(name, QueueStatus(name)).workers += 1
         return [by_queue[name] for name in sorted(by_queue)]
+
+    def pauses(self) -> list[Pause]:
+        """The pauses of queues and handlers in force."""
+        return Control(self.db).pauses()
 
     def workers(self) -> list[WorkerInfo]:
         """Registered workers, oldest first, with the tasks each runs now."""

@@ -92,6 +92,7 @@ class QueueCollector(Collector):
         )
         try:
             queues = self.admin.status()
+            pauses = self.admin.pauses()
         except DatabaseError:
             up.add_metric([], 0)
             yield up
@@ -115,10 +116,18 @@ class QueueCollector(Collector):
                 tasks.add_metric([queue.queue, state], queue.counts[state])
             oldest.add_metric([queue.queue], queue.oldest_wait or 0.0)
             workers.add_metric([queue.queue], queue.workers)
+        paused = GaugeMetricFamily(
+            "pgtq_paused",
+            "1 for each queue or handler paused now (kind: queue or handler)",
+            labels=["kind", "name"],
+        )
+        for pause in pauses:
+            paused.add_metric([pause.kind, pause.target], 1)
         yield up
         yield tasks
         yield oldest
         yield workers
+        yield paused
 
 
 class TaskMetrics:

@@ -78,6 +78,13 @@ def test_metrics_endpoint_shows_queue_depth_and_outcomes(dsn: str) -> None:
     assert sample(body, "pgtq_tasks", queue="default", state="failed") == 1
     assert 41 <= sample(body, "pgtq_oldest_waiting_seconds", queue="default") < 100
     assert sample(body, "pgtq_workers", queue="default") == 0
+    assert "pgtq_paused{" not in body
+    with app.app_context():
+        q.pause("default")
+        q.pause(handler="boom")
+    body = app.test_client().get("/metrics").get_data(as_text=True)
+    assert sample(body, "pgtq_paused", kind="queue", name="default") == 1
+    assert sample(body, "pgtq_paused", kind="handler", name="boom") == 1
 
     outcome = "pgtq_task_outcomes_total"
     assert sample(body, outcome, queue="default", name="add", outcome="succeeded") == 1
