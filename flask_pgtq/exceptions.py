@@ -151,6 +151,25 @@ class Retry(PgTqError):
         self.reason = reason
 
 
+class Snooze(PgTqError):
+    """Raise in a handler to run the task again later **without spending an
+    attempt** and without touching the retry backoff (say, a resource is
+    busy, or it is too early).  The task goes back to ``queued``; its
+    ``history`` records the snooze.  More than the handler's
+    ``max_snoozes`` (default 100) fails the task, so it cannot snooze for
+    ever.
+
+    :param delay: seconds (or a :class:`~datetime.timedelta`) before it runs
+        again, from 0 to 100 years.
+    :param reason: recorded in the task's history.
+    """
+
+    def __init__(self, delay: Any = 0, reason: str = "snoozed") -> None:
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason
+
+
 class Cancel(PgTqError):
     """Raise in a handler to stop the task for good: it ends ``cancelled``.
 

@@ -318,6 +318,7 @@ def encode_outcome(outcome: Outcome) -> str:
             "result": outcome.result,
             "error": outcome.error,
             "delay": outcome.delay,
+            "snooze": outcome.snooze,
             "duration": outcome.duration,
             "exception": None if exc is None else f"{type(exc).__qualname__}: {exc}",
         }
@@ -337,5 +338,6 @@ def decode_outcome(task: Task, text: str) -> Outcome:
         error=data["error"],
         delay=float(data["delay"]),
         duration=float(data["duration"]),
+        snooze=bool(data.get("snooze")),
         exception=None if data["exception"] is None else ChildFailed(data["exception"]),
     )

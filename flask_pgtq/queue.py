@@ -349,6 +349,7 @@ class TaskStore:
                 started_at,
                 locked_by=owner,
                 cancel_requested_at=row.cancel_requested_at,
+                snoozes=row.snoozes,
                 _backend=self.backend,
             )
             for row in claimed

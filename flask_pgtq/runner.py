@@ -33,6 +33,7 @@ from .exceptions import (
     PayloadTooLarge,
     Retry,
     SetupError,
+    Snooze,
     TaskCancelled,
     TaskFailed,
     TaskTimeout,
@@ -211,6 +212,8 @@ class Runner:
             return self._retry_or_fail(
                 task, handler, f"Retry: {exc.reason}", exc, started, delay=delay
             )
+        except Snooze as exc:
+            return self._snooze(task, handler, exc, started)
         except TaskCancelled:
             return self.abandoned(task, TaskCancelled, started)
         except TaskTimeout:
@@ -241,6 +244,42 @@ class Runner:
                 exception=exc,
             )
         return Outcome(task, State.SUCCEEDED, result=result, duration=duration)
+
+    def _snooze(
+        self, task: Task, handler: Handler[Any, Any], exc: Snooze, started: float
+    ) -> Outcome:
+        """The outcome of a handler that raised :class:`Snooze`: queued
+        again without spending the attempt, or failed past ``max_snoozes``."""
+        duration = time.perf_counter() - started
+        limit = handler.handler_options.max_snoozes
+        try:
+            delay = seconds(exc.delay, "Snooze(delay=...)")
+        except ConfigurationError as bad:
+            return Outcome(
+                task,
+                State.FAILED,
+                error=f"{bad}; failed without retry\n\n{traceback.format_exc()}",
+                duration=duration,
+                exception=bad,
+            )
+        if task.snoozes >= limit:
+            return Outcome(
+                task,
+                State.FAILED,
+                error=f"snoozed {task.snoozes} times, more than max_snoozes ({limit}) of "
+                f"handler {task.name!r} allows: {exc.reason}",
+                duration=duration,
+                exception=exc,
+            )
+        return Outcome(
+            task,
+            State.QUEUED,
+            error=f"Snooze: {exc.reason}",
+            delay=delay,
+            duration=duration,
+            exception=exc,
+            snooze=True,
+        )
 
     def abandoned(
         self, task: Task, reason: type[BaseException], started: float | None = None
@@ -348,10 +387,12 @@ class Runner:
         task = outcome.task
         task.state = outcome.state
         task.error = outcome.error
-        level = logging.INFO if outcome.state is State.SUCCEEDED else logging.WARNING
+        snooze = outcome.snooze
+        quiet = outcome.state is State.SUCCEEDED or snooze
+        level = logging.INFO if quiet else logging.WARNING
         if log.isEnabledFor(level):
-            retry = outcome.state is State.QUEUED
-            word = "retrying" if retry else outcome.state.value
+            retry = outcome.state is State.QUEUED and not snooze
+            word = "snoozed" if snooze else "retrying" if retry else outcome.state.value
             # Built by hand rather than with log.log(): that would walk the
             # stack for the caller's line on every task, a worker's largest
             # cost per task after the database.
@@ -367,9 +408,13 @@ class Runner:
                     task.queue,
                     task.attempts,
                     task.max_attempts,
-                    "failed after" if retry else f"{word} in",
+                    "failed after" if retry else f"{word} after" if snooze else f"{word} in",
                     outcome.duration,
-                    f"; retry in {outcome.delay:.1f}s" if retry else "",
+                    f"; retry in {outcome.delay:.1f}s"
+                    if retry
+                    else f"; runs again in {outcome.delay:.1f}s"
+                    if snooze
+                    else "",
                 ),
                 None,
                 "announce",
@@ -386,6 +431,10 @@ class Runner:
         payload: dict[str, Any] = {"duration": outcome.duration}
         if outcome.state is State.SUCCEEDED:
             signal = signals.task_succeeded
+        elif snooze:
+            signal = signals.task_snoozed
+            reason = outcome.exception.reason if isinstance(outcome.exception, Snooze) else None
+            payload.update(delay=outcome.delay, reason=reason)
         elif outcome.state is State.QUEUED:
             signal = signals.task_retrying
             payload.update(error=outcome.error, delay=outcome.delay)

@@ -54,6 +54,11 @@ task_succeeded = _signals.signal("task-succeeded")
 #: ``duration`` (seconds the attempt ran).
 task_retrying = _signals.signal("task-retrying")
 
+#: A handler snoozed its task (:class:`~flask_pgtq.Snooze`): it runs again
+#: after ``delay`` seconds without spending an attempt.  Payload: ``task``,
+#: ``delay``, ``reason``, ``duration`` (seconds it ran).
+task_snoozed = _signals.signal("task-snoozed")
+
 #: A task failed for good (attempts exhausted or not retryable).
 #: Payload: ``task``, ``error`` (traceback text), ``duration`` (seconds the
 #: last attempt ran).

@@ -75,6 +75,8 @@ class Task:
     #: ``error``.
     history: list[dict[str, Any]] = field(default_factory=list)
     cancel_requested_at: datetime | None = None
+    #: Times the handler snoozed the task (:class:`~flask_pgtq.Snooze`).
+    snoozes: int = 0
     #: Set by a push: ``True`` when it stored a new task, ``False`` when a
     #: unique key returned the task that already held it.
     is_new: bool | None = None

@@ -35,8 +35,10 @@ class HandlerOptions:
     concurrency: int | None = None
     rate_limit: str | None = None
     isolated: bool = False
+    max_snoozes: int = 100
 
     def __post_init__(self) -> None:
+        whole_number(self.max_snoozes, "max_snoozes", minimum=0)
         set_ = object.__setattr__
         if self.retry_backoff is not None:
             set_(self, "retry_backoff", seconds(self.retry_backoff, "retry_backoff"))
@@ -217,6 +219,8 @@ class Outcome:
     delay: float = 0.0
     duration: float = 0.0
     exception: BaseException | None = None
+    #: A snooze (``queued`` without spending the attempt), not a retry.
+    snooze: bool = False
 
     def __post_init__(self) -> None:
         if self.error is not None:
@@ -232,6 +236,7 @@ class Outcome:
             "result": self.result,
             "error": self.error,
             "delay": self.delay,
+            "snooze": self.snooze,
         }
 
 

@@ -121,3 +121,36 @@ def test_pushes_to_a_paused_queue_are_accepted_and_pop_skips_them(served_app, ds
     q.resume("default")
     popped = q.pop()
     assert popped is not None and popped.id == task.id
+
+
+@pytest.mark.slow
+def test_snooze_five_times_then_succeed_spends_one_attempt(served_app, dsn, start_worker):
+    from tests.worker_app import sleepy
+
+    start_worker()
+    task = sleepy.push(5, "sleepy")  # max_attempts=1: a spent attempt would fail it
+    poll_until(lambda: state(dsn, task.id) == "succeeded", 20, 0.05, "the task to succeed")
+    attempts, snoozes, result, history, error = sql_one(
+        dsn,
+        "SELECT attempts, snoozes, result, history, error FROM pgtq_tasks WHERE id = %s",
+        (task.id,),
+    )
+    assert (attempts, snoozes, result) == (1, 5, 5)
+    assert [h["state"] for h in history] == ["snoozed"] * 5
+    assert all(h["error"] == "Snooze: not yet" for h in history)
+    assert error is None
+    assert len(runs(dsn, "sleepy")) == 6
+
+
+@pytest.mark.slow
+def test_endless_snoozing_fails_with_a_clear_reason(served_app, dsn, start_worker):
+    from tests.worker_app import sleepy
+
+    start_worker()
+    task = sleepy.push(1000, "endless")
+    poll_until(lambda: state(dsn, task.id) == "failed", 30, 0.05, "the task to fail")
+    (error, snoozes) = sql_one(
+        dsn, "SELECT error, snoozes FROM pgtq_tasks WHERE id = %s", (task.id,)
+    )
+    assert snoozes == 10
+    assert "more than max_snoozes (10)" in error

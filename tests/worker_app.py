@@ -20,7 +20,7 @@ from typing import Any
 import psycopg2
 from flask import Flask, current_app, g
 
-from flask_pgtq import Cancel, PgTq, Retry, current_task
+from flask_pgtq import Cancel, PgTq, Retry, Snooze, current_task
 
 RUNS_TABLE = """
 CREATE TABLE IF NOT EXISTS test_runs (
@@ -291,6 +291,15 @@ def report_then_sleep(seconds: float, tag: str) -> None:
     current_task.set_progress({"step": 1, "of": 2})
     record(tag, "started")
     time.sleep(seconds)
+
+
+@q.handler(max_attempts=1, max_snoozes=10)
+def sleepy(times: int, tag: str) -> int:
+    """Snooze *times* times (0.1 s each), then succeed."""
+    record(tag)
+    if current_task.snoozes < times:
+        raise Snooze(delay=timedelta(seconds=0.1), reason="not yet")
+    return current_task.snoozes
 
 
 def create_app() -> Flask:

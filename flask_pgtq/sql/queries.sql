@@ -55,17 +55,24 @@ WITH durability AS (
 ), outcome AS (
     SELECT *
     FROM jsonb_to_recordset(%(outcomes)s::jsonb)
-        AS o(id bigint, attempt integer, state text, result text, error text, delay float8)
+        AS o(id bigint, attempt integer, state text, result text, error text, delay float8,
+             snooze boolean)
 ), done AS (
     UPDATE pgtq_tasks AS t
     SET state = o.state,
         result = o.result::jsonb,
-        error = o.error,
+        -- A snooze is not a failure: the last failure's error stays.
+        error = CASE WHEN o.snooze THEN t.error ELSE o.error END,
         history = CASE WHEN o.state = 'succeeded' THEN t.history
                   ELSE t.history || jsonb_build_object(
-                      'attempt', t.attempts, 'state', o.state, 'worker', t.locked_by,
+                      'attempt', t.attempts,
+                      'state', CASE WHEN o.snooze THEN 'snoozed' ELSE o.state END,
+                      'worker', t.locked_by,
                       'started_at', t.started_at, 'finished_at', now(), 'error', o.error)
                   END,
+        -- A snoozed run gives its attempt back.
+        attempts = CASE WHEN o.snooze THEN t.attempts - 1 ELSE t.attempts END,
+        snoozes = t.snoozes + CASE WHEN o.snooze THEN 1 ELSE 0 END,
         locked_by = NULL,
         run_at = CASE WHEN o.state = 'queued'
                       THEN now() + o.delay * interval '1 second' ELSE t.run_at END,
@@ -139,7 +146,8 @@ WITH durability AS (
     -- progress.  Arguments as text: one json.loads each in the worker is
     -- cheaper than a jsonb typecaster.  Task.refresh() reads everything.
     RETURNING t.id, t.name, t.args::text AS args, t.kwargs::text AS kwargs, t.priority,
-              t.attempts, t.max_attempts, t.run_at, t.created_at, t.cancel_requested_at
+              t.attempts, t.max_attempts, t.run_at, t.created_at, t.cancel_requested_at,
+              t.snoozes
 )
 -- One summary row (kind 0: the ids recorded, the claim time), then one row
 -- per claimed task (kind 1).  Every CTE above must be referenced to run.
@@ -148,11 +156,11 @@ SELECT 0 AS kind, coalesce(array_agg(id), '{}') AS done_ids, now() AS started_at
        NULL::bigint AS id, NULL::text AS name, NULL::text AS args, NULL::text AS kwargs,
        NULL::integer AS priority, NULL::integer AS attempts, NULL::integer AS max_attempts,
        NULL::timestamptz AS run_at, NULL::timestamptz AS created_at,
-       NULL::timestamptz AS cancel_requested_at
+       NULL::timestamptz AS cancel_requested_at, NULL::integer AS snoozes
 FROM done
 UNION ALL
 SELECT 1, NULL, NULL, NULL, NULL, c.id, c.name, c.args, c.kwargs, c.priority, c.attempts,
-       c.max_attempts, c.run_at, c.created_at, c.cancel_requested_at
+       c.max_attempts, c.run_at, c.created_at, c.cancel_requested_at, c.snoozes
 FROM claimed AS c;
 
 -- name: release_tasks

@@ -25,3 +25,7 @@ CREATE TABLE pgtq_schedules (
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- Snooze: a handler puts its task back without spending an attempt; the
+-- count caps endless snoozing (the handler's max_snoozes).
+ALTER TABLE pgtq_tasks ADD COLUMN snoozes integer NOT NULL DEFAULT 0;
