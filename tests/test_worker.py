@@ -244,11 +244,13 @@ def test_slow_tasks_and_tasks_without_a_spare_attempt_are_not_prefetched(
 
 
 @pytest.mark.slow
-def test_a_stopping_worker_says_what_it_waits_for_and_shows_as_stopping(app, dsn, start_worker):
+def test_a_stopping_worker_says_what_it_waits_for_and_shows_as_stopping(
+    served_app, dsn, start_worker
+):
     worker = start_worker(settings={"PGTQ_SHUTDOWN_GRACE": 30})
     task = slow.push(60, "waited-for")
     poll_until(lambda: runs(dsn, "waited-for"), 10, 0.02, "the task to start")
-    cli = app.test_cli_runner()
+    cli = served_app.test_cli_runner()
     before = cli.invoke(args=["pgtq", "workers"]).output
     assert " alive " in before and "stopping" not in before
     worker.terminate()
