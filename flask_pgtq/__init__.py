@@ -31,6 +31,7 @@ from .extension import PgTq
 from .handler import Args, Handler
 from .runner import current_task
 from .task import State, Task
+from .workflow import Signature, Workflow, WorkflowError, chain, chord, group
 
 __all__ = [
     "ActionNotAllowed",
@@ -52,6 +53,7 @@ __all__ = [
     "Retry",
     "SchemaNotReady",
     "SetupError",
+    "Signature",
     "State",
     "Task",
     "TaskCancelled",
@@ -61,8 +63,13 @@ __all__ = [
     "UnknownTask",
     "UsageError",
     "WaitTimeout",
+    "Workflow",
+    "WorkflowError",
     "__version__",
+    "chain",
+    "chord",
     "current_task",
+    "group",
 ]
 
 #: The version, read by setup.py from here (the one place it is written).

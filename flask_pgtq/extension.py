@@ -19,6 +19,7 @@ from .exceptions import (
 from .handler import Handler
 from .task import Task
 from .values import HandlerOptions
+from .workflow import Workflow
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -346,6 +347,13 @@ class PgTq:
         :raises TaskNotFound: no such task.
         """
         return self.app_queue().store.get(task_id)
+
+    def get_workflow(self, workflow_id: int) -> Workflow:
+        """A pushed chain, group or chord with its tasks, fresh from the database.
+
+        :raises TaskNotFound: no such workflow.
+        """
+        return self.app_queue().get_workflow(workflow_id)
 
     def close(self) -> None:
         """Close the connection pools of every app this extension serves

@@ -74,6 +74,11 @@ class PushOptions:
     eta: datetime | None = None
     unique_key: str | None = None
     unique_for: float | None = None
+    #: Ids of the tasks that must end first (``after=``).
+    after: tuple[int, ...] = ()
+    #: Run even when a parent failed or was cancelled (instead of being
+    #: cancelled with it).
+    run_on_failure: bool = False
 
     @classmethod
     def build(
@@ -86,6 +91,8 @@ class PushOptions:
         eta: datetime | None = None,
         unique_key: str | None = None,
         unique_for: float | timedelta | None = None,
+        after: Any = None,
+        run_on_failure: bool = False,
     ) -> PushOptions:
         """Validate options given by a caller."""
         if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
@@ -119,7 +126,24 @@ class PushOptions:
                 )
             if delay is not None:
                 raise ConfigurationError("give delay or eta, not both")
-        return cls(queue, priority, max_attempts, delay_seconds, eta, unique_key, unique_seconds)
+        parents = task_ids(after)
+        if parents and unique_key is not None:
+            raise ConfigurationError("after cannot be combined with unique_key")
+        if not isinstance(run_on_failure, bool):
+            raise ConfigurationError(
+                f"run_on_failure must be True or False, not {run_on_failure!r}"
+            )
+        return cls(
+            queue,
+            priority,
+            max_attempts,
+            delay_seconds,
+            eta,
+            unique_key,
+            unique_seconds,
+            parents,
+            run_on_failure,
+        )
 
     def insert(self, name: str, config: Config) -> Insert:
         """How to insert tasks of handler *name*, app defaults filled in."""
@@ -133,6 +157,37 @@ class PushOptions:
             unique_key=self.unique_key,
             unique_for=self.unique_for,
         )
+
+
+#: Range of a PostgreSQL ``bigint``: task ids.
+BIGINT_MAX = 2**63 - 1
+
+
+def task_ids(tasks: Any) -> tuple[int, ...]:
+    """The ids of *tasks* (an iterable of :class:`~flask_pgtq.Task` or ids),
+    for ``after=``; each once, in the order given."""
+    if tasks is None:
+        return ()
+    if isinstance(tasks, (Task, int, str, bytes)):
+        raise ConfigurationError(
+            f"after must be a list of tasks or task ids, not {type(tasks).__name__}"
+        )
+    try:
+        items = list(tasks)
+    except TypeError:
+        raise ConfigurationError(
+            f"after must be a list of tasks or task ids, not {type(tasks).__name__}"
+        ) from None
+    ids: list[int] = []
+    for item in items:
+        task_id = item.id if isinstance(item, Task) else item
+        if isinstance(task_id, bool) or not isinstance(task_id, int):
+            raise ConfigurationError(f"after must hold tasks or task ids (integers), not {item!r}")
+        if not 1 <= task_id <= BIGINT_MAX:
+            raise ConfigurationError(f"after: {task_id} is not a task id")
+        if task_id not in ids:
+            ids.append(task_id)
+    return tuple(ids)
 
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([smhd])\s*$")

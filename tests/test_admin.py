@@ -94,7 +94,13 @@ def test_status_counts_tasks_by_queue_and_state(q: PgTq, admin: Admin, dsn: str)
     assert list(by_queue) == ["default", "mail"]
     default = by_queue["default"]
     assert default.counts == {
-        "ready": 2, "scheduled": 1, "running": 0, "succeeded": 0, "failed": 1, "cancelled": 0
+        "waiting": 0,
+        "ready": 2,
+        "scheduled": 1,
+        "running": 0,
+        "succeeded": 0,
+        "failed": 1,
+        "cancelled": 0,
     }
     assert 89 < default.oldest_wait < 120
     assert by_queue["mail"].counts["succeeded"] == 1

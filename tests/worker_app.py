@@ -41,8 +41,7 @@ def record(tag: str, event: str = "ran") -> None:
     """Write a row to test_runs for the current task."""
     with psycopg2.connect(current_app.config["PGTQ_DSN"]) as conn, conn.cursor() as cur:
         cur.execute(
-            "INSERT INTO test_runs (task_id, attempt, pid, tag, event) "
-            "VALUES (%s, %s, %s, %s, %s)",
+            "INSERT INTO test_runs (task_id, attempt, pid, tag, event) VALUES (%s, %s, %s, %s, %s)",
             (current_task.id, current_task.attempts, os.getpid(), tag, event),
         )
     conn.close()
@@ -284,6 +283,56 @@ def chaos(kind: str, tag: str) -> Any:
     if kind == "bad-retry":
         raise Retry(delay=float("nan"))
     return bad_value(kind) if kind != "good" else tag
+
+
+# -- workflows (tests/test_workflows.py) ----------------------------------------
+
+
+@q.handler()
+def wf_add(a: int, b: int) -> int:
+    return a + b
+
+
+@q.handler()
+def wf_double(n: int) -> int:
+    return 2 * n
+
+
+@q.handler(max_attempts=5)
+def wf_member(key: str, fail_first: bool = False) -> str:
+    """A group member; records its run; fails its first attempt if asked."""
+    record(f"member:{key}")
+    if fail_first and current_task.attempts == 1:
+        raise RuntimeError("first attempt fails")
+    return key
+
+
+@q.handler()
+def wf_collect(results: Any, tag: str) -> Any:
+    """A callback: records its run (to count them), returns what it got."""
+    record(tag)
+    return results
+
+
+@q.handler(max_attempts=1)
+def wf_fail(tag: str) -> None:
+    record(tag)
+    raise ValueError(f"{tag} fails")
+
+
+@q.handler()
+def wf_parents(tag: str) -> Any:
+    """Returns what current_task.parent_results() reads."""
+    record(tag)
+    return current_task.parent_results()
+
+
+@q.handler(concurrency=1)
+def wf_exclusive(key: str) -> str:
+    record("exclusive", "started")
+    time.sleep(0.05)
+    record("exclusive", "finished")
+    return key
 
 
 def create_app() -> Flask:
