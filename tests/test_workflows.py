@@ -374,3 +374,25 @@ def test_workflow_finished_is_sent_once_when_the_last_task_ends(app, dsn, start_
         cancelled.cancel()
         assert seen[-1] == (cancelled.id, "cancelled")
     assert len(seen) == 3
+
+
+def test_the_dashboard_draws_a_workflow_and_links_it_from_its_tasks(dsn, monkeypatch):
+    settings = {"PGTQ_DASHBOARD_URL_PREFIX": "/pgtq", "PGTQ_DASHBOARD_AUTH": "local-only"}
+    monkeypatch.setenv("PGTQ_TEST_APP_DSN", dsn)
+    monkeypatch.setenv("PGTQ_TEST_APP_SETTINGS", json.dumps(settings))
+    app = worker_app.create_app()
+    with app.app_context():
+        wf = chain(wf_add.s(1, 2), group(wf_double.s(), wf_double.s()), wf_collect.s("x")).push()
+    client = app.test_client()
+    page = client.get(f"/pgtq/workflows/{wf.id}")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert html.count('<rect class="node node-') == 4
+    assert html.count('<line class="edge"') == 4
+    assert "node-queued" in html and html.count("node-waiting") == 3
+    for task in wf.tasks:
+        assert f'href="/pgtq/tasks/{task.id}"' in html
+    member = client.get(f"/pgtq/tasks/{wf.tasks[1].id}").get_data(as_text=True)
+    assert f'href="/pgtq/workflows/{wf.id}"' in member
+    assert client.get("/pgtq/workflows/999999").status_code == 404
+    assert "script-src" in page.headers.get("Content-Security-Policy", "script-src")
