@@ -1,7 +1,8 @@
 """Workflows: tasks that wait for other tasks.
 
 A :class:`Signature` is a handler call to make later (``add.s(2, 3)``);
-:func:`chain`, :func:`group` and :func:`chord` combine signatures, and nest.
+:func:`~flask_pgtq.chain`, :func:`~flask_pgtq.group` and
+:func:`~flask_pgtq.chord` combine signatures, and nest.
 Pushing one stores all its tasks and their dependencies in one statement
 (``push_workflow`` in ``sql/workflow.sql``) and returns a :class:`Workflow`.
 A task whose parents have not all ended is ``waiting``; the statement that
@@ -122,7 +123,8 @@ class Signature:
 
 
 class Canvas:
-    """What :func:`chain`, :func:`group` and :func:`chord` return."""
+    """What :func:`~flask_pgtq.chain`, :func:`~flask_pgtq.group` and
+    :func:`~flask_pgtq.chord` return."""
 
     kind = ""
 
@@ -139,7 +141,7 @@ class Canvas:
 
 
 class Chain(Canvas):
-    """Steps run one after the other; see :func:`chain`."""
+    """Steps run one after the other; see :func:`~flask_pgtq.chain`."""
 
     kind = "chain"
 
@@ -150,7 +152,7 @@ class Chain(Canvas):
 
 
 class Group(Canvas):
-    """Members run in parallel; see :func:`group`."""
+    """Members run in parallel; see :func:`~flask_pgtq.group`."""
 
     kind = "group"
 
@@ -171,7 +173,7 @@ class Group(Canvas):
 
 
 class Chord(Canvas):
-    """A group and a callback; see :func:`chord`."""
+    """A group and a callback; see :func:`~flask_pgtq.chord`."""
 
     kind = "chord"
 

@@ -396,3 +396,15 @@ def test_the_dashboard_draws_a_workflow_and_links_it_from_its_tasks(dsn, monkeyp
     assert f'href="/pgtq/workflows/{wf.id}"' in member
     assert client.get("/pgtq/workflows/999999").status_code == 404
     assert "script-src" in page.headers.get("Content-Security-Policy", "script-src")
+
+
+def test_a_group_of_10000_is_pushed_in_one_statement(app, dsn):
+    g = group(*[wf_member.s(str(i)) for i in range(10_000)]).push(on_finish=wf_collect.s("done"))
+    assert len(g.tasks) == 10_001
+    assert g.tasks[-1].state is State.WAITING
+    (transactions,) = sql_one(dsn, "SELECT count(DISTINCT xmin::text) FROM pgtq_tasks")
+    assert transactions == 1
+    assert sql_one(dsn, "SELECT count(*) FROM pgtq_dependencies") == (10_000,)
+    assert sql_one(dsn, "SELECT waiting_for FROM pgtq_tasks WHERE id = %s", (g.tasks[-1].id,)) == (
+        10_000,
+    )
