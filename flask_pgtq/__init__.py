@@ -33,6 +33,7 @@ from .extension import PgTq
 from .handler import Args, Handler
 from .runner import current_task
 from .task import State, Task
+from .workflow import Signature, Workflow, WorkflowError, chain, chord, group
 
 __all__ = [
     "ActionNotAllowed",
@@ -56,6 +57,7 @@ __all__ = [
     "SchemaNotReady",
     "SetupError",
     "Snooze",
+    "Signature",
     "State",
     "Task",
     "TaskCancelled",
@@ -65,8 +67,13 @@ __all__ = [
     "UnknownTask",
     "UsageError",
     "WaitTimeout",
+    "Workflow",
+    "WorkflowError",
     "__version__",
+    "chain",
+    "chord",
     "current_task",
+    "group",
 ]
 
 #: The version, read by setup.py from here (the one place it is written).

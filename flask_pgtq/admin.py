@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -33,12 +33,14 @@ from .control import Control, Pause
 from .exceptions import ActionNotAllowed, InvalidRequest, TaskNotFound
 from .formatting import error_summary, jsonable, loads_for_display
 from .task import State, Task
+from .workflow import workflow_state
 
 #: States a task can end in; only these can be deleted or purged.
 FINAL_STATES = (State.SUCCEEDED.value, State.FAILED.value, State.CANCELLED.value)
 #: Keys of :attr:`QueueStatus.counts`, in display order.  ``ready`` and
-#: ``scheduled`` split the ``queued`` tasks: due now, or with a later ``run_at``.
-COUNT_STATES = ("ready", "scheduled", "running", "succeeded", "failed", "cancelled")
+#: ``scheduled`` split the ``queued`` tasks: due now, or with a later ``run_at``;
+#: ``waiting`` tasks wait for their parents (workflows).
+COUNT_STATES = ("waiting", "ready", "scheduled", "running", "succeeded", "failed", "cancelled")
 #: Most rows one page of :meth:`Admin.tasks` returns.
 MAX_PAGE = 500
 #: Range of a PostgreSQL ``bigint``: task ids and paging cursors.
@@ -127,6 +129,55 @@ class WorkerInfo:
     def as_json(self) -> dict[str, Any]:
         row: dict[str, Any] = jsonable(asdict(self))
         return row
+
+
+@dataclass
+class WorkflowSummary:
+    """A row of the workflow list: progress, no tasks."""
+
+    id: int
+    kind: str
+    #: ``running``, ``succeeded``, ``failed`` or ``cancelled``.
+    state: str
+    total: int
+    #: Tasks not yet ended.
+    pending: int
+    failed: int
+    cancelled: int
+    created_at: datetime | None
+    finished_at: datetime | None
+    #: Tasks by state now.
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = jsonable(asdict(self))
+        return row
+
+
+@dataclass
+class Relative:
+    """A parent or a dependent of a task."""
+
+    #: ``parent`` or ``child``.
+    kind: str
+    position: int
+    id: int
+    name: str
+    queue: str
+    state: str
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class WorkflowDetail:
+    """A workflow with every task and dependency, for the dashboard."""
+
+    summary: WorkflowSummary
+    tasks: list[TaskSummary]
+    #: (child id, parent id) pairs.
+    edges: list[tuple[int, int]]
 
 
 @dataclass
@@ -325,18 +376,75 @@ class Admin:
         :raises TaskNotFound: no such task.
         :raises ActionNotAllowed: the task has already ended.
         """
-        rows = self._rows(
-            "cancel_task",
-            {"id": check_bigint(task_id, "task id"), "reason": "cancelled by an operator"},
-        )
+        rows = self._cancel(check_bigint(task_id, "task id"), None)
         if not rows:
             task = self.get(task_id)
             raise ActionNotAllowed(
-                f"task {task_id} is {task.state.value}: only queued or running tasks can "
-                "be cancelled"
+                f"task {task_id} is {task.state.value}: only waiting, queued or running "
+                "tasks can be cancelled"
             )
         task = Task.from_row(rows[0], self.backend)
         return CancelResult(task, cancelled=task.state is State.CANCELLED)
+
+    def _cancel(self, task_id: int | None, workflow_id: int | None) -> list[dict[str, Any]]:
+        # The queue core's statement, so that dependents are released and
+        # finished workflows announced as for any other cancel.
+        store = getattr(self.backend, "store", None)
+        reason = "cancelled by an operator"
+        if store is not None:
+            rows: list[dict[str, Any]] = store.cancel_rows(task_id, workflow_id, reason)
+            return rows
+        return self._rows(
+            "cancel_task", {"id": task_id, "workflow_id": workflow_id, "reason": reason}
+        )
+
+    def cancel_workflow(self, workflow_id: int) -> tuple[int, int]:
+        """Cancel every waiting or queued task of a workflow and ask its
+        running ones to stop.
+
+        :return: how many were cancelled, and how many asked to stop.
+        :raises TaskNotFound: no such workflow.
+        """
+        self.workflow(workflow_id)
+        rows = self._cancel(None, check_bigint(workflow_id, "workflow id"))
+        cancelled = sum(1 for row in rows if row["state"] == State.CANCELLED.value)
+        return cancelled, len(rows) - cancelled
+
+    # -- workflows ------------------------------------------------------------
+
+    def workflows(self, *, state: str | None = None, limit: int = 50) -> list[WorkflowSummary]:
+        """Workflows, newest first, with their progress.
+
+        :param state: ``running`` or ``finished`` (any final state).
+        """
+        if state not in (None, "running", "finished"):
+            raise InvalidRequest(f"state must be running or finished, not {state!r}")
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
+        rows = self._rows("list_workflows", {"state": state, "limit": limit})
+        return [_workflow_summary(row) for row in rows]
+
+    def workflow(self, workflow_id: int) -> WorkflowDetail:
+        """One workflow with its tasks (in push order) and dependencies.
+
+        :raises TaskNotFound: no such workflow.
+        """
+        params = {"id": check_bigint(workflow_id, "workflow id")}
+        rows = self._rows("get_workflow", params)
+        if not rows:
+            raise TaskNotFound(f"no workflow with id {workflow_id}")
+        rows[0]["counts"] = {}
+        tasks = []
+        for task in self._rows("workflow_tasks", params):
+            rows[0]["counts"][task["state"]] = rows[0]["counts"].get(task["state"], 0) + 1
+            tasks.append(_summary(_summary_row(task)))
+        edges = [(r["child_id"], r["parent_id"]) for r in self._rows("workflow_edges", params)]
+        return WorkflowDetail(_workflow_summary(rows[0]), tasks, edges)
+
+    def relatives(self, task_id: int) -> list[Relative]:
+        """A task's parents (in order) and dependents."""
+        rows = self._rows("task_relatives", {"id": check_bigint(task_id, "task id")})
+        return [Relative(**row) for row in rows]
 
     def delete(self, task_id: int) -> None:
         """Delete a task that has ended (succeeded, failed or cancelled).
@@ -395,7 +503,7 @@ class Admin:
 
 #: States :meth:`Admin.tasks` filters on: the task states, plus ``ready``
 #: and ``scheduled`` (the two kinds of ``queued``).
-FILTER_STATES = ("queued", "ready", "scheduled", "running", *FINAL_STATES)
+FILTER_STATES = ("waiting", "queued", "ready", "scheduled", "running", *FINAL_STATES)
 
 
 def check_bigint(value: int, what: str) -> int:
@@ -425,6 +533,30 @@ def _filters(state: str | None, queue: str | None, name: str | None) -> dict[str
     if name is not None:
         validate_name(name, "task name")
     return {"state": state, "due": due, "queue": queue, "name": name}
+
+
+def _summary_row(task: dict[str, Any]) -> dict[str, Any]:
+    """A whole task row cut to what a :class:`TaskSummary` holds."""
+    keep = {f.name for f in fields(TaskSummary)} - {"error_line", "scheduled"}
+    row = {k: v for k, v in task.items() if k in keep}
+    row["error_tail"] = (task["error"] or "")[-1500:] or None
+    row["scheduled"] = False
+    return row
+
+
+def _workflow_summary(row: dict[str, Any]) -> WorkflowSummary:
+    return WorkflowSummary(
+        id=row["id"],
+        kind=row["kind"],
+        state=workflow_state(row["finished_at"], row["failed"], row["cancelled"]),
+        total=row["total"],
+        pending=row["pending"],
+        failed=row["failed"],
+        cancelled=row["cancelled"],
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+        counts={k: int(v) for k, v in (row.get("counts") or {}).items()},
+    )
 
 
 def _summary(row: dict[str, Any]) -> TaskSummary:

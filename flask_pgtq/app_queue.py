@@ -12,16 +12,17 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import signals, transactions
+from . import codec, signals, transactions
 from .codec import encode_arguments, encode_batch
 from .config import Config, queue_list
 from .connection import Database, dbapi_connection
 from .control import Control
-from .exceptions import ArgumentsMismatch
+from .exceptions import ArgumentsMismatch, TaskNotFound
 from .queue import TaskStore, new_owner_id
 from .runner import Runner
 from .task import State, Task
 from .values import PushOptions
+from .workflow import PlannedTask, Signature, Workflow, WorkflowError, problem_text, task_specs
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -54,6 +55,7 @@ class AppQueue:
         self.runner = Runner(config, self.db, handlers, app, sender)
         #: The queue core (state transitions as named SQL).
         self.store: TaskStore = self.runner.store
+        self.runner.workflow_reader = self.get_workflow
         self.handlers = handlers
         #: Pauses of queues and handlers.
         self.control = Control(self.db)
@@ -89,6 +91,8 @@ class AppQueue:
         :raises PayloadTooLarge: over ``PGTQ_MAX_PAYLOAD_BYTES``.
         """
         config = self.config
+        if options.after or options.run_on_failure:
+            return self._push_after(name, args, kwargs, options, connection)
         args_json, kwargs_json = encode_arguments(name, args, kwargs, config.max_payload_bytes)
         handler = self.handlers.get(name)
         if handler is not None:
@@ -107,6 +111,118 @@ class AppQueue:
                 lambda: signals.send(signals.task_pushed, self.runner.sender, task=task),
             )
         return task
+
+    def _push_after(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        options: PushOptions,
+        connection: Any,
+    ) -> Task:
+        """One task that waits for the tasks of ``options.after``."""
+        if self.config.eager:
+            raise WorkflowError("after= cannot be used with PGTQ_EAGER: nothing runs later")
+        node = PlannedTask(
+            Signature(self.handlers[name], args, dict(kwargs), push_options=options),
+            [],
+            None,
+            options.run_on_failure,
+        )
+        params = task_specs([node], self, {0: options.after})
+        row = self.store.push_workflow(
+            {**params, "kind": None, "outputs": [], "single": True},
+            None if connection is None else dbapi_connection(connection),
+        )
+        if not row["ok"]:
+            raise WorkflowError(problem_text(row["problems"]))
+        task = self._new_tasks([node], row)[0]
+        signals.send(signals.task_pushed, self.runner.sender, task=task)
+        return task
+
+    def push_workflow(
+        self,
+        kind: str,
+        nodes: Sequence[PlannedTask],
+        outputs: Sequence[int],
+        single: bool,
+        connection: Any = None,
+    ) -> Workflow:
+        """Store the tasks of a workflow and their dependencies in one
+        statement (see :mod:`flask_pgtq.workflow`)."""
+        if self.config.eager:
+            raise WorkflowError(
+                "workflows cannot run with PGTQ_EAGER yet: test them with a worker or q.drain()"
+            )
+        params = task_specs(nodes, self)
+        row = self.store.push_workflow(
+            {**params, "kind": kind, "outputs": list(outputs), "single": single},
+            None if connection is None else dbapi_connection(connection),
+        )
+        tasks = self._new_tasks(nodes, row)
+        for task in tasks:
+            signals.send(signals.task_pushed, self.runner.sender, task=task)
+        return Workflow(
+            row["workflow_id"],
+            kind,
+            tasks,
+            [tasks[i].id for i in outputs],
+            single,
+            total=len(tasks),
+            pending=len(tasks),
+            created_at=row["created_at"],
+            _queue=self,
+        )
+
+    def _new_tasks(self, nodes: Sequence[PlannedTask], row: dict[str, Any]) -> list[Task]:
+        tasks = []
+        for node, task_id, state, run_at in zip(
+            nodes, row["ids"], row["states"], row["run_ats"], strict=True
+        ):
+            sig = node.signature
+            spec = sig.push_options.insert(sig.handler.name, self.config)
+            tasks.append(
+                Task(
+                    task_id,
+                    spec.name,
+                    spec.queue,
+                    json.loads(codec.encode(list(sig.args))),
+                    json.loads(codec.encode(sig.kwargs)) if sig.kwargs else {},
+                    State(state),
+                    spec.priority,
+                    0,
+                    spec.max_attempts,
+                    run_at,
+                    row["created_at"],
+                    workflow_id=row["workflow_id"],
+                    is_new=True,
+                    _backend=self.runner,
+                )
+            )
+        return tasks
+
+    def get_workflow(self, workflow_id: int) -> Workflow:
+        """The workflow with this id and its tasks, fresh from the database.
+
+        :raises TaskNotFound: no such workflow.
+        """
+        row = self.store.workflow_row(workflow_id)
+        if row is None:
+            raise TaskNotFound(f"no workflow with id {workflow_id}")
+        return Workflow(
+            row["id"],
+            row["kind"],
+            self.store.workflow_tasks(workflow_id),
+            list(row["outputs"]),
+            row["single"],
+            total=row["total"],
+            pending=row["pending"],
+            failed=row["failed"],
+            cancelled=row["cancelled"],
+            created_at=row["created_at"],
+            finished_at=row["finished_at"],
+            _queue=self,
+        )
 
     def push_many(
         self,

@@ -23,6 +23,7 @@ from .handler import Handler
 from .schedules import ScheduleBook
 from .task import Task
 from .values import HandlerOptions
+from .workflow import Workflow
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -420,6 +421,13 @@ class PgTq:
     def pauses(self) -> list[Pause]:
         """The pauses in force, queues first."""
         return self.app_queue().control.pauses()
+
+    def get_workflow(self, workflow_id: int) -> Workflow:
+        """A pushed chain, group or chord with its tasks, fresh from the database.
+
+        :raises TaskNotFound: no such workflow.
+        """
+        return self.app_queue().get_workflow(workflow_id)
 
     def close(self) -> None:
         """Close the connection pools of every app this extension serves

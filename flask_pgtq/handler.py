@@ -21,6 +21,7 @@ from .values import HandlerOptions, PushOptions
 if TYPE_CHECKING:
     from .extension import PgTq
     from .task import Task
+    from .workflow import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -107,6 +108,22 @@ class Handler(Generic[P, R]):
         """
         return self.pgtq.app_queue().push(self.name, args, kwargs, self.defaults)
 
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature: this call, to make later in a workflow
+        (:func:`~flask_pgtq.chain`, :func:`~flask_pgtq.group`,
+        :func:`~flask_pgtq.chord`).  In a chain it gets the previous step's
+        result as its first positional argument, before *args*."""
+        from .workflow import Signature
+
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: like :meth:`s`, but it gets no result from
+        the steps before it."""
+        from .workflow import Signature
+
+        return Signature(self, args, kwargs, immutable=True)
+
     def push_many(self, items: Iterable[Any]) -> list[int]:
         """Store many tasks of this handler in one statement; return their ids
         in input order.
@@ -131,6 +148,8 @@ class Handler(Generic[P, R]):
         on_conflict: str = "keep",
         debounce: float | timedelta | None = None,
         connection: Any = None,
+        after: Iterable[Task | int] | None = None,
+        run_on_failure: bool = False,
     ) -> BoundOptions[P]:
         """Push options for one push: ``handler.options(delay=30).push(...)``.
 
@@ -156,6 +175,16 @@ class Handler(Generic[P, R]):
             connection, or a SQLAlchemy ``Connection`` or ``Session`` (e.g.
             Flask-SQLAlchemy's ``db.session``).  The task exists only if that
             transaction commits, and workers are woken at the commit.
+        :param after: tasks (or task ids) that must end first: the task is
+            ``waiting`` until they all have, then queued.  If one fails or is
+            cancelled, the task is cancelled (``dependency <id> failed``).
+            A parent that does not exist, or that already failed or was
+            cancelled, is refused at push (:class:`~flask_pgtq.WorkflowError`,
+            nothing stored).  Inside a transaction, the parents are locked
+            (shared) until it commits: a parent cannot be recorded as ended
+            meanwhile, so keep that transaction short.
+        :param run_on_failure: with *after*: run even when a parent failed
+            or was cancelled.
         """
         given = PushOptions.build(
             queue=queue,
@@ -167,6 +196,8 @@ class Handler(Generic[P, R]):
             unique_for=unique_for,
             on_conflict=on_conflict,
             debounce=debounce,
+            after=after,
+            run_on_failure=run_on_failure,
         )
         merged = replace(
             given,

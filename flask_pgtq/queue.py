@@ -16,9 +16,9 @@ import select
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from . import queries
 from .config import Config
@@ -26,6 +26,8 @@ from .connection import Database, translated_errors
 from .exceptions import DatabaseError, TaskNotFound, WaitTimeout
 from .task import State, Task
 from .values import Insert, Limit, Outcome
+
+T = TypeVar("T")
 
 #: Statements run often enough to be prepared once per connection (server
 #: side), saving their parsing and planning: the push and the worker's round.
@@ -90,6 +92,14 @@ class TaskStore:
         self.config = config
         self.db = db
         self.backend = backend
+        #: Called with the ids of the workflows a statement of this store
+        #: finished (its last task ended), once per workflow; set by the
+        #: runner to send :data:`~flask_pgtq.signals.workflow_finished`.
+        self.on_workflows_finished: Callable[[list[int]], None] | None = None
+
+    def _workflows_finished(self, ids: Sequence[int] | None) -> None:
+        if ids and self.on_workflows_finished is not None:
+            self.on_workflows_finished(list(ids))
 
     def _rows(self, name: str, params: dict[str, Any], conn: Any = None) -> list[dict[str, Any]]:
         """Run one named statement; on a pooled connection (committed at
@@ -206,34 +216,56 @@ class TaskStore:
 
         :raises WaitTimeout: not final after *timeout* seconds.
         """
+
+        def final() -> Task | None:
+            task = self.get(task_id)
+            return task if task.state.is_final else None
+
+        return self.wait_until(final, {task_id}, timeout, f"task {task_id} has not ended")
+
+    def wait_until(
+        self,
+        check: Callable[[], T | None],
+        ids: set[int] | None,
+        timeout: float | None,
+        what: str,
+    ) -> T:
+        """Block until *check* returns something other than ``None``, and
+        return that.  *check* runs at the start, when a task of *ids* ends
+        (any task, for ``None``) and every ``poll_interval``.
+
+        :raises WaitTimeout: *what*, after *timeout* seconds.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
+        wanted = None if ids is None else {str(i) for i in ids}
         listener = self.db.connect()
         try:
             with listener.cursor() as cur:
                 cur.execute(queries.listen([queries.FINISHED]))
-            wanted = str(task_id)
-            check = True
+            recheck = True
             while True:
-                if check:
-                    task = self.get(task_id)
-                    if task.state.is_final:
-                        return task
+                if recheck:
+                    found = check()
+                    if found is not None:
+                        return found
                 wait = self.config.poll_interval
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise WaitTimeout(
-                            f"task {task_id} is still {task.state.value} after {timeout}s"
-                        )
+                        raise WaitTimeout(f"{what} after {timeout}s")
                     wait = min(wait, left)
                 ready = select.select([listener], [], [], wait)[0]
-                check = not ready
+                recheck = not ready
                 if ready:
                     with translated_errors(self.db):
                         listener.poll()
                     for note in listener.notifies:
-                        if not note.payload or wanted in note.payload.split(","):
-                            check = True
+                        if (
+                            wanted is None
+                            or not note.payload
+                            or not wanted.isdisjoint(note.payload.split(","))
+                        ):
+                            recheck = True
                     listener.notifies.clear()
         finally:
             listener.close()
@@ -332,6 +364,7 @@ class TaskStore:
         for row in rows:
             if row.kind == 0:
                 done, started_at = set(row.done_ids), row.started_at
+                self._workflows_finished(row.workflows_finished)
             else:
                 claimed.append(row)
         tasks = [
@@ -350,6 +383,7 @@ class TaskStore:
                 locked_by=owner,
                 cancel_requested_at=row.cancel_requested_at,
                 snoozes=row.snoozes,
+                workflow_id=row.workflow_id,
                 _backend=self.backend,
             )
             for row in claimed
@@ -384,6 +418,9 @@ class TaskStore:
                 with contextlib.suppress(Exception):
                     conn.rollback()
                 raise
+        for row in rows:
+            # What the task's parents give it comes first (workflows).
+            row["args"] = row.pop("claimed_args")
         return [Task.from_row(row, self.backend) for row in rows]
 
     def release(
@@ -404,7 +441,10 @@ class TaskStore:
             "release_tasks",
             {"owner": owner, "ids": list(task_ids), "interrupted": list(interrupted)},
         )
-        return list(rows[0]["array"]) if rows else []
+        if not rows:
+            return []
+        self._workflows_finished(rows[0]["workflows_finished"])
+        return list(rows[0]["array"])
 
     def rescue(self) -> list[dict[str, Any]]:
         """Requeue (or fail) tasks whose owner's lease expired.
@@ -412,13 +452,18 @@ class TaskStore:
         :return: one row per rescued task: ``id``, ``name``, ``queue``,
             ``state``, ``attempts``.
         """
-        return self._rows(
+        rows = self._rows(
             "rescue_tasks",
             {
                 "backoff": self.config.retry_backoff,
                 "backoff_max": self.config.retry_backoff_max,
             },
         )
+        if rows:
+            self._workflows_finished(rows[0].pop("workflows_finished"))
+            for row in rows[1:]:
+                del row["workflows_finished"]
+        return rows
 
     def prune(self) -> int:
         """Delete finished tasks past their retention, one batch per state
@@ -447,8 +492,43 @@ class TaskStore:
 
         :raises TaskNotFound: no such task.
         """
-        tasks = self._tasks("cancel_task", {"id": task_id, "reason": reason})
-        return tasks[0] if tasks else self.get(task_id)
+        rows = self.cancel_rows(task_id, None, reason)
+        return Task.from_row(rows[0], self.backend) if rows else self.get(task_id)
+
+    def cancel_rows(
+        self, task_id: int | None, workflow_id: int | None, reason: str
+    ) -> list[dict[str, Any]]:
+        """Cancel task *task_id* or every task of workflow *workflow_id*
+        (queued or waiting: at once; running: a request); return the rows
+        changed (none for tasks that had ended)."""
+        rows = self._rows(
+            "cancel_task", {"id": task_id, "workflow_id": workflow_id, "reason": reason}
+        )
+        if rows:
+            self._workflows_finished(rows[0]["workflows_finished"])
+        return rows
+
+    # -- workflows -------------------------------------------------------------
+
+    def push_workflow(self, params: dict[str, Any], conn: Any = None) -> dict[str, Any]:
+        """Insert tasks and their dependencies in one statement (see
+        ``push_workflow`` in ``sql/workflow.sql`` for *params*); return its
+        one row: ``ok``, ``workflow_id``, ``ids``, ``states``, ``run_ats``,
+        ``created_at`` and ``problems`` (when not ok: nothing was stored)."""
+        return self._rows("push_workflow", params, conn)[0]
+
+    def workflow_row(self, workflow_id: int) -> dict[str, Any] | None:
+        """The ``pgtq_workflows`` row, or ``None``."""
+        rows = self._rows("get_workflow", {"id": workflow_id})
+        return rows[0] if rows else None
+
+    def workflow_tasks(self, workflow_id: int) -> list[Task]:
+        """The tasks of a workflow, in the order they were pushed."""
+        return self._tasks("workflow_tasks", {"id": workflow_id})
+
+    def parent_results(self, task_id: int) -> list[dict[str, Any]]:
+        """The parents of a task in order: ``id``, ``state``, ``result``."""
+        return self._rows("parent_results", {"id": task_id})
 
     def cancel_requests(self, owner: str) -> set[int]:
         """Ids of *owner*'s running tasks that were asked to stop."""

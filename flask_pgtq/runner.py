@@ -16,7 +16,7 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -146,9 +146,30 @@ class Runner:
         self.config = config
         #: The queue core; the tasks it returns are bound to this runner.
         self.store = TaskStore(config, db, backend=self)
+        self.store.on_workflows_finished = self.workflows_finished
         self.handlers = handlers
         self.app = app
         self.sender = sender
+        #: Reads workflows for :data:`~flask_pgtq.signals.workflow_finished`
+        #: (the app's queue, set by it).
+        self.workflow_reader: Callable[[int], Any] | None = None
+
+    def workflows_finished(self, ids: list[int]) -> None:
+        """Announce workflows whose last task just ended (once each)."""
+        signal = signals.workflow_finished
+        if not signal.receivers or self.workflow_reader is None:
+            return
+        for workflow_id in ids:
+            try:
+                workflow = self.workflow_reader(workflow_id)
+            except Exception:
+                log.warning("could not read finished workflow %s", workflow_id, exc_info=True)
+                continue
+            with self.context():
+                signals.send(signal, self.sender, workflow=workflow)
+
+    def parent_results(self, task: Task) -> list[Any]:
+        return [row["result"] for row in self.store.parent_results(task.id)]
 
     def context(self) -> contextlib.AbstractContextManager[Any]:
         """A fresh app context (or nothing, without an app)."""

@@ -8,6 +8,7 @@ in ``pgtq_schema_version``.  A released migration is never edited.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -37,9 +38,11 @@ def migrations() -> tuple[Migration, ...]:
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)
-    for expected, migration in enumerate(found, start=1):
-        if migration.version != expected:
-            raise PgTqError(f"migration {expected:04d} is missing from the package")
+    # Numbers may leave gaps (branches number their migrations apart, e.g.
+    # 0005 may ship before 0004); each number is used once.
+    for before, after in itertools.pairwise(found):
+        if before.version == after.version:
+            raise PgTqError(f"two migrations are numbered {after.version:04d}")
     return tuple(found)
 
 
@@ -49,17 +52,28 @@ def latest_version() -> int:
 
 
 def current_version(conn: Any) -> int:
-    """The version applied in the database of *conn*; 0 when there is none.
+    """The version the database of *conn* is at; 0 when there is none.
 
-    Runs one read-only statement and leaves the transaction state as found
-    on an autocommit connection.
+    That is the highest shipped version up to which every shipped migration
+    is applied: a database with 0005 applied but not 0004 (numbers may leave
+    gaps, filled later) is at version 3 for code that ships 0004.  When every
+    shipped migration is applied, the highest version recorded.
+
+    Runs read-only statements and leaves the transaction state as found on
+    an autocommit connection.
     """
     with conn.cursor() as cur:
         cur.execute(queries.get("version_table_exists"))
         if not cur.fetchone()[0]:
             return 0
-        cur.execute(queries.get("schema_version"))
-        return int(cur.fetchone()[0])
+        cur.execute(queries.get("applied_versions"))
+        applied = {int(row[0]) for row in cur.fetchall()}
+    current = 0
+    for migration in migrations():
+        if migration.version not in applied:
+            return current
+        current = migration.version
+    return max(applied, default=0)
 
 
 def upgrade(conn: Any) -> list[int]:

@@ -68,6 +68,14 @@ task_failed = _signals.signal("task-failed")
 #: Payload: ``task``, ``reason``, ``duration`` (seconds it ran).
 task_cancelled = _signals.signal("task-cancelled")
 
+#: Every task of a workflow (:func:`~flask_pgtq.chain`, :func:`~flask_pgtq.group`,
+#: :func:`~flask_pgtq.chord`) has ended.  Payload: ``workflow`` (a
+#: :class:`~flask_pgtq.Workflow`, read after the end was committed; its
+#: ``state`` says how it ended).  Sent once per workflow, by the process whose
+#: statement ended its last task (a worker, or the caller of a cancel), and
+#: only when it has receivers.
+workflow_finished = _signals.signal("workflow-finished")
+
 #: A worker registered itself and is about to claim tasks.
 #: Payload: ``worker_id``, ``queues``, ``concurrency``.
 worker_started = _signals.signal("worker-started")

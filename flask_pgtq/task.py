@@ -19,11 +19,15 @@ if TYPE_CHECKING:
         def run_claimed(self, task: Task) -> Task: ...
         def wait(self, task: Task, timeout: float | None) -> Task: ...
         def set_progress(self, task: Task, progress: Any) -> None: ...
+        def parent_results(self, task: Task) -> list[Any]: ...
 
 
 class State(enum.StrEnum):
     """Where a task is in its life.  Compares equal to its string value."""
 
+    #: Waiting for its parents (a workflow step, or ``after=``) to end;
+    #: never claimed.  Queued when its last parent ends.
+    WAITING = "waiting"
     #: Waiting to run; ``run_at`` may lie in the future (a delay or a retry).
     QUEUED = "queued"
     #: Claimed by a worker, which holds a lease on it.
@@ -77,6 +81,8 @@ class Task:
     cancel_requested_at: datetime | None = None
     #: Times the handler snoozed the task (:class:`~flask_pgtq.Snooze`).
     snoozes: int = 0
+    #: The workflow (chain, group, chord) the task belongs to, or ``None``.
+    workflow_id: int | None = None
     #: Set by a push: ``True`` when it stored a new task, ``False`` when a
     #: unique key returned the task that already held it.
     is_new: bool | None = None
@@ -156,6 +162,13 @@ class Task:
         if self.state is not State.SUCCEEDED:
             raise TaskFailed(self, self.error)
         return self.result
+
+    def parent_results(self) -> list[Any]:
+        """The results of this task's parents (a workflow's previous steps,
+        or the tasks of ``after=``), in order, read from the database.  A
+        parent that did not succeed gives ``None``.
+        """
+        return self._require_backend().parent_results(self)
 
     def set_progress(self, progress: Any) -> None:
         """Record progress (any JSON value) for this running task, e.g.

@@ -79,6 +79,11 @@ class PushOptions:
     #: What a push does when a queued task holds its unique key: ``"keep"``
     #: (return that task) or ``"replace"`` (update its arguments and run time).
     on_conflict: str = "keep"
+    #: Ids of the tasks that must end first (``after=``).
+    after: tuple[int, ...] = ()
+    #: Run even when a parent failed or was cancelled (instead of being
+    #: cancelled with it).
+    run_on_failure: bool = False
 
     @classmethod
     def build(
@@ -93,6 +98,8 @@ class PushOptions:
         unique_for: float | timedelta | None = None,
         on_conflict: str = "keep",
         debounce: float | timedelta | None = None,
+        after: Any = None,
+        run_on_failure: bool = False,
     ) -> PushOptions:
         """Validate options given by a caller.  ``debounce=N`` is
         ``on_conflict="replace"`` with ``delay=N``: the task runs N seconds
@@ -139,6 +146,13 @@ class PushOptions:
                 )
             if delay is not None:
                 raise ConfigurationError("give delay or eta, not both")
+        parents = task_ids(after)
+        if parents and unique_key is not None:
+            raise ConfigurationError("after cannot be combined with unique_key")
+        if not isinstance(run_on_failure, bool):
+            raise ConfigurationError(
+                f"run_on_failure must be True or False, not {run_on_failure!r}"
+            )
         return cls(
             queue,
             priority,
@@ -148,6 +162,8 @@ class PushOptions:
             unique_key,
             unique_seconds,
             on_conflict,
+            parents,
+            run_on_failure,
         )
 
     def insert(self, name: str, config: Config) -> Insert:
@@ -163,6 +179,37 @@ class PushOptions:
             unique_for=self.unique_for,
             replace=self.on_conflict == "replace",
         )
+
+
+#: Range of a PostgreSQL ``bigint``: task ids.
+BIGINT_MAX = 2**63 - 1
+
+
+def task_ids(tasks: Any) -> tuple[int, ...]:
+    """The ids of *tasks* (an iterable of :class:`~flask_pgtq.Task` or ids),
+    for ``after=``; each once, in the order given."""
+    if tasks is None:
+        return ()
+    if isinstance(tasks, (Task, int, str, bytes)):
+        raise ConfigurationError(
+            f"after must be a list of tasks or task ids, not {type(tasks).__name__}"
+        )
+    try:
+        items = list(tasks)
+    except TypeError:
+        raise ConfigurationError(
+            f"after must be a list of tasks or task ids, not {type(tasks).__name__}"
+        ) from None
+    ids: list[int] = []
+    for item in items:
+        task_id = item.id if isinstance(item, Task) else item
+        if isinstance(task_id, bool) or not isinstance(task_id, int):
+            raise ConfigurationError(f"after must hold tasks or task ids (integers), not {item!r}")
+        if not 1 <= task_id <= BIGINT_MAX:
+            raise ConfigurationError(f"after: {task_id} is not a task id")
+        if task_id not in ids:
+            ids.append(task_id)
+    return tuple(ids)
 
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([smhd])\s*$")

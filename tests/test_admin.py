@@ -90,6 +90,7 @@ def test_status_counts_tasks_by_queue_and_state(q: PgTq, admin: Admin, dsn: str)
     assert list(by_queue) == ["default", "mail"]
     default = by_queue["default"]
     assert default.counts == {
+        "waiting": 0,
         "ready": 2,
         "scheduled": 1,
         "running": 0,

@@ -90,6 +90,7 @@ def test_status_table_and_json(runner: FlaskCliRunner, tasks: dict[str, int]) ->
     lines = out.splitlines()
     assert lines[0].split() == [
         "QUEUE",
+        "WAITING",
         "READY",
         "SCHEDULED",
         "RUNNING",
@@ -100,8 +101,8 @@ def test_status_table_and_json(runner: FlaskCliRunner, tasks: dict[str, int]) ->
         "WAITING",
         "WORKERS",
     ]
-    assert lines[1].split()[:7] == ["default", "1", "0", "0", "2", "0", "0"]
-    assert lines[2].split()[:7] == ["risky", "0", "0", "0", "0", "1", "0"]
+    assert lines[1].split()[:8] == ["default", "0", "1", "0", "0", "2", "0", "0"]
+    assert lines[2].split()[:8] == ["risky", "0", "0", "0", "0", "0", "1", "0"]
     # Aligned: every column starts where its header does.
     assert lines[1].index("0 ") < lines[0].index("SUCCEEDED") + len("SUCCEEDED")
     assert "0 live workers" in out
@@ -243,7 +244,7 @@ def test_cancel_queued_and_running(
         q.pop()
     out = invoke(runner, "cancel", str(running.id))
     assert "cancel requested" in out
-    assert "only queued or running" in invoke(runner, "cancel", str(tasks["done"]), code=1)
+    assert "only waiting, queued or running" in invoke(runner, "cancel", str(tasks["done"]), code=1)
     assert "no task with id" in invoke(runner, "cancel", "999999", code=1)
 
 

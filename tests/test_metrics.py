@@ -110,12 +110,15 @@ def test_collector_and_task_metrics_in_your_own_registry(dsn: str) -> None:
     metrics = TaskMetrics(registry).connect(app)
     try:
         with app.app_context():
-            q.push("add", 1, 2)
+            first = q.push("add", 1, 2)
+            q.handlers["add"].options(after=[first]).push(3, 4)
             q.pop().run()
+            q.handlers["add"].options(after=[q.push("add", 0, 0)]).push(5, 6)
         body = generate_latest(registry).decode()
     finally:
         metrics.disconnect()
     assert sample(body, "pgtq_tasks", queue="default", state="succeeded") == 1
+    assert sample(body, "pgtq_tasks", queue="default", state="waiting") == 1
     assert (
         sample(body, "pgtq_task_outcomes_total", queue="default", name="add", outcome="succeeded")
         == 1

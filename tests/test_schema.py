@@ -38,9 +38,21 @@ def all_versions() -> list[int]:
 # -- upgrade ------------------------------------------------------------------------
 
 
-def test_migrations_are_numbered_from_one_without_gaps() -> None:
-    assert all_versions() == list(range(1, len(all_versions()) + 1))
+def test_migrations_are_numbered_from_one_in_order_each_number_once() -> None:
+    # Gaps are allowed: branches number their migrations apart (0005 may
+    # ship before 0004), and upgrade applies whichever are missing.
+    assert all_versions()[0] == 1
+    assert all_versions() == sorted(set(all_versions()))
     assert schema.latest_version() == all_versions()[-1]
+
+
+def test_a_database_missing_a_lower_migration_is_behind(
+    empty_db: psycopg2.extensions.connection, empty_dsn: str
+) -> None:
+    schema.upgrade(empty_db)
+    skipped = all_versions()[-2]
+    sql_all(empty_dsn, f"DELETE FROM pgtq_schema_version WHERE version = {skipped} RETURNING 1")
+    assert schema.current_version(empty_db) == all_versions()[-3]
 
 
 def test_upgrade_applies_every_migration_once(

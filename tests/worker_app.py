@@ -302,6 +302,56 @@ def sleepy(times: int, tag: str) -> int:
     return current_task.snoozes
 
 
+# -- workflows (tests/test_workflows.py) ----------------------------------------
+
+
+@q.handler()
+def wf_add(a: int, b: int) -> int:
+    return a + b
+
+
+@q.handler()
+def wf_double(n: int) -> int:
+    return 2 * n
+
+
+@q.handler(max_attempts=5)
+def wf_member(key: str, fail_first: bool = False) -> str:
+    """A group member; records its run; fails its first attempt if asked."""
+    record(f"member:{key}")
+    if fail_first and current_task.attempts == 1:
+        raise RuntimeError("first attempt fails")
+    return key
+
+
+@q.handler()
+def wf_collect(results: Any, tag: str) -> Any:
+    """A callback: records its run (to count them), returns what it got."""
+    record(tag)
+    return results
+
+
+@q.handler(max_attempts=1)
+def wf_fail(tag: str) -> None:
+    record(tag)
+    raise ValueError(f"{tag} fails")
+
+
+@q.handler()
+def wf_parents(tag: str) -> Any:
+    """Returns what current_task.parent_results() reads."""
+    record(tag)
+    return current_task.parent_results()
+
+
+@q.handler(concurrency=1)
+def wf_exclusive(key: str) -> str:
+    record("exclusive", "started")
+    time.sleep(0.05)
+    record("exclusive", "finished")
+    return key
+
+
 def create_app() -> Flask:
     app = Flask(__name__)
     app.config["PGTQ_DSN"] = os.environ["PGTQ_TEST_APP_DSN"]

@@ -24,6 +24,7 @@ import click
 from ..admin import (
     FILTER_STATES,
     FINAL_STATES,
+    MAX_PAGE,
     Admin,
 )
 from ..exceptions import PgTqError
@@ -53,7 +54,7 @@ def _admin() -> Iterator[Admin]:
         raise click.ClickException(str(exc)) from exc
 
 
-def _echo_json(value: Any) -> None:
+def echo_json(value: Any) -> None:
     click.echo(printable_json(json.dumps(jsonable(value), indent=2, ensure_ascii=False)))
 
 
@@ -103,7 +104,7 @@ def status_command(as_json: bool) -> None:
         pauses = current_extension().pauses()
     live = sum(1 for w in workers if w.alive and w.concurrency)
     if as_json:
-        _echo_json(
+        echo_json(
             {
                 "queues": [q.as_json() for q in queues],
                 "live_workers": live,
@@ -121,11 +122,20 @@ def status_command(as_json: bool) -> None:
     if not queues:
         click.echo("no tasks and no workers yet")
         return
-    headers = ["QUEUE", "READY", "SCHEDULED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
+    headers = [
+        "QUEUE",
+        "WAITING",
+        "READY",
+        "SCHEDULED",
+        "RUNNING",
+        "SUCCEEDED",
+        "FAILED",
+        "CANCELLED",
+    ]
     rows = [
         [
             q.queue,
-            *(q.counts[s] for s in ("ready", "scheduled", "running", *FINAL_STATES)),
+            *(q.counts[s] for s in ("waiting", "ready", "scheduled", "running", *FINAL_STATES)),
             format_age(q.oldest_wait) if q.oldest_wait is not None else "-",
             q.workers,
         ]
@@ -156,7 +166,7 @@ def tasks_command(
     with _admin() as admin:
         page = admin.tasks(state=state, queue=queue, name=name, limit=limit, before=before)
     if as_json:
-        _echo_json(
+        echo_json(
             {"tasks": [t.as_json() for t in page.tasks], "total": page.total, "older": page.older}
         )
         return
@@ -197,8 +207,9 @@ def show_command(task_id: int, full: bool, as_json: bool) -> None:
     """Everything about one task: arguments, result, error, attempt history."""
     with _admin() as admin:
         task = admin.get(task_id)
+        relatives = admin.relatives(task_id)
     if as_json:
-        _echo_json(task_as_json(task))
+        echo_json({**task_as_json(task), "relatives": [r.as_json() for r in relatives]})
         return
     fields: list[tuple[str, Any]] = [
         ("id", task.id),
@@ -215,6 +226,8 @@ def show_command(task_id: int, full: bool, as_json: bool) -> None:
     ]
     if task.cancel_requested_at is not None:
         fields.append(("cancel requested", task.cancel_requested_at))
+    if task.workflow_id is not None:
+        fields.append(("workflow", task.workflow_id))
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
         click.echo(f"{key.ljust(width)}  {_cell(value)}")
@@ -248,6 +261,11 @@ def show_command(task_id: int, full: bool, as_json: bool) -> None:
                     title = f"attempt {h.get('attempt')} ({history_label(h.get('state'))})"
                     text = printable(str(h["error"]), multiline=True)
                     click.echo(f"\n{_cell(title)}:\n{_indent(text)}")
+    for kind, title in (("parent", "parents"), ("child", "dependents")):
+        mine = [[r.id, r.name, r.queue, r.state] for r in relatives if r.kind == kind]
+        if mine:
+            table = format_table(["ID", "NAME", "QUEUE", "STATE"], mine)
+            click.echo(f"\n{title}:\n" + _indent(table))
 
 
 def _indent(text: str) -> str:
@@ -299,16 +317,63 @@ def retry_command(task_id: int | None, all_failed: bool, queue: str | None) -> N
 
 
 @click.command("cancel")
-@click.argument("task_id", type=int)
-def cancel_command(task_id: int) -> None:
-    """Cancel a queued task, or ask the worker running it to stop."""
+@click.argument("task_id", type=int, required=False)
+@click.option(
+    "--workflow", "workflow_id", type=int, metavar="ID", help="Cancel every task of a workflow."
+)
+def cancel_command(task_id: int | None, workflow_id: int | None) -> None:
+    """Cancel a waiting or queued task, or ask the worker running it to stop;
+    with --workflow, every task of a workflow."""
+    if (task_id is None) == (workflow_id is None):
+        raise click.UsageError("give a task id or --workflow ID")
 
     def cancel(admin: Admin) -> str:
+        assert task_id is not None
         if admin.cancel(task_id).cancelled:
             return f"task {task_id} cancelled"
         return f"task {task_id} is running: cancel requested, its worker stops it"
 
-    _action(cancel)
+    def cancel_workflow(admin: Admin) -> str:
+        assert workflow_id is not None
+        cancelled, asked = admin.cancel_workflow(workflow_id)
+        return (
+            f"workflow {workflow_id}: {cancelled} task{'s' if cancelled != 1 else ''} "
+            f"cancelled, {asked} running asked to stop"
+        )
+
+    _action(cancel if workflow_id is None else cancel_workflow)
+
+
+@click.command("workflows")
+@click.option(
+    "--state", type=click.Choice(["running", "finished"]), help="Only running or finished ones."
+)
+@click.option("--limit", type=click.IntRange(1, MAX_PAGE), default=50, show_default=True)
+@json_option
+def workflows_command(state: str | None, limit: int, as_json: bool) -> None:
+    """Workflows (chains, groups, chords), newest first, with their progress."""
+    with _admin() as admin:
+        workflows = admin.workflows(state=state, limit=limit)
+    if as_json:
+        echo_json([w.as_json() for w in workflows])
+        return
+    if not workflows:
+        click.echo("no workflows")
+        return
+    rows = [
+        [
+            w.id,
+            w.kind,
+            w.state,
+            f"{w.total - w.pending}/{w.total}",
+            w.counts.get("failed", 0),
+            w.counts.get("cancelled", 0),
+            w.created_at,
+        ]
+        for w in workflows
+    ]
+    headers = ["ID", "KIND", "STATE", "ENDED", "FAILED", "CANCELLED", "CREATED"]
+    click.echo(format_table(headers, rows))
 
 
 @click.command("delete")
@@ -364,7 +429,7 @@ def workers_command(as_json: bool) -> None:
     with _admin() as admin:
         workers = admin.workers()
     if as_json:
-        _echo_json([w.as_json() for w in workers])
+        echo_json([w.as_json() for w in workers])
         return
     if not workers:
         click.echo("no workers registered")
@@ -393,6 +458,7 @@ COMMANDS = [
     show_command,
     retry_command,
     cancel_command,
+    workflows_command,
     delete_command,
     purge_command,
     workers_command,

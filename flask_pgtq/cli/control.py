@@ -11,7 +11,7 @@ import click
 
 from ..exceptions import PgTqError
 from ..formatting import format_time, parse_duration, printable
-from .admin import _echo_json, format_table, json_option
+from .admin import echo_json, format_table, json_option
 from .common import current_extension
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ def schedules_list(as_json: bool) -> None:
     with _queue() as q:
         infos = q.schedules.list()
     if as_json:
-        _echo_json([info.as_json() for info in infos])
+        echo_json([info.as_json() for info in infos])
         return
     if not infos:
         click.echo("no schedules")

@@ -39,6 +39,7 @@ from ..admin import (
     FILTER_STATES,
     FINAL_STATES,
     Admin,
+    WorkflowDetail,
     check_bigint,
 )
 from ..exceptions import (
@@ -355,6 +356,67 @@ def task(task_id: int, problem: str | None = None, status: int = 200) -> Any:
         page="tasks",
     )
     return Response(body, status=status, mimetype="text/html")
+
+
+#: Most tasks a workflow page draws as a graph (all are listed below it).
+GRAPH_LIMIT = 400
+
+
+def layered_graph(detail: WorkflowDetail) -> dict[str, Any] | None:
+    """Coordinates to draw a workflow as layers (a task's layer: one more
+    than its deepest parent's), for an inline SVG; ``None`` when too large."""
+    if len(detail.tasks) > GRAPH_LIMIT:
+        return None
+    parents: dict[int, list[int]] = {}
+    for child, parent in detail.edges:
+        parents.setdefault(child, []).append(parent)
+    depth: dict[int, int] = {}
+    for task in detail.tasks:  # pushed in order: parents come first
+        depth[task.id] = 1 + max((depth.get(p, -1) for p in parents.get(task.id, ())), default=-1)
+    width, height, gap_x, gap_y = 160, 34, 50, 12
+    rows: dict[int, int] = {}
+    nodes: list[dict[str, Any]] = []
+    for task in detail.tasks:
+        layer = depth[task.id]
+        row = rows.get(layer, 0)
+        rows[layer] = row + 1
+        x, y = 10 + layer * (width + gap_x), 10 + row * (height + gap_y)
+        nodes.append({"task": task, "x": x, "y": y, "w": width, "h": height})
+    at = {n["task"].id: n for n in nodes}
+    lines: list[dict[str, float]] = []
+    for child, parent in detail.edges:
+        if child in at and parent in at:
+            a, b = at[parent], at[child]
+            lines.append(
+                {
+                    "x1": a["x"] + width,
+                    "y1": a["y"] + height / 2,
+                    "x2": b["x"],
+                    "y2": b["y"] + height / 2,
+                }
+            )
+    return {
+        "nodes": nodes,
+        "lines": lines,
+        "width": 20 + (max(depth.values(), default=0) + 1) * (width + gap_x),
+        "height": 20 + max(rows.values(), default=1) * (height + gap_y),
+    }
+
+
+@blueprint.get("/workflows/<int:workflow_id>")
+def workflow(workflow_id: int) -> Any:
+    _bigint(workflow_id, "workflow id")
+    try:
+        detail = _admin().workflow(workflow_id)
+    except TaskNotFound:
+        return _page(404, "No such workflow", f"There is no workflow with id {workflow_id}.")
+    return render_template(
+        "pgtq_dashboard/workflow.html",
+        detail=detail,
+        graph=layered_graph(detail),
+        limit=GRAPH_LIMIT,
+        page="tasks",
+    )
 
 
 @blueprint.get("/workers")

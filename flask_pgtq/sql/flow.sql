@@ -125,7 +125,10 @@ WITH lim AS (
         finished_at = NULL
     FROM picked
     WHERE t.id = picked.id
-    RETURNING t.*
+    -- With what the task's parents give it first (workflows): see
+    -- finish_and_claim.
+    RETURNING t.*, CASE WHEN t.pass_result IS NULL THEN t.args ELSE pgtq_claim_args(t) END
+                       AS claimed_args
 ), noted AS (
     UPDATE pgtq_limits
     SET recent = (SELECT recent FROM lim)
@@ -162,27 +165,45 @@ WITH fired AS (
 SELECT id FROM task;
 
 -- name: cancel_task
--- A queued task is cancelled at once (%(reason)s is its error); a running
--- one gets a cancel request, which its worker acts on (told by NOTIFY on
--- pgtq_cancel and by its heartbeat).  One UPDATE: a task that changes state
--- meanwhile is re-read under its row lock, so the right branch applies (or
--- none, and no row comes back: the task had ended).  Waiters of a cancelled
--- task are woken (pgtq_done).
-WITH changed AS (
-    UPDATE pgtq_tasks
-    SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
-        finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
-        error = CASE WHEN state = 'queued' THEN %(reason)s ELSE error END,
-        cancel_requested_at = coalesce(cancel_requested_at, now())
-    WHERE id = %(id)s AND state IN ('queued', 'running')
-    RETURNING *
+-- Task %(id)s, or every task of workflow %(workflow_id)s: a queued or
+-- waiting task is cancelled at once (%(reason)s is its error); a running one
+-- gets a cancel request, which its worker acts on (told by NOTIFY on
+-- pgtq_cancel and by its heartbeat).  One UPDATE, on rows locked in id
+-- order: a task that changes state meanwhile is re-read under its row lock,
+-- so the right branch applies (or none, and no row comes back: the task had
+-- ended).  Waiters of a cancelled task are woken (pgtq_done); its
+-- dependents are cancelled or released (pgtq_tasks_ended, migration 0006).
+WITH locked AS (
+    SELECT id
+    FROM pgtq_tasks
+    WHERE (id = %(id)s OR workflow_id = %(workflow_id)s)
+      AND state IN ('waiting', 'queued', 'running')
+    ORDER BY id
+    FOR UPDATE
+), changed AS (
+    UPDATE pgtq_tasks AS t
+    SET state = CASE WHEN t.state IN ('queued', 'waiting') THEN 'cancelled' ELSE t.state END,
+        finished_at = CASE WHEN t.state IN ('queued', 'waiting') THEN now()
+                      ELSE t.finished_at END,
+        error = CASE WHEN t.state IN ('queued', 'waiting') THEN %(reason)s ELSE t.error END,
+        cancel_requested_at = coalesce(t.cancel_requested_at, now())
+    FROM locked
+    WHERE t.id = locked.id AND t.state IN ('waiting', 'queued', 'running')
+    RETURNING t.*
+), ended AS (
+    SELECT pgtq_tasks_ended(array_agg(id), array_agg(state), array_agg(workflow_id)) AS finished
+    FROM changed WHERE state = 'cancelled'
 ), told AS (
     SELECT pg_notify('pgtq_cancel', id::text) FROM changed WHERE state = 'running'
 ), woken AS (
-    SELECT pg_notify('pgtq_done', id::text) FROM changed WHERE state = 'cancelled'
+    SELECT pg_notify('pgtq_done', CASE WHEN length(f.ids) < 7900 THEN f.ids ELSE '' END)
+    FROM (SELECT string_agg(id::text, ',') AS ids FROM changed WHERE state = 'cancelled') AS f
+    WHERE f.ids IS NOT NULL
 )
-SELECT changed.*, (SELECT count(*) FROM told) + (SELECT count(*) FROM woken) AS notified
-FROM changed;
+SELECT changed.*, (SELECT count(*) FROM told) + (SELECT count(*) FROM woken) AS notified,
+       (SELECT finished FROM ended) AS workflows_finished
+FROM changed
+ORDER BY changed.id;
 
 -- name: cancel_requests
 -- Which of this owner's running tasks were asked to stop.

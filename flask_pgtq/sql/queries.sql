@@ -3,9 +3,6 @@
 -- name: version_table_exists
 SELECT to_regclass('pgtq_schema_version') IS NOT NULL;
 
--- name: schema_version
-SELECT coalesce(max(version), 0) FROM pgtq_schema_version;
-
 -- name: migration_lock
 -- Key: the bytes of "pgtq" as an integer.  Released at commit or rollback.
 SELECT pg_advisory_xact_lock(1885828209);
@@ -45,6 +42,8 @@ SELECT * FROM pgtq_tasks WHERE id = %(id)s;
 -- [{"id", "attempt", "state", "result" (JSON text), "error", "delay"}].
 -- Waiters (Task.wait) are woken by one NOTIFY on pgtq_done listing the ids
 -- that reached a final state (an empty payload when the list is too long).
+-- Their waiting dependents are released or cancelled, and their workflows
+-- counted, by pgtq_tasks_ended() in this statement (migration 0006).
 --
 -- A round that only claims commits asynchronously (%(durable)s false): a
 -- claim lost in a server crash leaves the task queued, so it runs again,
@@ -82,7 +81,10 @@ WITH durability AS (
       AND t.attempts = o.attempt
       AND t.locked_by = %(owner)s
       AND t.state = 'running'
-    RETURNING t.id, t.state
+    RETURNING t.id, t.state, t.workflow_id
+), ended AS (
+    SELECT pgtq_tasks_ended(array_agg(id), array_agg(state), array_agg(workflow_id)) AS finished
+    FROM done WHERE state <> 'queued'
 ), woken AS (
     SELECT pg_notify('pgtq_done', CASE WHEN length(f.ids) < 7900 THEN f.ids ELSE '' END)
     FROM (SELECT string_agg(id::text, ',') AS ids FROM done WHERE state <> 'queued') AS f
@@ -144,23 +146,28 @@ WITH durability AS (
     -- What a run needs and the worker does not know already (the queue, the
     -- owner, the state and now() it does); not history, result, error or
     -- progress.  Arguments as text: one json.loads each in the worker is
-    -- cheaper than a jsonb typecaster.  Task.refresh() reads everything.
-    RETURNING t.id, t.name, t.args::text AS args, t.kwargs::text AS kwargs, t.priority,
+    -- cheaper than a jsonb typecaster; with what the task's parents give it
+    -- first (workflows).  Task.refresh() reads everything.
+    RETURNING t.id, t.name,
+              (CASE WHEN t.pass_result IS NULL THEN t.args ELSE pgtq_claim_args(t) END)::text
+                  AS args, t.kwargs::text AS kwargs, t.priority,
               t.attempts, t.max_attempts, t.run_at, t.created_at, t.cancel_requested_at,
-              t.snoozes
+              t.workflow_id, t.snoozes
 )
 -- One summary row (kind 0: the ids recorded, the claim time), then one row
 -- per claimed task (kind 1).  Every CTE above must be referenced to run.
 SELECT 0 AS kind, coalesce(array_agg(id), '{}') AS done_ids, now() AS started_at,
        (SELECT count(*) FROM woken) AS woken, (SELECT setting FROM durability) AS durability,
+       (SELECT finished FROM ended) AS workflows_finished,
        NULL::bigint AS id, NULL::text AS name, NULL::text AS args, NULL::text AS kwargs,
        NULL::integer AS priority, NULL::integer AS attempts, NULL::integer AS max_attempts,
        NULL::timestamptz AS run_at, NULL::timestamptz AS created_at,
-       NULL::timestamptz AS cancel_requested_at, NULL::integer AS snoozes
+       NULL::timestamptz AS cancel_requested_at, NULL::bigint AS workflow_id,
+       NULL::integer AS snoozes
 FROM done
 UNION ALL
-SELECT 1, NULL, NULL, NULL, NULL, c.id, c.name, c.args, c.kwargs, c.priority, c.attempts,
-       c.max_attempts, c.run_at, c.created_at, c.cancel_requested_at, c.snoozes
+SELECT 1, NULL, NULL, NULL, NULL, NULL, c.id, c.name, c.args, c.kwargs, c.priority, c.attempts,
+       c.max_attempts, c.run_at, c.created_at, c.cancel_requested_at, c.workflow_id, c.snoozes
 FROM claimed AS c;
 
 -- name: release_tasks
@@ -193,7 +200,10 @@ WITH released AS (
           UNION ALL
           SELECT id, true FROM unnest(%(interrupted)s::bigint[]) AS id) AS r
     WHERE t.id = r.id AND t.locked_by = %(owner)s AND t.state = 'running'
-    RETURNING t.id, t.queue, t.state
+    RETURNING t.id, t.queue, t.state, t.workflow_id
+), ended AS (
+    SELECT pgtq_tasks_ended(array_agg(id), array_agg(state), array_agg(workflow_id)) AS finished
+    FROM released WHERE state = 'failed'
 ), woken AS (
     SELECT pg_notify('pgtq', q.queue)
     FROM (SELECT DISTINCT queue FROM released WHERE state = 'queued') AS q
@@ -201,7 +211,8 @@ WITH released AS (
     SELECT pg_notify('pgtq_done', string_agg(id::text, ','))
     FROM released WHERE state = 'failed' HAVING count(*) > 0
 )
-SELECT (SELECT count(*) FROM woken) + (SELECT count(*) FROM done), array(SELECT id FROM released);
+SELECT (SELECT count(*) FROM woken) + (SELECT count(*) FROM done), array(SELECT id FROM released),
+       (SELECT finished FROM ended) AS workflows_finished;
 
 -- name: register_owner
 INSERT INTO pgtq_workers (id, hostname, pid, queues, concurrency, lease_expires_at)
@@ -239,7 +250,7 @@ WITH expired AS (
           WHERE w.id = t.locked_by AND w.lease_expires_at >= now()
       )
     FOR UPDATE OF t SKIP LOCKED
-)
+), rescued AS (
 UPDATE pgtq_tasks AS t
 SET state = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
     error = 'lease expired: the worker running attempt ' || t.attempts
@@ -257,20 +268,43 @@ SET state = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' E
     finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() ELSE NULL END
 FROM lost
 WHERE t.id = lost.id
-RETURNING t.id, t.name, t.queue, t.state, t.attempts, (SELECT count(*) FROM expired) AS expired;
+RETURNING t.id, t.name, t.queue, t.state, t.attempts, t.workflow_id
+), ended AS (
+    -- Dependents of the tasks failed here (migration 0006).
+    SELECT pgtq_tasks_ended(array_agg(id), array_agg(state), array_agg(workflow_id)) AS finished
+    FROM rescued WHERE state = 'failed'
+)
+SELECT id, name, queue, state, attempts, (SELECT count(*) FROM expired) AS expired,
+       (SELECT finished FROM ended) AS workflows_finished
+FROM rescued;
 
 -- name: prune_tasks
 -- Retention: delete one small batch of tasks that finished in one of
--- %(states)s longer than %(keep)s seconds ago.
+-- %(states)s longer than %(keep)s seconds ago.  Not a task whose dependents
+-- have not ended (they read its result when they run), nor a member of a
+-- workflow that has not finished; a workflow goes with its last task.
 WITH doomed AS (
-    SELECT id
-    FROM pgtq_tasks
-    WHERE state = ANY(%(states)s)
-      AND finished_at IS NOT NULL
-      AND finished_at < now() - %(keep)s * interval '1 second'
-    ORDER BY state, finished_at
+    SELECT t.id, t.workflow_id
+    FROM pgtq_tasks AS t
+    WHERE t.state = ANY(%(states)s)
+      AND t.finished_at IS NOT NULL
+      AND t.finished_at < now() - %(keep)s * interval '1 second'
+      AND NOT EXISTS (
+          SELECT 1 FROM pgtq_dependencies AS d JOIN pgtq_tasks AS c ON c.id = d.child_id
+          WHERE d.parent_id = t.id AND c.state IN ('waiting', 'queued', 'running'))
+      AND (t.workflow_id IS NULL OR EXISTS (
+          SELECT 1 FROM pgtq_workflows AS w
+          WHERE w.id = t.workflow_id AND w.finished_at IS NOT NULL))
+    ORDER BY t.state, t.finished_at
     LIMIT %(batch)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF t SKIP LOCKED
+), edges AS (
+    DELETE FROM pgtq_dependencies WHERE child_id IN (SELECT id FROM doomed)
+), workflows AS (
+    DELETE FROM pgtq_workflows AS w
+    WHERE w.id IN (SELECT workflow_id FROM doomed)
+      AND NOT EXISTS (SELECT 1 FROM pgtq_tasks AS t
+                      WHERE t.workflow_id = w.id AND t.id NOT IN (SELECT id FROM doomed))
 )
 DELETE FROM pgtq_tasks AS t
 USING doomed
