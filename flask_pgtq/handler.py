@@ -147,6 +147,7 @@ class Handler(Generic[P, R]):
         unique_for: float | timedelta | None = None,
         on_conflict: str = "keep",
         debounce: float | timedelta | None = None,
+        key: str | None = None,
         connection: Any = None,
         after: Iterable[Task | int] | None = None,
         run_on_failure: bool = False,
@@ -168,6 +169,10 @@ class Handler(Generic[P, R]):
             gives it this push's arguments, run time and priority (and
             returns it, with :attr:`Task.is_new` ``False``).  A *running*
             holder is returned as it is either way.
+        :param key: the task's key for its handler's per-key limits
+            (``key_concurrency``, ``key_rate_limit``), e.g. ``"account:42"``:
+            tasks of one key are limited together, and claims go round-robin
+            over keys.
         :param debounce: seconds (or a timedelta): with a ``unique_key``, run
             the task this long after the *last* push of the key (each push
             replaces the queued task and moves its run time).
@@ -196,6 +201,7 @@ class Handler(Generic[P, R]):
             unique_for=unique_for,
             on_conflict=on_conflict,
             debounce=debounce,
+            key=key,
             after=after,
             run_on_failure=run_on_failure,
         )

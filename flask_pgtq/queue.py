@@ -157,6 +157,7 @@ class TaskStore:
             spec.max_attempts,
             run_at,
             created_at,
+            key=spec.key,
             _backend=self.backend,
         )
 
@@ -392,9 +393,12 @@ class TaskStore:
             if task.args is None:
                 task.args, task.problem = [], task.kwargs.pop("problem")
         for lim in limits:
-            if len(tasks) >= limit:
-                break
-            tasks += self._claim_limited(owner, queue, limit - len(tasks), lim)
+            # Per-key limits spread a handler's tasks over many keys: claim
+            # ahead for them too, as the plain claim does.
+            room = limit - len(tasks) + (prefetch if lim.by_key else 0)
+            if room <= 0:
+                continue
+            tasks += self._claim_limited(owner, queue, room, lim)
         tasks.sort(key=lambda t: (-t.priority, t.run_at, t.id))
         return done, tasks
 
@@ -407,6 +411,10 @@ class TaskStore:
             "concurrency": lim.concurrency,
             "rate": lim.rate,
             "period": lim.period,
+            "by_key": lim.by_key,
+            "key_concurrency": lim.key_concurrency,
+            "key_rate": lim.key_rate,
+            "key_period": lim.key_period,
         }
         with self.db.connection() as conn, conn.cursor() as cur:
             try:

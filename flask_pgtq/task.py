@@ -81,6 +81,8 @@ class Task:
     cancel_requested_at: datetime | None = None
     #: Times the handler snoozed the task (:class:`~flask_pgtq.Snooze`).
     snoozes: int = 0
+    #: The key of per-key limits, or ``None``.
+    key: str | None = None
     #: The workflow (chain, group, chord) the task belongs to, or ``None``.
     workflow_id: int | None = None
     #: Set by a push: ``True`` when it stored a new task, ``False`` when a

@@ -36,6 +36,8 @@ class HandlerOptions:
     rate_limit: str | None = None
     isolated: bool = False
     max_snoozes: int = 100
+    key_concurrency: int | None = None
+    key_rate_limit: str | None = None
 
     def __post_init__(self) -> None:
         whole_number(self.max_snoozes, "max_snoozes", minimum=0)
@@ -56,7 +58,9 @@ class HandlerOptions:
 
     def limit(self, name: str) -> Limit | None:
         """The limits of handler *name* across all workers, or ``None``."""
-        return Limit.build(name, self.concurrency, self.rate_limit)
+        return Limit.build(
+            name, self.concurrency, self.rate_limit, self.key_concurrency, self.key_rate_limit
+        )
 
     def push_defaults(self) -> PushOptions:
         """The push options a handler's tasks get unless a push says otherwise."""
@@ -76,6 +80,9 @@ class PushOptions:
     eta: datetime | None = None
     unique_key: str | None = None
     unique_for: float | None = None
+    #: The task's key for per-key limits (``key_concurrency``,
+    #: ``key_rate_limit`` of its handler), e.g. ``"account:42"``.
+    key: str | None = None
     #: What a push does when a queued task holds its unique key: ``"keep"``
     #: (return that task) or ``"replace"`` (update its arguments and run time).
     on_conflict: str = "keep"
@@ -98,6 +105,7 @@ class PushOptions:
         unique_for: float | timedelta | None = None,
         on_conflict: str = "keep",
         debounce: float | timedelta | None = None,
+        key: str | None = None,
         after: Any = None,
         run_on_failure: bool = False,
     ) -> PushOptions:
@@ -153,17 +161,25 @@ class PushOptions:
             raise ConfigurationError(
                 f"run_on_failure must be True or False, not {run_on_failure!r}"
             )
+        if key is not None:
+            if not isinstance(key, str) or not key or len(key) > 200:
+                raise ConfigurationError(
+                    f"key must be a string of 1 to 200 characters, not {key!r}"
+                )
+            if codec.storable_text(key) != key:
+                raise ConfigurationError("key must not hold NUL characters or lone surrogates")
         return cls(
-            queue,
-            priority,
-            max_attempts,
-            delay_seconds,
-            eta,
-            unique_key,
-            unique_seconds,
-            on_conflict,
-            parents,
-            run_on_failure,
+            queue=queue,
+            priority=priority,
+            max_attempts=max_attempts,
+            delay=delay_seconds,
+            eta=eta,
+            unique_key=unique_key,
+            unique_for=unique_seconds,
+            key=key,
+            on_conflict=on_conflict,
+            after=parents,
+            run_on_failure=run_on_failure,
         )
 
     def insert(self, name: str, config: Config) -> Insert:
@@ -178,6 +194,7 @@ class PushOptions:
             unique_key=self.unique_key,
             unique_for=self.unique_for,
             replace=self.on_conflict == "replace",
+            key=self.key,
         )
 
 
@@ -228,26 +245,50 @@ class Limit:
     concurrency: int | None = None
     rate: int | None = None
     period: float | None = None
+    #: Most tasks of one key running at once, or ``None``.
+    key_concurrency: int | None = None
+    #: Most starts of one key per ``key_period`` seconds, or ``None``.
+    key_rate: int | None = None
+    key_period: float | None = None
+
+    @property
+    def by_key(self) -> bool:
+        """Whether the handler has limits per key."""
+        return self.key_concurrency is not None or self.key_rate is not None
 
     @classmethod
-    def build(cls, name: str, concurrency: Any, rate_limit: Any) -> Limit | None:
+    def build(
+        cls,
+        name: str,
+        concurrency: Any,
+        rate_limit: Any,
+        key_concurrency: Any = None,
+        key_rate_limit: Any = None,
+    ) -> Limit | None:
         if concurrency is not None:
             whole_number(concurrency, "concurrency", minimum=1)
-        rate = period = None
-        if rate_limit is not None:
-            match = _RATE.match(rate_limit) if isinstance(rate_limit, str) else None
-            if match is None or int(match[1]) < 1 or match[2] in (".",):
-                raise ConfigurationError(
-                    f"rate_limit must look like '10/m' (per s, m, h or d; also '5/10s'), "
-                    f"not {rate_limit!r}"
-                )
-            rate = int(match[1])
-            period = float(match[2] or 1) * _UNIT[match[3]]
-            if period <= 0:
-                raise ConfigurationError(f"rate_limit period must be > 0: {rate_limit!r}")
-        if concurrency is None and rate is None:
+        if key_concurrency is not None:
+            whole_number(key_concurrency, "key_concurrency", minimum=1)
+        rate, period = _rate(rate_limit, "rate_limit")
+        key_rate, key_period = _rate(key_rate_limit, "key_rate_limit")
+        if concurrency is None and rate is None and key_concurrency is None and key_rate is None:
             return None
-        return cls(name, concurrency, rate, period)
+        return cls(name, concurrency, rate, period, key_concurrency, key_rate, key_period)
+
+
+def _rate(text: Any, what: str) -> tuple[int | None, float | None]:
+    """``(starts, period in seconds)`` of a rate such as ``"10/m"``."""
+    if text is None:
+        return None, None
+    match = _RATE.match(text) if isinstance(text, str) else None
+    if match is None or int(match[1]) < 1 or match[2] in (".",):
+        raise ConfigurationError(
+            f"{what} must look like '10/m' (per s, m, h or d; also '5/10s'), not {text!r}"
+        )
+    period = float(match[2] or 1) * _UNIT[match[3]]
+    if period <= 0:
+        raise ConfigurationError(f"{what} period must be > 0: {text!r}")
+    return int(match[1]), period
 
 
 @dataclass
@@ -302,6 +343,8 @@ class Insert:
     #: A queued task holding the unique key gets these arguments and run
     #: time instead of the push being refused.
     replace: bool = False
+    #: The task's key for per-key limits.
+    key: str | None = None
 
     def params(self) -> dict[str, Any]:
         return {
@@ -314,4 +357,5 @@ class Insert:
             "unique_key": self.unique_key,
             "unique_for": self.unique_for,
             "replace": self.replace,
+            "key": self.key,
         }

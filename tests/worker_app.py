@@ -352,6 +352,24 @@ def wf_exclusive(key: str) -> str:
     return key
 
 
+@q.handler(key_concurrency=1)
+def one_per_key(seconds: float, tag: str) -> None:
+    """At most one task per key at once: record start and end, sleep between."""
+    record(tag, "started")
+    time.sleep(seconds)
+    record(tag, "finished")
+
+
+@q.handler(key_concurrency=100)
+def fair(tag: str) -> None:
+    record(tag)
+
+
+@q.handler(key_rate_limit="2/s")
+def key_rated(tag: str) -> None:
+    record(tag)
+
+
 def create_app() -> Flask:
     app = Flask(__name__)
     app.config["PGTQ_DSN"] = os.environ["PGTQ_TEST_APP_DSN"]

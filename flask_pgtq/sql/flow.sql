@@ -16,10 +16,11 @@ WITH holder AS (
     LIMIT 1
 ), inserted AS (
     INSERT INTO pgtq_tasks
-        (queue, name, args, kwargs, priority, max_attempts, run_at, unique_key, unique_until)
+        (queue, name, args, kwargs, priority, max_attempts, run_at, unique_key, unique_until,
+         key)
     SELECT %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s,
            %(max_attempts)s, coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'),
-           %(unique_key)s, now() + %(unique_for)s::float8 * interval '1 second'
+           %(unique_key)s, now() + %(unique_for)s::float8 * interval '1 second', %(key)s
     WHERE NOT EXISTS (SELECT 1 FROM holder)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
     DO NOTHING
@@ -55,10 +56,11 @@ WITH replaced AS (
     LIMIT 1
 ), inserted AS (
     INSERT INTO pgtq_tasks
-        (queue, name, args, kwargs, priority, max_attempts, run_at, unique_key, unique_until)
+        (queue, name, args, kwargs, priority, max_attempts, run_at, unique_key, unique_until,
+         key)
     SELECT %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s,
            %(max_attempts)s, coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'),
-           %(unique_key)s, now() + %(unique_for)s::float8 * interval '1 second'
+           %(unique_key)s, now() + %(unique_for)s::float8 * interval '1 second', %(key)s
     WHERE NOT EXISTS (SELECT 1 FROM replaced) AND NOT EXISTS (SELECT 1 FROM holder)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
     DO NOTHING
@@ -88,6 +90,13 @@ ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name;
 -- Run under lock_limit, so this statement's snapshot sees every earlier
 -- claim of the handler: at most %(concurrency)s running and %(rate)s
 -- starts per %(period)s seconds, everywhere.
+--
+-- Per key (%(key_concurrency)s running, %(key_rate)s starts per
+-- %(key_period)s seconds): each ready task is ranked within its key, and
+-- tasks are taken by rank first, so claims go round-robin over the keys
+-- with ready tasks: a key with 10,000 queued tasks delays another key's
+-- single task by one round at most.  A task without a key is not limited
+-- by key.
 WITH lim AS (
     SELECT coalesce(array_agg(s ORDER BY s), '{}') AS recent
     FROM pgtq_limits, unnest(recent) AS s
@@ -102,8 +111,11 @@ WITH lim AS (
         ), %(limit)s::int),
         coalesce(%(rate)s::int - (SELECT cardinality(recent) FROM lim), %(limit)s::int)
     ) AS n
-), picked AS (
-    SELECT id
+), ready AS (
+    SELECT id, key, priority, run_at,
+           CASE WHEN %(by_key)s
+                THEN row_number() OVER (PARTITION BY key ORDER BY priority DESC, run_at, id)
+                ELSE 1 END AS rank
     FROM pgtq_tasks
     WHERE state = 'queued' AND queue = %(queue)s AND name = %(name)s AND run_at <= now()
       -- Nothing of a paused queue or handler (see finish_and_claim).
@@ -113,9 +125,32 @@ WITH lim AS (
                  OR (p.kind = 'handler' AND p.target = %(name)s))
             AND (p.until IS NULL OR p.until > now())
       )
-    ORDER BY priority DESC, run_at, id
+), allowed AS (
+    -- A key's running tasks and recent starts are counted only for its
+    -- candidates within the limit (index lookups each): idle keys, however
+    -- many, cost nothing.
+    SELECT r.id, r.rank, r.priority, r.run_at
+    FROM ready AS r
+    WHERE r.key IS NULL OR NOT %(by_key)s
+       OR ((%(key_concurrency)s::int IS NULL
+            OR (r.rank <= %(key_concurrency)s::int
+                AND r.rank <= %(key_concurrency)s::int - (
+                    SELECT count(*) FROM pgtq_tasks AS t
+                    WHERE t.state = 'running' AND t.name = %(name)s AND t.key = r.key)))
+           AND (%(key_rate)s::int IS NULL
+                OR (r.rank <= %(key_rate)s::int
+                    AND r.rank <= %(key_rate)s::int - (
+                        SELECT count(*) FROM pgtq_tasks AS t
+                        WHERE t.name = %(name)s AND t.key = r.key
+                          AND t.started_at
+                              > now() - %(key_period)s::float8 * interval '1 second'))))
+    ORDER BY r.rank, r.priority DESC, r.run_at, r.id
     LIMIT (SELECT greatest(n, 0) FROM room)
-    FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT t.id
+    FROM pgtq_tasks AS t JOIN allowed AS a ON a.id = t.id
+    WHERE t.state = 'queued'
+    FOR UPDATE OF t SKIP LOCKED
 ), claimed AS (
     UPDATE pgtq_tasks AS t
     SET state = 'running',

@@ -21,10 +21,10 @@ SELECT version FROM pgtq_schema_version;
 INSERT INTO pgtq_schema_version (version, name) VALUES (%(version)s, %(name)s);
 
 -- name: push_task
-INSERT INTO pgtq_tasks (queue, name, args, kwargs, priority, max_attempts, run_at)
+INSERT INTO pgtq_tasks (queue, name, args, kwargs, priority, max_attempts, run_at, key)
 VALUES (
     %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s, %(max_attempts)s,
-    coalesce(%(run_at)s, now() + %(delay)s * interval '1 second')
+    coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'), %(key)s
 )
 -- Only what the database decides (a new task is always queued, attempt 0).
 RETURNING id, run_at, created_at;
@@ -317,9 +317,10 @@ WHERE t.id = doomed.id;
 -- an empty array when no task has any): one literal each, parsed once,
 -- which costs both sides far less than an array of text literals.
 WITH inserted AS (
-    INSERT INTO pgtq_tasks (queue, name, args, kwargs, priority, max_attempts, run_at)
+    INSERT INTO pgtq_tasks (queue, name, args, kwargs, priority, max_attempts, run_at, key)
     SELECT %(queue)s, %(name)s, item.a, coalesce(item.k, '{}'), %(priority)s,
-           %(max_attempts)s, coalesce(%(run_at)s, now() + %(delay)s * interval '1 second')
+           %(max_attempts)s, coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'),
+           %(key)s
     FROM ROWS FROM (jsonb_array_elements(%(args)s::jsonb),
                     jsonb_array_elements(%(kwargs)s::jsonb))
          WITH ORDINALITY AS item(a, k, n)

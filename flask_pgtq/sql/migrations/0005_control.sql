@@ -29,3 +29,13 @@ CREATE TABLE pgtq_schedules (
 -- Snooze: a handler puts its task back without spending an attempt; the
 -- count caps endless snoozing (the handler's max_snoozes).
 ALTER TABLE pgtq_tasks ADD COLUMN snoozes integer NOT NULL DEFAULT 0;
+
+-- Per-key limits: a task's key (say "account:42"); handlers with
+-- key_concurrency / key_rate_limit run at most so many tasks of one key at
+-- once, and start at most so many per period.  Partial indexes: nothing to
+-- maintain for tasks without a key.
+ALTER TABLE pgtq_tasks ADD COLUMN key text;
+CREATE INDEX pgtq_tasks_running_key ON pgtq_tasks (name, key)
+    WHERE state = 'running' AND key IS NOT NULL;
+CREATE INDEX pgtq_tasks_key_starts ON pgtq_tasks (name, key, started_at)
+    WHERE key IS NOT NULL;
