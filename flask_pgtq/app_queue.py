@@ -16,6 +16,7 @@ from . import codec, signals
 from .codec import encode_arguments, encode_batch
 from .config import Config, queue_list
 from .connection import Database, dbapi_connection
+from .middleware import Middleware
 from .queue import TaskStore, new_owner_id
 from .runner import Runner
 from .task import State, Task
@@ -35,6 +36,8 @@ class AppQueue:
         extension, so handlers registered later are seen).
     :param app: the Flask app whose context tasks run in, or ``None``.
     :param sender: the sender of signals (the app, or the extension).
+    :param middleware: the extension's middleware (shared with it, so
+        middleware registered later is seen).
     """
 
     def __init__(
@@ -43,13 +46,14 @@ class AppQueue:
         handlers: Mapping[str, Handler[Any, Any]],
         app: Flask | None,
         sender: Any,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         #: The validated settings.
         self.config = config
         #: The connection pool.
         self.db = Database(config.dsn, max_connections=config.pool_size)
         #: Runs, records and announces tasks.
-        self.runner = Runner(config, self.db, handlers, app, sender)
+        self.runner = Runner(config, self.db, handlers, app, sender, middleware)
         #: The queue core (state transitions as named SQL).
         self.store: TaskStore = self.runner.store
         self.handlers = handlers
@@ -147,7 +151,7 @@ class AppQueue:
             max_attempts=spec.max_attempts,
         )
         signals.send(signals.task_pushed, self.runner.sender, task=task)
-        value = self.handlers[name].func(*task.args, **task.kwargs)
+        value = self.runner.call(self.handlers[name], task)
         task.result = json.loads(codec.encode(value, self.config.max_result_bytes))
         task.state = State.SUCCEEDED
         return task

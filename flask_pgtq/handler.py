@@ -48,6 +48,9 @@ class Handler(Generic[P, R]):
         #: Whether a worker runs each attempt in a child process of its own
         #: (see :mod:`flask_pgtq.isolation`).
         self.isolated = options.isolated
+        #: Middleware of this handler only, inside the extension's
+        #: (see :mod:`flask_pgtq.middleware`).
+        self.middleware = options.middleware
         #: Limits across all workers, or ``None``.
         self.limit = options.limit(self.name)
         #: Push options of its tasks unless a push says otherwise.

@@ -16,7 +16,7 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from . import codec, signals
@@ -35,6 +35,7 @@ from .exceptions import (
     TaskCancelled,
     TaskTimeout,
 )
+from .middleware import Middleware, run_through
 from .queue import TaskStore
 from .task import State, Task
 from .values import Outcome
@@ -129,6 +130,7 @@ class Runner:
     :param handlers: registered handlers by task name.
     :param app: the Flask app whose context each task runs in, or ``None``.
     :param sender: the sender of signals (the app, or the extension).
+    :param middleware: the extension's middleware, outermost first.
     """
 
     def __init__(
@@ -138,6 +140,7 @@ class Runner:
         handlers: Mapping[str, Handler[Any, Any]],
         app: Flask | None,
         sender: Any,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.config = config
         #: The queue core; the tasks it returns are bound to this runner.
@@ -145,6 +148,7 @@ class Runner:
         self.handlers = handlers
         self.app = app
         self.sender = sender
+        self.middleware = middleware
 
     def context(self) -> contextlib.AbstractContextManager[Any]:
         """A fresh app context (or nothing, without an app)."""
@@ -198,7 +202,7 @@ class Runner:
         try:
             with self.context():
                 signals.send(signals.task_started, self.sender, task=task)
-                value = handler.func(*task.args, **task.kwargs)
+                value = self.call(handler, task)
         except Retry as exc:
             try:
                 delay = None if exc.delay is None else seconds(exc.delay, "Retry(delay=...)")
@@ -243,6 +247,16 @@ class Runner:
                 exception=exc,
             )
         return Outcome(task, State.SUCCEEDED, result=result, duration=duration)
+
+    def call(self, handler: Handler[Any, Any], task: Task) -> Any:
+        """Call *handler* with *task*'s arguments through the middleware
+        (the extension's, then the handler's); return what the chain returns."""
+        return run_through(
+            task,
+            lambda: handler.func(*task.args, **task.kwargs),
+            self.middleware,
+            handler.middleware,
+        )
 
     def abandoned(
         self, task: Task, reason: type[BaseException], started: float | None = None

@@ -14,13 +14,14 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import psycopg2
 from flask import Flask, current_app, g
 
-from flask_pgtq import Cancel, PgTq, Retry, current_task
+from flask_pgtq import Cancel, PgTq, Retry, Task, current_task
 
 RUNS_TABLE = """
 CREATE TABLE IF NOT EXISTS test_runs (
@@ -41,8 +42,7 @@ def record(tag: str, event: str = "ran") -> None:
     """Write a row to test_runs for the current task."""
     with psycopg2.connect(current_app.config["PGTQ_DSN"]) as conn, conn.cursor() as cur:
         cur.execute(
-            "INSERT INTO test_runs (task_id, attempt, pid, tag, event) "
-            "VALUES (%s, %s, %s, %s, %s)",
+            "INSERT INTO test_runs (task_id, attempt, pid, tag, event) VALUES (%s, %s, %s, %s, %s)",
             (current_task.id, current_task.attempts, os.getpid(), tag, event),
         )
     conn.close()
@@ -284,6 +284,58 @@ def chaos(kind: str, tag: str) -> Any:
     if kind == "bad-retry":
         raise Retry(delay=float("nan"))
     return bad_value(kind) if kind != "good" else tag
+
+
+# -- middleware (tests/test_middleware.py) ---------------------------------------
+# The extension's layers below wrap every handler of this app: they act only on
+# tasks named mw_*, whose arguments are (how, tag), and pass the others through.
+
+
+@q.middleware
+def outer_layer(task: Task, call_next: Callable[[], Any]) -> Any:
+    if not task.name.startswith("mw_"):
+        return call_next()
+    how, tag = task.args
+    record(tag, "outer-before")
+    g.mw_seen = tag  # the handler sees it: one app context for both
+    if how == "skip":
+        return "skipped"
+    if how == "mw-retry" and task.attempts == 1:
+        raise Retry(delay=0.1, reason="the middleware says later")
+    if how == "mw-raise":
+        raise ValueError(f"the middleware refused {tag}")
+    value = call_next()
+    record(tag, "outer-after")
+    return value
+
+
+@q.middleware
+def inner_layer(task: Task, call_next: Callable[[], Any]) -> Any:
+    if not task.name.startswith("mw_"):
+        return call_next()
+    tag = task.args[1]
+    record(tag, "inner-before")
+    try:
+        return call_next()
+    finally:
+        record(tag, "inner-after")
+
+
+def handler_layer(task: Task, call_next: Callable[[], Any]) -> Any:
+    record(task.args[1], "handler-layer")
+    return {"wrapped": call_next()}
+
+
+@q.handler(max_attempts=2, middleware=[handler_layer])
+def mw_task(how: str, tag: str) -> Any:
+    record(tag)
+    return {"how": how, "seen": g.get("mw_seen"), "pid": os.getpid()}
+
+
+@q.handler(isolated=True, max_attempts=2, middleware=[handler_layer])
+def mw_isolated(how: str, tag: str) -> Any:
+    record(tag)
+    return {"how": how, "seen": g.get("mw_seen"), "pid": os.getpid()}
 
 
 def create_app() -> Flask:
