@@ -37,7 +37,7 @@ nitpicky = True
 nitpick_ignore_regex = [
     ("py:class", r"(collections\.abc|datetime|pathlib|os|typing|threading)\..*"),
     ("py:class", r"(datetime|dict\[str|Flask|P|R|P\.args|P\.kwargs|Backend|ZoneInfo)"),
-    ("py:class", r"flask_pgtq\.(extension|handler)\.[PR]"),
+    ("py:class", r"flask_pgtq\.(extension|handler|tracing)\.[PRT]"),
     ("py:obj", r"typing\.~?[PR]"),
 ]
 

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import codec, signals
+from . import codec, signals, tracing
 from .codec import encode_arguments, encode_batch
 from .config import Config, queue_list
 from .connection import Database, dbapi_connection
@@ -20,7 +20,7 @@ from .middleware import Middleware
 from .queue import TaskStore, new_owner_id
 from .runner import Runner
 from .task import State, Task
-from .values import PushOptions
+from .values import Insert, PushOptions
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -84,13 +84,14 @@ class AppQueue:
         """
         config = self.config
         args_json, kwargs_json = encode_arguments(name, args, kwargs, config.max_payload_bytes)
+        spec = options.insert(name, config)
         if config.eager:
-            return self._run_eagerly(name, args_json, kwargs_json, options)
-        task = self.store.push(
-            options.insert(name, config),
-            args_json,
-            kwargs_json,
-            None if connection is None else dbapi_connection(connection),
+            return self._push_eagerly(spec, args_json, kwargs_json)
+        conn = None if connection is None else dbapi_connection(connection)
+        task = tracing.push(
+            lambda meta: self.store.push(spec, args_json, kwargs_json, conn, meta),
+            name,
+            spec.queue,
         )
         if task.is_new is not False:
             signals.send(signals.task_pushed, self.runner.sender, task=task)
@@ -110,17 +111,18 @@ class AppQueue:
         config = self.config
         batch = [split_item(item) for item in items]
         args_text, kwargs_text = encode_batch(name, batch, config.max_payload_bytes)
+        spec = options.insert(name, config)
         if config.eager:
             kwargs_list = json.loads(kwargs_text) or [{}] * len(batch)
             for args, kwargs in zip(json.loads(args_text), kwargs_list, strict=True):
-                self._run_eagerly(name, json.dumps(args), json.dumps(kwargs), options)
+                self._push_eagerly(spec, json.dumps(args), json.dumps(kwargs))
             return [0] * len(batch)
-        spec = options.insert(name, config)
-        ids = self.store.push_many(
-            spec,
-            args_text,
-            kwargs_text,
-            None if connection is None else dbapi_connection(connection),
+        conn = None if connection is None else dbapi_connection(connection)
+        ids = tracing.push(
+            lambda meta: self.store.push_many(spec, args_text, kwargs_text, conn, meta),
+            name,
+            spec.queue,
+            len(batch),
         )
         if signals.tasks_pushed.receivers:
             signals.send(
@@ -134,11 +136,19 @@ class AppQueue:
             )
         return ids
 
+    def _push_eagerly(self, spec: Insert, args_json: str, kwargs_json: str) -> Task:
+        """``PGTQ_EAGER``: a push (traced as any push) that runs the task now."""
+        return tracing.push(
+            lambda meta: self._run_eagerly(spec, args_json, kwargs_json, meta),
+            spec.name,
+            spec.queue,
+        )
+
     def _run_eagerly(
-        self, name: str, args_json: str, kwargs_json: str, options: PushOptions
+        self, spec: Insert, args_json: str, kwargs_json: str, meta_json: str | None = None
     ) -> Task:
         """``PGTQ_EAGER``: run now, with arguments as a worker would see them."""
-        spec = options.insert(name, self.config)
+        name = spec.name
         task = Task(
             id=0,
             name=name,
@@ -149,6 +159,7 @@ class AppQueue:
             priority=spec.priority,
             attempts=1,
             max_attempts=spec.max_attempts,
+            meta=None if meta_json is None else json.loads(meta_json),
         )
         signals.send(signals.task_pushed, self.runner.sender, task=task)
         value = self.runner.call(self.handlers[name], task)

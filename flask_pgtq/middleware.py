@@ -25,9 +25,10 @@ inside the task's app context, after the ``task_started`` signal, around
 the handler's call only: the outcome is recorded (and announced by the
 signals) after the chain returns.
 
-Layers, outermost first: the extension's (``@q.middleware``, in
-registration order), then the handler's (``@q.handler(middleware=[...])``,
-in list order).
+Layers, outermost first: flask_pgtq's tracing (only when OpenTelemetry is
+set up: see :mod:`flask_pgtq.tracing`), then the extension's
+(``@q.middleware``, in registration order), then the handler's
+(``@q.handler(middleware=[...])``, in list order).
 
 Like the rest of the core this module does not import Flask.
 """
@@ -37,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import tracing
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -81,11 +83,15 @@ def run_through(
     handler_layers: Sequence[Middleware],
 ) -> Any:
     """Call *call* (the handler with the task's arguments) through every
-    layer: *app_layers*, then *handler_layers*.  With none, *call* is
-    called directly."""
-    if not app_layers and not handler_layers:
-        return call()
-    layers = [*app_layers, *handler_layers]
+    layer: tracing, *app_layers*, then *handler_layers*.  With none, *call*
+    is called directly."""
+    traced = tracing.run_layer()
+    if traced is None:
+        if not app_layers and not handler_layers:
+            return call()
+        layers = [*app_layers, *handler_layers]
+    else:
+        layers = [traced, *app_layers, *handler_layers]
     return _call_from(layers, 0, task, call)
 
 

@@ -75,6 +75,10 @@ class Task:
     #: ``error``.
     history: list[dict[str, Any]] = field(default_factory=list)
     cancel_requested_at: datetime | None = None
+    #: What flask_pgtq stores with the task besides its arguments (a JSON
+    #: object, or ``None``): the W3C trace context of its push under
+    #: ``"trace"`` when tracing (:mod:`flask_pgtq.tracing`).
+    meta: dict[str, Any] | None = None
     #: Set by a push: ``True`` when it stored a new task, ``False`` when a
     #: unique key returned the task that already held it.
     is_new: bool | None = None

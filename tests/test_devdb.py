@@ -18,6 +18,7 @@ import pytest
 from flask import Flask
 
 from flask_pgtq import ConfigurationError, PgTq, devdb
+from tests.conftest import needs_meta_migration
 from tests.helpers import poll_until
 from tests.workers import ROOT
 
@@ -121,6 +122,7 @@ def _lines(output: str) -> dict[str, int]:
 
 
 @pytest.mark.slow
+@needs_meta_migration
 def test_the_development_database_starts_is_reused_and_stops(tmp_path: Path) -> None:
     import pgserver  # noqa: F401  (the test extra installs it: a missing one fails)
     instance = tmp_path / "instance"

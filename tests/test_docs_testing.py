@@ -16,7 +16,7 @@ import pytest
 from psycopg2.extensions import parse_dsn
 from sqlalchemy.engine import URL
 
-from tests.conftest import PgServer
+from tests.conftest import PgServer, needs_meta_migration
 
 ROOT = Path(__file__).resolve().parent.parent
 TRANSACTION_VARIANT = "tests/conftest.py, a transaction per test"
@@ -92,6 +92,7 @@ def test_the_page_has_the_app_both_conftests_and_their_tests() -> None:
 
 
 @pytest.mark.slow
+@needs_meta_migration
 def test_a_database_per_test(tmp_path: Path, pg_server: PgServer) -> None:
     files = page_files()
     del files[TRANSACTION_VARIANT], files["tests/test_signup_eager.py"]

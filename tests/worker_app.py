@@ -338,7 +338,26 @@ def mw_isolated(how: str, tag: str) -> Any:
     return {"how": how, "seen": g.get("mw_seen"), "pid": os.getpid()}
 
 
+def export_spans_to(path: str) -> None:
+    """Trace with the OpenTelemetry SDK, each finished span written at once
+    to *path* as one JSON line (tests/test_tracing.py reads them)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+    out = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open while the process lives
+    provider = TracerProvider()
+    provider.add_span_processor(
+        SimpleSpanProcessor(
+            ConsoleSpanExporter(out=out, formatter=lambda span: span.to_json(indent=None) + "\n")
+        )
+    )
+    trace.set_tracer_provider(provider)
+
+
 def create_app() -> Flask:
+    if os.environ.get("PGTQ_TEST_SPANS"):
+        export_spans_to(os.environ["PGTQ_TEST_SPANS"])
     app = Flask(__name__)
     app.config["PGTQ_DSN"] = os.environ["PGTQ_TEST_APP_DSN"]
     app.config.update(json.loads(os.environ.get("PGTQ_TEST_APP_SETTINGS", "{}")))

@@ -24,10 +24,10 @@ SELECT version FROM pgtq_schema_version;
 INSERT INTO pgtq_schema_version (version, name) VALUES (%(version)s, %(name)s);
 
 -- name: push_task
-INSERT INTO pgtq_tasks (queue, name, args, kwargs, priority, max_attempts, run_at)
+INSERT INTO pgtq_tasks (queue, name, args, kwargs, priority, max_attempts, run_at, meta)
 VALUES (
     %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s, %(max_attempts)s,
-    coalesce(%(run_at)s, now() + %(delay)s * interval '1 second')
+    coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'), %(meta)s::jsonb
 )
 -- Only what the database decides (a new task is always queued, attempt 0).
 RETURNING id, run_at, created_at;
@@ -121,7 +121,8 @@ WITH durability AS (
     -- progress.  Arguments as text: one json.loads each in the worker is
     -- cheaper than a jsonb typecaster.  Task.refresh() reads everything.
     RETURNING t.id, t.name, t.args::text AS args, t.kwargs::text AS kwargs, t.priority,
-              t.attempts, t.max_attempts, t.run_at, t.created_at, t.cancel_requested_at
+              t.attempts, t.max_attempts, t.run_at, t.created_at, t.cancel_requested_at,
+              t.meta
 )
 -- One summary row (kind 0: the ids recorded, the claim time), then one row
 -- per claimed task (kind 1).  Every CTE above must be referenced to run.
@@ -130,11 +131,11 @@ SELECT 0 AS kind, coalesce(array_agg(id), '{}') AS done_ids, now() AS started_at
        NULL::bigint AS id, NULL::text AS name, NULL::text AS args, NULL::text AS kwargs,
        NULL::integer AS priority, NULL::integer AS attempts, NULL::integer AS max_attempts,
        NULL::timestamptz AS run_at, NULL::timestamptz AS created_at,
-       NULL::timestamptz AS cancel_requested_at
+       NULL::timestamptz AS cancel_requested_at, NULL::jsonb AS meta
 FROM done
 UNION ALL
 SELECT 1, NULL, NULL, NULL, NULL, c.id, c.name, c.args, c.kwargs, c.priority, c.attempts,
-       c.max_attempts, c.run_at, c.created_at, c.cancel_requested_at
+       c.max_attempts, c.run_at, c.created_at, c.cancel_requested_at, c.meta
 FROM claimed AS c;
 
 -- name: release_tasks
@@ -257,9 +258,10 @@ WHERE t.id = doomed.id;
 -- an empty array when no task has any): one literal each, parsed once,
 -- which costs both sides far less than an array of text literals.
 WITH inserted AS (
-    INSERT INTO pgtq_tasks (queue, name, args, kwargs, priority, max_attempts, run_at)
+    INSERT INTO pgtq_tasks (queue, name, args, kwargs, priority, max_attempts, run_at, meta)
     SELECT %(queue)s, %(name)s, item.a, coalesce(item.k, '{}'), %(priority)s,
-           %(max_attempts)s, coalesce(%(run_at)s, now() + %(delay)s * interval '1 second')
+           %(max_attempts)s, coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'),
+           %(meta)s::jsonb
     FROM ROWS FROM (jsonb_array_elements(%(args)s::jsonb),
                     jsonb_array_elements(%(kwargs)s::jsonb))
          WITH ORDINALITY AS item(a, k, n)
