@@ -100,7 +100,7 @@ class Handler(Generic[P, R]):
         in input order.
 
         Each item gives one task's arguments: a tuple or list of positional
-        arguments, a dict of keyword arguments, or :class:`Args` for both.
+        arguments, a dict of keyword arguments, or :class:`~flask_pgtq.Args` for both.
         Every item is validated first: one bad item rejects the whole batch
         and nothing is stored.
         """

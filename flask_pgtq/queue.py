@@ -185,7 +185,7 @@ class TaskStore:
         ids in input order.
 
         :param args_json: a JSON array with each task's positional arguments
-            (validated, e.g. by :func:`~flask_pgtq.codec.encode_batch`).
+            (validated, e.g. by ``flask_pgtq.codec.encode_batch()``).
         :param kwargs_json: a JSON array with each task's keyword arguments,
             or ``[]`` when no task has any.
         :param meta_json: the :attr:`~flask_pgtq.Task.meta` of every task, as
