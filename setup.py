@@ -38,6 +38,9 @@ setup(
         # ships the server's binaries in its wheels).
         "dev": ["pgserver>=0.1.4"],
         "prometheus": ["prometheus_client>=0.20"],
+        # Tracing (flask_pgtq.tracing): active only once the app sets a
+        # tracer provider (the SDK, or a distro), which the app installs.
+        "otel": ["opentelemetry-api>=1.20"],
         # Style and typing checks (tox -e style, tox -e typing, .ci/run).
         # Ruff is pinned so that every run, and .pre-commit-config.yaml's
         # hook, reads the code alike.
@@ -47,6 +50,8 @@ setup(
             "pytest>=7",
             "psycopg2-binary>=2.9",
             "prometheus_client>=0.20",
+            # Spans across a real worker: tests/test_tracing.py.
+            "opentelemetry-sdk>=1.20",
             # Drives Debian's /usr/bin/chromium; never "playwright install".
             "playwright",
             "SQLAlchemy>=2",

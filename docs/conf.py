@@ -39,6 +39,7 @@ nitpick_ignore_regex = [
     ("py:class", r"(datetime|dict\[str|Flask|P|R|P\.args|P\.kwargs|Backend|ZoneInfo)"),
     ("py:class", r"flask_pgtq\.(extension|handler)\.[PR]"),
     ("py:class", r"(timedelta|flask_pgtq\.queue\.T|flask_pgtq\.workflow\._Node)"),
+    ("py:class", r"flask_pgtq\.(extension|handler|tracing)\.[PRT]"),
     ("py:obj", r"typing\.~?[PR]"),
 ]
 

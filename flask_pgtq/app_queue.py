@@ -12,12 +12,13 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import codec, signals, transactions
+from . import codec, signals, tracing, transactions
 from .codec import encode_arguments, encode_batch
 from .config import Config, queue_list
 from .connection import Database, dbapi_connection
 from .control import Control
 from .exceptions import ArgumentsMismatch, TaskNotFound
+from .middleware import Middleware
 from .queue import TaskStore, new_owner_id
 from .runner import Runner
 from .task import State, Task
@@ -38,6 +39,8 @@ class AppQueue:
         extension, so handlers registered later are seen).
     :param app: the Flask app whose context tasks run in, or ``None``.
     :param sender: the sender of signals (the app, or the extension).
+    :param middleware: the extension's middleware (shared with it, so
+        middleware registered later is seen).
     """
 
     def __init__(
@@ -46,13 +49,14 @@ class AppQueue:
         handlers: Mapping[str, Handler[Any, Any]],
         app: Flask | None,
         sender: Any,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         #: The validated settings.
         self.config = config
         #: The connection pool.
         self.db = Database(config.dsn, max_connections=config.pool_size)
         #: Runs, records and announces tasks.
-        self.runner = Runner(config, self.db, handlers, app, sender)
+        self.runner = Runner(config, self.db, handlers, app, sender, middleware)
         #: The queue core (state transitions as named SQL).
         self.store: TaskStore = self.runner.store
         self.runner.workflow_reader = self.get_workflow
@@ -98,12 +102,20 @@ class AppQueue:
         if handler is not None:
             handler.check_arguments(args, kwargs)
         if config.eager:
-            return self._run_eagerly(name, args_json, kwargs_json, options, connection)
-        task = self.store.push(
-            options.insert(name, config),
-            args_json,
-            kwargs_json,
-            None if connection is None else dbapi_connection(connection),
+            queue = options.insert(name, config).queue
+            return tracing.push(
+                lambda meta: self._run_eagerly(
+                    name, args_json, kwargs_json, options, connection, meta
+                ),
+                name,
+                queue,
+            )
+        spec = options.insert(name, config)
+        conn = None if connection is None else dbapi_connection(connection)
+        task = tracing.push(
+            lambda meta: self.store.push(spec, args_json, kwargs_json, conn, meta),
+            name,
+            spec.queue,
         )
         if task.is_new is not False:
             self.after_commit(
@@ -251,11 +263,12 @@ class AppQueue:
                 self._run_eagerly(name, json.dumps(args), json.dumps(kwargs), options, connection)
             return [0] * len(batch)
         spec = options.insert(name, config)
-        ids = self.store.push_many(
-            spec,
-            args_text,
-            kwargs_text,
-            None if connection is None else dbapi_connection(connection),
+        conn = None if connection is None else dbapi_connection(connection)
+        ids = tracing.push(
+            lambda meta: self.store.push_many(spec, args_text, kwargs_text, conn, meta),
+            name,
+            spec.queue,
+            len(batch),
         )
 
         def announce() -> None:
@@ -289,6 +302,7 @@ class AppQueue:
         kwargs_json: str,
         options: PushOptions,
         connection: Any,
+        meta_json: str | None = None,
     ) -> Task:
         """``PGTQ_EAGER``: run as a worker would (a fresh app context, the
         arguments after a JSON round trip, the same signals), now or, for a
@@ -304,6 +318,7 @@ class AppQueue:
             priority=spec.priority,
             attempts=0,
             max_attempts=spec.max_attempts,
+            meta=None if meta_json is None else json.loads(meta_json),
         )
         if connection is not None:
             dbapi_connection(connection)  # a connection it is, in a transaction

@@ -20,6 +20,7 @@ from .exceptions import (
     UsageError,
 )
 from .handler import Handler
+from .middleware import Middleware, check
 from .schedules import ScheduleBook
 from .task import Task
 from .values import HandlerOptions
@@ -55,6 +56,8 @@ class PgTq:
     ) -> None:
         self._handlers: dict[str, Handler[Any, Any]] = {}
         self._schedules = ScheduleBook(self)
+        #: Registered with :meth:`middleware`; shared with every app's runner.
+        self._middleware: list[Middleware] = []
         self._standalone: AppQueue | None = None
         #: Per-app state, keyed by app (as Flask-SQLAlchemy keeps its engines):
         #: the extension object itself holds no app.
@@ -73,7 +76,7 @@ class PgTq:
             config = Config.from_mapping(
                 {"PGTQ_DSN": dsn, **{f"PGTQ_{k.upper()}": v for k, v in settings.items()}}
             )
-            self._standalone = AppQueue(config, self._handlers, None, self)
+            self._standalone = AppQueue(config, self._handlers, None, self, self._middleware)
         elif settings:
             raise ConfigurationError(
                 "settings as keyword arguments are for standalone use with dsn=...; "
@@ -101,7 +104,7 @@ class PgTq:
 
             app.config["PGTQ_DSN"] = start_dev_database(app.instance_path).dsn
         config = Config.from_mapping(app.config)
-        self._apps[app] = AppQueue(config, self._handlers, app, app)
+        self._apps[app] = AppQueue(config, self._handlers, app, app, self._middleware)
         if config.dev_worker:
             from .devdb import add_dev_worker
 
@@ -174,6 +177,7 @@ class PgTq:
         concurrency: int | None = None,
         rate_limit: str | None = None,
         isolated: bool = False,
+        middleware: Sequence[Middleware] = (),
     ) -> Callable[[Callable[P, R]], Handler[P, R]]: ...
 
     def handler(  # type: ignore[misc]  # mypy and ParamSpec in overloads
@@ -206,6 +210,9 @@ class PgTq:
             stall the worker's heartbeat and timeout (see "Isolated
             handlers" in the README).  Costs a fork per attempt.  Plain
             calls, ``PGTQ_EAGER`` and :meth:`~flask_pgtq.Task.run` stay in-process.
+        :param middleware: functions ``(task, call_next)`` that wrap each run
+            of this handler, inside those of :meth:`middleware` (see
+            :mod:`flask_pgtq.middleware`).
         :raises DuplicateHandler: the name is taken.
         :raises TypeError: an option this method does not take.
         """
@@ -225,6 +232,33 @@ class PgTq:
         if func is not None:
             return decorate(func)
         return decorate
+
+    def middleware(self, func: Middleware, /) -> Middleware:
+        """Register *func* to wrap every run of every handler of this
+        extension: in workers, isolated children, :meth:`~flask_pgtq.Task.run`,
+        :meth:`drain` and ``PGTQ_EAGER``::
+
+            @q.middleware
+            def timing(task, call_next):
+                started = time.perf_counter()
+                try:
+                    return call_next()
+                finally:
+                    log.info("%s took %.3fs", task.name, time.perf_counter() - started)
+
+        Runs in the task's app context, around the handler's call only.
+        What it returns is the attempt's result (return without calling
+        ``call_next`` to skip the handler); what it raises ends the attempt
+        as if the handler raised it (:class:`~flask_pgtq.Retry`,
+        :class:`~flask_pgtq.Cancel`, or a failure).  Middleware registered
+        first is outermost; a handler's own (``middleware=[...]``) is inside
+        them all.  See :mod:`flask_pgtq.middleware`.
+
+        :return: *func*, unchanged.
+        :raises ConfigurationError: *func* cannot be called.
+        """
+        self._middleware.append(check(func, "@q.middleware"))
+        return func
 
     def periodic(
         self,

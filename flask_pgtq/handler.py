@@ -49,6 +49,9 @@ class Handler(Generic[P, R]):
         #: Whether a worker runs each attempt in a child process of its own
         #: (see :mod:`flask_pgtq.isolation`).
         self.isolated = options.isolated
+        #: Middleware of this handler only, inside the extension's
+        #: (see :mod:`flask_pgtq.middleware`).
+        self.middleware = options.middleware
         #: Limits across all workers, or ``None``.
         self.limit = options.limit(self.name)
         #: Push options of its tasks unless a push says otherwise.
@@ -129,7 +132,7 @@ class Handler(Generic[P, R]):
         in input order.
 
         Each item gives one task's arguments: a tuple or list of positional
-        arguments, a dict of keyword arguments, or :class:`Args` for both.
+        arguments, a dict of keyword arguments, or :class:`~flask_pgtq.Args` for both.
         Every item is validated first (JSON, size, and the function's
         signature): one bad item rejects the whole batch and nothing is stored.
         """

@@ -49,6 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import tracing
 from .exceptions import ChildFailed
 from .task import State
 from .values import Outcome
@@ -284,7 +285,7 @@ def run_attempt(runner: Runner, watchdog: Watchdog, task: Task, timeout: float |
     """
     started = time.perf_counter()
     try:
-        child = Child.start(lambda: encode_outcome(runner.execute(task)))
+        child = Child.start(lambda: _attempt_in_child(runner, task))
     except OSError as exc:  # out of memory or processes
         return runner.failed_attempt(
             task, f"ChildFailed: could not fork a child process for this attempt: {exc}", started
@@ -306,6 +307,14 @@ def run_attempt(runner: Runner, watchdog: Watchdog, task: Task, timeout: float |
         "before it sent a result",
         started,
     )
+
+
+def _attempt_in_child(runner: Runner, task: Task) -> str:
+    """The child's work: run the attempt, and export its spans before the
+    child ends with ``os._exit`` (a batch span processor would lose them)."""
+    outcome = encode_outcome(runner.execute(task))
+    tracing.flush_child_spans()
+    return outcome
 
 
 def encode_outcome(outcome: Outcome) -> str:

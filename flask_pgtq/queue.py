@@ -130,7 +130,14 @@ class TaskStore:
 
     # -- producing ---------------------------------------------------------
 
-    def push(self, spec: Insert, args_json: str, kwargs_json: str, conn: Any = None) -> Task:
+    def push(
+        self,
+        spec: Insert,
+        args_json: str,
+        kwargs_json: str,
+        conn: Any = None,
+        meta_json: str | None = None,
+    ) -> Task:
         """Insert one task whose arguments are already validated JSON text.
 
         With ``spec.unique_key``, return the task holding the key instead of
@@ -139,8 +146,10 @@ class TaskStore:
         :param conn: a DB-API connection whose open transaction the insert
             joins (nothing is committed here); default: a pooled connection,
             committed at once.
+        :param meta_json: the task's :attr:`~flask_pgtq.Task.meta` as JSON
+            text, or ``None``.
         """
-        params = {**spec.params(), "args": args_json, "kwargs": kwargs_json}
+        params = {**spec.params(), "args": args_json, "kwargs": kwargs_json, "meta": meta_json}
         if spec.unique_key is not None:
             return self._push_unique(params, conn)
         # Only the columns the database decides come back; the rest we sent.
@@ -158,6 +167,7 @@ class TaskStore:
             run_at,
             created_at,
             key=spec.key,
+            meta=None if meta_json is None else json.loads(meta_json),
             _backend=self.backend,
         )
 
@@ -178,19 +188,26 @@ class TaskStore:
         raise DatabaseError(f"could not push unique key {params['unique_key']!r}: contended")
 
     def push_many(
-        self, spec: Insert, args_json: str, kwargs_json: str, conn: Any = None
+        self,
+        spec: Insert,
+        args_json: str,
+        kwargs_json: str,
+        conn: Any = None,
+        meta_json: str | None = None,
     ) -> list[int]:
         """Insert many tasks of one handler in one statement; return their
         ids in input order.
 
         :param args_json: a JSON array with each task's positional arguments
-            (validated, e.g. by :func:`~flask_pgtq.codec.encode_batch`).
+            (validated, e.g. by ``flask_pgtq.codec.encode_batch()``).
         :param kwargs_json: a JSON array with each task's keyword arguments,
             or ``[]`` when no task has any.
+        :param meta_json: the :attr:`~flask_pgtq.Task.meta` of every task, as
+            JSON text, or ``None``.
         """
         if args_json == "[]":
             return []
-        params = {**spec.params(), "args": args_json, "kwargs": kwargs_json}
+        params = {**spec.params(), "args": args_json, "kwargs": kwargs_json, "meta": meta_json}
         rows = self._rows("push_tasks", params, conn)
         return list(rows[0]["ids"])
 
@@ -385,6 +402,7 @@ class TaskStore:
                 cancel_requested_at=row.cancel_requested_at,
                 snoozes=row.snoozes,
                 workflow_id=row.workflow_id,
+                meta=row.meta,
                 _backend=self.backend,
             )
             for row in claimed

@@ -16,7 +16,7 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -38,6 +38,7 @@ from .exceptions import (
     TaskFailed,
     TaskTimeout,
 )
+from .middleware import Middleware, run_through
 from .queue import TaskStore
 from .task import State, Task
 from .values import Outcome
@@ -133,6 +134,7 @@ class Runner:
     :param handlers: registered handlers by task name.
     :param app: the Flask app whose context each task runs in, or ``None``.
     :param sender: the sender of signals (the app, or the extension).
+    :param middleware: the extension's middleware, outermost first.
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class Runner:
         handlers: Mapping[str, Handler[Any, Any]],
         app: Flask | None,
         sender: Any,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.config = config
         #: The queue core; the tasks it returns are bound to this runner.
@@ -153,6 +156,8 @@ class Runner:
         #: Reads workflows for :data:`~flask_pgtq.signals.workflow_finished`
         #: (the app's queue, set by it).
         self.workflow_reader: Callable[[int], Any] | None = None
+        #: The extension's middleware (shared with it), outermost first.
+        self.middleware = middleware
 
     def workflows_finished(self, ids: list[int]) -> None:
         """Announce workflows whose last task just ended (once each)."""
@@ -218,7 +223,7 @@ class Runner:
         try:
             with self.context():
                 signals.send(signals.task_started, self.sender, task=task)
-                value = handler.func(*task.args, **task.kwargs)
+                value = self.call(handler, task)
         except Retry as exc:
             try:
                 delay = None if exc.delay is None else seconds(exc.delay, "Retry(delay=...)")
@@ -300,6 +305,16 @@ class Runner:
             duration=duration,
             exception=exc,
             snooze=True,
+        )
+
+    def call(self, handler: Handler[Any, Any], task: Task) -> Any:
+        """Call *handler* with *task*'s arguments through the middleware
+        (the extension's, then the handler's); return what the chain returns."""
+        return run_through(
+            task,
+            lambda: handler.func(*task.args, **task.kwargs),
+            self.middleware,
+            handler.middleware,
         )
 
     def abandoned(

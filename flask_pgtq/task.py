@@ -85,6 +85,10 @@ class Task:
     key: str | None = None
     #: The workflow (chain, group, chord) the task belongs to, or ``None``.
     workflow_id: int | None = None
+    #: What flask_pgtq stores with the task besides its arguments (a JSON
+    #: object, or ``None``): the W3C trace context of its push under
+    #: ``"trace"`` when tracing (:mod:`flask_pgtq.tracing`).
+    meta: dict[str, Any] | None = None
     #: Set by a push: ``True`` when it stored a new task, ``False`` when a
     #: unique key returned the task that already held it.
     is_new: bool | None = None

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import codec
 from .config import seconds, validate_name, whole_number
 from .exceptions import ConfigurationError
+from .middleware import Middleware, checked
 from .task import State, Task
 
 if TYPE_CHECKING:
@@ -38,10 +39,12 @@ class HandlerOptions:
     max_snoozes: int = 100
     key_concurrency: int | None = None
     key_rate_limit: str | None = None
+    middleware: tuple[Middleware, ...] = ()
 
     def __post_init__(self) -> None:
         whole_number(self.max_snoozes, "max_snoozes", minimum=0)
         set_ = object.__setattr__
+        set_(self, "middleware", checked(self.middleware, "middleware"))
         if self.retry_backoff is not None:
             set_(self, "retry_backoff", seconds(self.retry_backoff, "retry_backoff"))
         if self.timeout is not None:

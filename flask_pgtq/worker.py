@@ -142,6 +142,11 @@ class Worker:
         self._failures = 0
         self._turn = 0
         self._heartbeat_stop = threading.Event()
+        #: When the main loop last turned (``time.monotonic()``): what
+        #: ``/livez`` reads (:mod:`flask_pgtq.health`).
+        self.last_turn = time.monotonic()
+        #: Registered and claiming (until a stop request).
+        self.started = False
 
     # -- public -------------------------------------------------------------
 
@@ -169,6 +174,11 @@ class Worker:
         waiting for a thread)."""
         return len(self._running)
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the worker was asked to stop: it claims nothing more."""
+        return self.stop_requests > 0
+
     def stop(self, reason: str = "stop requested") -> None:
         """Ask the worker to stop (thread-safe).  A second call stops at once."""
         self.stop_requests += 1
@@ -191,6 +201,7 @@ class Worker:
     def _start(self) -> bool:
         """Check the schema and register, waiting for the database if needed."""
         while not self.stop_requests:
+            self.last_turn = time.monotonic()
             try:
                 with self.store.db.connection() as conn:
                     version = schema.current_version(conn)
@@ -212,6 +223,7 @@ class Worker:
             thread.start()
             self._threads.append(thread)
         threading.Thread(target=self._heartbeat, name="pgtq-heartbeat", daemon=True).start()
+        self.started = True
         log.info(
             "worker %s started: queues=%s concurrency=%s pid=%s",
             self.id,
@@ -249,6 +261,7 @@ class Worker:
             )
         deadline = time.monotonic() + self.config.shutdown_grace
         while self._running and self.stop_requests < 2 and time.monotonic() < deadline:
+            self.last_turn = time.monotonic()
             try:
                 self._flush()
                 self._supervise()
@@ -296,6 +309,7 @@ class Worker:
         next_rescue = 0.0
         next_prune = time.monotonic() + self.config.prune_interval * random.uniform(0, 1)
         while not self.stop_requests:
+            self.last_turn = time.monotonic()
             try:
                 self._supervise()
                 if self.stop_requests or self._over_memory():
@@ -619,6 +633,8 @@ def main_loop(
     burst: bool = False,
     max_tasks: int | None = None,
     max_memory_mb: float | None = None,
+    health_port: int | None = None,
+    health_host: str = "0.0.0.0",
 ) -> int:
     """Run a worker for *q* (a :class:`~flask_pgtq.PgTq`) in this process.
 
@@ -634,6 +650,10 @@ def main_loop(
     :param max_tasks: return after this many tasks.
     :param max_memory_mb: return (between tasks) once resident memory
         exceeds this many MiB; let a process manager start a fresh worker.
+    :param health_port: serve ``/livez`` and ``/readyz`` on this port while
+        the worker runs (see :mod:`flask_pgtq.health`).
+    :param health_host: the address for *health_port*.
+    :raises SetupError: *health_port* cannot be bound.
     """
     app_queue = q.app_queue()
     worker = Worker(
@@ -645,7 +665,15 @@ def main_loop(
         max_memory_mb=max_memory_mb,
         schedules=q.schedules.values(),
     )
-    return worker.run()
+    if health_port is None:
+        return worker.run()
+    from .health import serve_health
+
+    server = serve_health(worker, health_port, health_host)
+    try:
+        return worker.run()
+    finally:
+        server.close()
 
 
 def restart_process() -> None:

@@ -274,6 +274,9 @@ CORE_MODULES = [
     "flask_pgtq.config",
     "flask_pgtq.task",
     "flask_pgtq.schema",
+    "flask_pgtq.middleware",
+    "flask_pgtq.tracing",
+    "flask_pgtq.health",
 ]
 
 

@@ -14,13 +14,14 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import psycopg2
 from flask import Flask, current_app, g
 
-from flask_pgtq import Cancel, PgTq, Retry, Snooze, current_task
+from flask_pgtq import Cancel, PgTq, Retry, Snooze, Task, current_task
 
 RUNS_TABLE = """
 CREATE TABLE IF NOT EXISTS test_runs (
@@ -370,7 +371,78 @@ def key_rated(tag: str) -> None:
     record(tag)
 
 
+# -- middleware (tests/test_middleware.py) ---------------------------------------
+# The extension's layers below wrap every handler of this app: they act only on
+# tasks named mw_*, whose arguments are (how, tag), and pass the others through.
+
+
+@q.middleware
+def outer_layer(task: Task, call_next: Callable[[], Any]) -> Any:
+    if not task.name.startswith("mw_"):
+        return call_next()
+    how, tag = task.args
+    record(tag, "outer-before")
+    g.mw_seen = tag  # the handler sees it: one app context for both
+    if how == "skip":
+        return "skipped"
+    if how == "mw-retry" and task.attempts == 1:
+        raise Retry(delay=0.1, reason="the middleware says later")
+    if how == "mw-raise":
+        raise ValueError(f"the middleware refused {tag}")
+    value = call_next()
+    record(tag, "outer-after")
+    return value
+
+
+@q.middleware
+def inner_layer(task: Task, call_next: Callable[[], Any]) -> Any:
+    if not task.name.startswith("mw_"):
+        return call_next()
+    tag = task.args[1]
+    record(tag, "inner-before")
+    try:
+        return call_next()
+    finally:
+        record(tag, "inner-after")
+
+
+def handler_layer(task: Task, call_next: Callable[[], Any]) -> Any:
+    record(task.args[1], "handler-layer")
+    return {"wrapped": call_next()}
+
+
+@q.handler(max_attempts=2, middleware=[handler_layer])
+def mw_task(how: str, tag: str) -> Any:
+    record(tag)
+    return {"how": how, "seen": g.get("mw_seen"), "pid": os.getpid()}
+
+
+@q.handler(isolated=True, max_attempts=2, middleware=[handler_layer])
+def mw_isolated(how: str, tag: str) -> Any:
+    record(tag)
+    return {"how": how, "seen": g.get("mw_seen"), "pid": os.getpid()}
+
+
+def export_spans_to(path: str) -> None:
+    """Trace with the OpenTelemetry SDK, each finished span written at once
+    to *path* as one JSON line (tests/test_tracing.py reads them)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+    out = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open while the process lives
+    provider = TracerProvider()
+    provider.add_span_processor(
+        SimpleSpanProcessor(
+            ConsoleSpanExporter(out=out, formatter=lambda span: span.to_json(indent=None) + "\n")
+        )
+    )
+    trace.set_tracer_provider(provider)
+
+
 def create_app() -> Flask:
+    if os.environ.get("PGTQ_TEST_SPANS"):
+        export_spans_to(os.environ["PGTQ_TEST_SPANS"])
     app = Flask(__name__)
     app.config["PGTQ_DSN"] = os.environ["PGTQ_TEST_APP_DSN"]
     app.config.update(json.loads(os.environ.get("PGTQ_TEST_APP_SETTINGS", "{}")))

@@ -1,4 +1,4 @@
-"""``flask pgtq init-db`` and ``flask pgtq worker``."""
+"""``flask pgtq init-db``, ``flask pgtq worker`` and ``flask pgtq health``."""
 
 from __future__ import annotations
 
@@ -56,6 +56,14 @@ def init_db() -> None:
 @click.option(
     "--metrics-host", default="0.0.0.0", show_default=True, help="Address for --metrics-port."
 )
+@click.option(
+    "--health-port",
+    type=click.IntRange(0, 65535),
+    help="Serve /livez and /readyz on this port (for Kubernetes probes).",
+)
+@click.option(
+    "--health-host", default="0.0.0.0", show_default=True, help="Address for --health-port."
+)
 def worker_command(
     queues: tuple[str, ...],
     concurrency: int | None,
@@ -66,6 +74,8 @@ def worker_command(
     log_format: str | None,
     metrics_port: int | None,
     metrics_host: str,
+    health_port: int | None,
+    health_host: str,
 ) -> None:
     """Run a worker inside the app context until SIGTERM or SIGINT."""
     from .. import logs, worker
@@ -96,6 +106,8 @@ def worker_command(
             burst=burst,
             max_tasks=max_tasks,
             max_memory_mb=max_memory,
+            health_port=health_port,
+            health_host=health_host,
         )
     except PgTqError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -109,5 +121,37 @@ def worker_command(
     sys.exit(code)
 
 
+@click.command("health")
+@click.option(
+    "--queue",
+    "-q",
+    "queues",
+    multiple=True,
+    help="Queue that must be served (repeatable); default: the queues of the app's handlers.",
+)
+@click.option(
+    "--max-wait",
+    type=click.FloatRange(min=0),
+    help="Fail when a queue's oldest ready task has waited longer than this many seconds.",
+)
+def health_command(queues: tuple[str, ...], max_wait: float | None) -> None:
+    """Exit with status 1 and a one-line reason when a queue has no live
+    worker or waits too long (for cron-style alerting); else print ok."""
+    from ..health import one_line, queue_problems
+
+    extension = current_extension()
+    try:
+        default = extension.config.queue
+        wanted = list(queues) or sorted(
+            {h.defaults.queue or default for h in extension.handlers.values()} or {default}
+        )
+        problems = queue_problems(extension.admin.status(), wanted, max_wait)
+    except PgTqError as exc:
+        raise click.ClickException(f"cannot check the queues: {one_line(str(exc))}") from exc
+    if problems:
+        raise click.ClickException("; ".join(problems))
+    click.echo(f"ok: {', '.join(wanted)}")
+
+
 #: The commands of this module, for the ``flask pgtq`` group.
-COMMANDS = [init_db, worker_command]
+COMMANDS = [init_db, worker_command, health_command]
