@@ -247,13 +247,16 @@ class Worker:
         with contextlib.suppress(DatabaseError):
             self.store.mark_stopping(self.id)
         if self._running and self.stop_requests < 2:
-            ids = sorted(self._running)
+            ids = sorted(self._started) or sorted(self._running)
+            shown = ", ".join(map(str, ids[:10]))
+            if len(ids) > 10:
+                shown += f" and {len(ids) - 10} more"
             log.info(
                 "worker %s: waiting up to %gs for task%s %s; Ctrl-C again to requeue now",
                 self.id,
                 self.config.shutdown_grace,
                 "s" if len(ids) > 1 else "",
-                ", ".join(map(str, ids)),
+                shown,
             )
         with self.runner.context():
             signals.send(
