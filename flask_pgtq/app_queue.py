@@ -195,6 +195,7 @@ class AppQueue:
                     run_at,
                     row["created_at"],
                     workflow_id=row["workflow_id"],
+                    tags=list(spec.tags),
                     is_new=True,
                     _backend=self.runner,
                 )
@@ -304,6 +305,7 @@ class AppQueue:
             priority=spec.priority,
             attempts=0,
             max_attempts=spec.max_attempts,
+            tags=list(spec.tags),
         )
         if connection is not None:
             dbapi_connection(connection)  # a connection it is, in a transaction

@@ -174,6 +174,8 @@ class PgTq:
         concurrency: int | None = None,
         rate_limit: str | None = None,
         isolated: bool = False,
+        max_snoozes: int = 100,
+        tags: Sequence[str] = (),
     ) -> Callable[[Callable[P, R]], Handler[P, R]]: ...
 
     def handler(  # type: ignore[misc]  # mypy and ParamSpec in overloads

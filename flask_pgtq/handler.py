@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -150,6 +149,7 @@ class Handler(Generic[P, R]):
         connection: Any = None,
         after: Iterable[Task | int] | None = None,
         run_on_failure: bool = False,
+        tags: Sequence[str] | None = None,
     ) -> BoundOptions[P]:
         """Push options for one push: ``handler.options(delay=30).push(...)``.
 
@@ -185,6 +185,12 @@ class Handler(Generic[P, R]):
             meanwhile, so keep that transaction short.
         :param run_on_failure: with *after*: run even when a parent failed
             or was cancelled.
+        :param tags: labels stored with the task, after the handler's own
+            (each once): e.g. ``["tenant:42", "import"]``.  Each a non-empty
+            printable string of at most 100 characters, at most 20 per task
+            (:class:`~flask_pgtq.ConfigurationError` otherwise).  Shown on
+            :attr:`Task.tags`, filtered by ``q.admin.tasks(tag=...)`` and
+            ``flask pgtq tasks --tag``.
         """
         given = PushOptions.build(
             queue=queue,
@@ -198,14 +204,9 @@ class Handler(Generic[P, R]):
             debounce=debounce,
             after=after,
             run_on_failure=run_on_failure,
+            tags=tags,
         )
-        merged = replace(
-            given,
-            queue=given.queue or self.defaults.queue,
-            priority=self.defaults.priority if given.priority is None else given.priority,
-            max_attempts=given.max_attempts or self.defaults.max_attempts,
-        )
-        return BoundOptions(self, merged, connection)
+        return BoundOptions(self, given.over(self.defaults), connection)
 
 
 class BoundOptions(Generic[P]):

@@ -157,6 +157,7 @@ class TaskStore:
             spec.max_attempts,
             run_at,
             created_at,
+            tags=list(spec.tags),
             _backend=self.backend,
         )
 
@@ -384,6 +385,7 @@ class TaskStore:
                 cancel_requested_at=row.cancel_requested_at,
                 snoozes=row.snoozes,
                 workflow_id=row.workflow_id,
+                tags=row.tags,
                 _backend=self.backend,
             )
             for row in claimed

@@ -83,6 +83,9 @@ class Task:
     snoozes: int = 0
     #: The workflow (chain, group, chord) the task belongs to, or ``None``.
     workflow_id: int | None = None
+    #: Its tags (the handler's, then the push's), in that order; see
+    #: :meth:`Handler.options <flask_pgtq.Handler.options>`.
+    tags: list[str] = field(default_factory=list)
     #: Set by a push: ``True`` when it stored a new task, ``False`` when a
     #: unique key returned the task that already held it.
     is_new: bool | None = None

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import codec
-from .config import seconds, validate_name, whole_number
+from .config import seconds, validate_name, validate_tags, whole_number
 from .exceptions import ConfigurationError
 from .task import State, Task
 
@@ -36,10 +36,13 @@ class HandlerOptions:
     rate_limit: str | None = None
     isolated: bool = False
     max_snoozes: int = 100
+    #: Tags every task of the handler gets (a push's come after them).
+    tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         whole_number(self.max_snoozes, "max_snoozes", minimum=0)
         set_ = object.__setattr__
+        set_(self, "tags", validate_tags(self.tags))
         if self.retry_backoff is not None:
             set_(self, "retry_backoff", seconds(self.retry_backoff, "retry_backoff"))
         if self.timeout is not None:
@@ -61,7 +64,10 @@ class HandlerOptions:
     def push_defaults(self) -> PushOptions:
         """The push options a handler's tasks get unless a push says otherwise."""
         return PushOptions.build(
-            queue=self.queue, priority=self.priority, max_attempts=self.max_attempts
+            queue=self.queue,
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            tags=self.tags,
         )
 
 
@@ -84,6 +90,8 @@ class PushOptions:
     #: Run even when a parent failed or was cancelled (instead of being
     #: cancelled with it).
     run_on_failure: bool = False
+    #: The task's tags (see :func:`~flask_pgtq.config.validate_tags`).
+    tags: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -100,6 +108,7 @@ class PushOptions:
         debounce: float | timedelta | None = None,
         after: Any = None,
         run_on_failure: bool = False,
+        tags: Any = None,
     ) -> PushOptions:
         """Validate options given by a caller.  ``debounce=N`` is
         ``on_conflict="replace"`` with ``delay=N``: the task runs N seconds
@@ -164,6 +173,19 @@ class PushOptions:
             on_conflict,
             parents,
             run_on_failure,
+            () if tags is None else validate_tags(tags),
+        )
+
+    def over(self, base: PushOptions) -> PushOptions:
+        """These options, with what they leave unset taken from *base* (a
+        handler's defaults, a signature's options); the tags are *base*'s,
+        then these."""
+        return replace(
+            self,
+            queue=self.queue or base.queue,
+            priority=base.priority if self.priority is None else self.priority,
+            max_attempts=self.max_attempts or base.max_attempts,
+            tags=validate_tags((*base.tags, *self.tags)),
         )
 
     def insert(self, name: str, config: Config) -> Insert:
@@ -178,6 +200,7 @@ class PushOptions:
             unique_key=self.unique_key,
             unique_for=self.unique_for,
             replace=self.on_conflict == "replace",
+            tags=self.tags,
         )
 
 
@@ -302,6 +325,7 @@ class Insert:
     #: A queued task holding the unique key gets these arguments and run
     #: time instead of the push being refused.
     replace: bool = False
+    tags: tuple[str, ...] = ()
 
     def params(self) -> dict[str, Any]:
         return {
@@ -314,4 +338,5 @@ class Insert:
             "unique_key": self.unique_key,
             "unique_for": self.unique_for,
             "replace": self.replace,
+            "tags": list(self.tags),
         }
