@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .config import validate_name
-from .exceptions import ArgumentsMismatch, ArgumentsNotSerializable
+from .exceptions import ArgumentsMismatch, ArgumentsNotSerializable, ConfigurationError
 from .values import HandlerOptions, PushOptions
 
 if TYPE_CHECKING:
@@ -48,6 +48,16 @@ class Handler(Generic[P, R]):
         #: Whether a worker runs each attempt in a child process of its own
         #: (see :mod:`flask_pgtq.isolation`).
         self.isolated = options.isolated
+        #: Whether the function is a coroutine function (``async def``): a
+        #: worker runs it on its event loop (see :mod:`flask_pgtq.aio`).
+        self.is_async = inspect.iscoroutinefunction(func)
+        if self.is_async and self.isolated:
+            raise ConfigurationError(
+                f"handler {self.name!r} is async: isolated=True is for handlers that "
+                "hold the GIL in C code, which an async handler must not do (it would "
+                "block its worker's event loop); drop isolated=True, or make it a "
+                "plain def handler"
+            )
         #: Limits across all workers, or ``None``.
         self.limit = options.limit(self.name)
         #: Push options of its tasks unless a push says otherwise.
@@ -93,7 +103,9 @@ class Handler(Generic[P, R]):
             self._accepted.add(shape)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the function now, in this thread.  No task is stored."""
+        """Run the function now, in this thread.  No task is stored.  For
+        an ``async def`` handler this returns the coroutine, as calling the
+        function would: await it."""
         return self.func(*args, **kwargs)
 
     def push(self, *args: P.args, **kwargs: P.kwargs) -> Task:
