@@ -27,10 +27,10 @@ from typing import Any
 import psycopg2.extras
 
 from . import queries
-from .config import validate_name
+from .config import validate_name, validate_tags
 from .connection import Database
 from .control import Control, Pause
-from .exceptions import ActionNotAllowed, InvalidRequest, TaskNotFound
+from .exceptions import ActionNotAllowed, ConfigurationError, InvalidRequest, TaskNotFound
 from .formatting import error_summary, jsonable, loads_for_display
 from .task import State, Task
 from .workflow import workflow_state
@@ -83,6 +83,8 @@ class TaskSummary:
     error_line: str | None
     #: Queued with a ``run_at`` in the future.
     scheduled: bool = False
+    #: The task's tags.
+    tags: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         row: dict[str, Any] = jsonable(asdict(self))
@@ -235,6 +237,15 @@ class Admin:
                 by_queue.setdefault(name, QueueStatus(name)).workers += 1
         return [by_queue[name] for name in sorted(by_queue)]
 
+    def tag_counts(self, tags: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Tasks by state (the keys of ``COUNT_STATES``) for each of
+        *tags*: the metrics' ``pgtq_tagged_tasks``."""
+        counts = {tag: dict.fromkeys(COUNT_STATES, 0) for tag in tags}
+        if counts:
+            for row in self._rows("admin_tag_counts", {"tags": list(counts)}):
+                counts[row["tag"]][row["state"]] = int(row["count"])
+        return counts
+
     def pauses(self) -> list[Pause]:
         """The pauses of queues and handlers in force."""
         return Control(self.db).pauses()
@@ -254,6 +265,7 @@ class Admin:
         state: str | None = None,
         queue: str | None = None,
         name: str | None = None,
+        tag: str | Sequence[str] | None = None,
         limit: int = 50,
         before: int | None = None,
         after: int | None = None,
@@ -264,11 +276,14 @@ class Admin:
             ``"scheduled"`` (queued, to run later).
         :param queue: only this queue.
         :param name: only tasks of this name.
+        :param tag: only tasks with this tag; given a list, only tasks with
+            every tag of it.  Served by a GIN index.  The total counts the
+            same tasks.
         :param limit: most rows (1 to :data:`~flask_pgtq.admin.MAX_PAGE`).
         :param before: only tasks with a smaller id (the next, older page).
         :param after: only tasks with a larger id (the previous, newer page).
         """
-        filters = _filters(state, queue, name)
+        filters = _filters(state, queue, name, tag)
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
         if before is not None and after is not None:
@@ -520,7 +535,12 @@ def check_bigint(value: int, what: str) -> int:
     return value
 
 
-def _filters(state: str | None, queue: str | None, name: str | None) -> dict[str, Any]:
+def _filters(
+    state: str | None,
+    queue: str | None,
+    name: str | None,
+    tag: str | Sequence[str] | None = None,
+) -> dict[str, Any]:
     due = None
     if state is not None:
         if state not in FILTER_STATES:
@@ -532,7 +552,13 @@ def _filters(state: str | None, queue: str | None, name: str | None) -> dict[str
         validate_name(queue, "queue")
     if name is not None:
         validate_name(name, "task name")
-    return {"state": state, "due": due, "queue": queue, "name": name}
+    tags = None
+    if tag is not None:
+        try:
+            tags = list(validate_tags([tag] if isinstance(tag, str) else list(tag), "tag filter"))
+        except ConfigurationError as exc:
+            raise InvalidRequest(str(exc)) from None
+    return {"state": state, "due": due, "queue": queue, "name": name, "tags": tags or None}
 
 
 def _summary_row(task: dict[str, Any]) -> dict[str, Any]:

@@ -207,6 +207,7 @@ class AppQueue:
                     run_at,
                     row["created_at"],
                     workflow_id=row["workflow_id"],
+                    tags=list(spec.tags),
                     is_new=True,
                     _backend=self.runner,
                 )
@@ -319,6 +320,7 @@ class AppQueue:
             attempts=0,
             max_attempts=spec.max_attempts,
             meta=None if meta_json is None else json.loads(meta_json),
+            tags=list(spec.tags),
         )
         if connection is not None:
             dbapi_connection(connection)  # a connection it is, in a transaction

@@ -52,6 +52,47 @@ def validate_name(value: Any, what: str) -> str:
     return value
 
 
+#: Most characters of one tag, and most tags on one task.
+MAX_TAG_LENGTH = 100
+MAX_TAGS = 20
+
+
+def validate_tags(value: Any, what: str = "tags") -> tuple[str, ...]:
+    """Return *value* (a list or tuple of tags) as a tuple, each tag once,
+    in the order given; else raise :class:`~flask_pgtq.ConfigurationError`.
+
+    A tag is a non-empty string of at most :data:`MAX_TAG_LENGTH` printable
+    characters (spaces allowed; no control characters, NUL or lone
+    surrogates, so it can be stored as PostgreSQL text); a task has at most
+    :data:`MAX_TAGS`.
+    """
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ConfigurationError(
+            f'{what} must be a list of strings, e.g. ["tenant:42", "import"], '
+            f"not {type(value).__name__}"
+        )
+    tags: list[str] = []
+    for tag in value:
+        if not isinstance(tag, str):
+            raise ConfigurationError(f"{what}: a tag must be a string, not {tag!r}")
+        if not tag:
+            raise ConfigurationError(f"{what}: a tag must not be empty")
+        if len(tag) > MAX_TAG_LENGTH:
+            raise ConfigurationError(
+                f"{what}: tag {tag[:40]!r}... is longer than {MAX_TAG_LENGTH} characters"
+            )
+        if not tag.isprintable():
+            raise ConfigurationError(
+                f"{what}: tag {tag!r} holds characters that are not printable "
+                "(control characters, NUL, lone surrogates)"
+            )
+        if tag not in tags:
+            tags.append(tag)
+    if len(tags) > MAX_TAGS:
+        raise ConfigurationError(f"{what}: at most {MAX_TAGS} tags per task, not {len(tags)}")
+    return tuple(tags)
+
+
 def parse_dsn(dsn: Any, key: str = "PGTQ_DSN") -> dict[str, str]:
     """Parse a libpq DSN (URI or ``key=value``), raising an error that names *key*.
 
@@ -283,6 +324,12 @@ class Config:
     #: Serve Prometheus metrics at this path of the app, e.g. ``"/metrics"``
     #: (needs the ``prometheus`` extra); ``None`` serves none.
     metrics_url: str | None = None
+    #: Tags that get Prometheus series of their own
+    #: (``pgtq_tagged_task_outcomes_total{tag,...}`` and
+    #: ``pgtq_tagged_tasks{tag,state}``), e.g. ``["import", "tenant:42"]``.
+    #: Only these: a label per tag ever pushed would grow without bound.
+    #: Default none.
+    metrics_tags: tuple[str, ...] = ()
     #: Format of the worker's log lines: ``"text"`` or ``"json"`` (one JSON
     #: object per line).
     log_format: str = "text"
@@ -388,6 +435,8 @@ class Config:
             )
         if not isinstance(self.dashboard_read_only, bool):
             raise ConfigurationError("PGTQ_DASHBOARD_READ_ONLY must be True or False")
+        tags = validate_tags(self.metrics_tags, "PGTQ_METRICS_TAGS")
+        object.__setattr__(self, "metrics_tags", tags)
         if self.log_format not in ("text", "json"):
             raise ConfigurationError("PGTQ_LOG_FORMAT must be 'text' or 'json'")
 

@@ -178,6 +178,8 @@ class PgTq:
         rate_limit: str | None = None,
         isolated: bool = False,
         middleware: Sequence[Middleware] = (),
+        max_snoozes: int = 100,
+        tags: Sequence[str] = (),
     ) -> Callable[[Callable[P, R]], Handler[P, R]]: ...
 
     def handler(  # type: ignore[misc]  # mypy and ParamSpec in overloads

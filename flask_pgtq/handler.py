@@ -10,12 +10,11 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .config import validate_name
-from .exceptions import ArgumentsMismatch, ArgumentsNotSerializable
+from .exceptions import ArgumentsMismatch, ArgumentsNotSerializable, ConfigurationError
 from .values import HandlerOptions, PushOptions
 
 if TYPE_CHECKING:
@@ -52,6 +51,16 @@ class Handler(Generic[P, R]):
         #: Middleware of this handler only, inside the extension's
         #: (see :mod:`flask_pgtq.middleware`).
         self.middleware = options.middleware
+        #: Whether the function is a coroutine function (``async def``): a
+        #: worker runs it on its event loop (see :mod:`flask_pgtq.aio`).
+        self.is_async = inspect.iscoroutinefunction(func)
+        if self.is_async and self.isolated:
+            raise ConfigurationError(
+                f"handler {self.name!r} is async: isolated=True is for handlers that "
+                "hold the GIL in C code, which an async handler must not do (it would "
+                "block its worker's event loop); drop isolated=True, or make it a "
+                "plain def handler"
+            )
         #: Limits across all workers, or ``None``.
         self.limit = options.limit(self.name)
         #: Push options of its tasks unless a push says otherwise.
@@ -97,7 +106,9 @@ class Handler(Generic[P, R]):
             self._accepted.add(shape)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the function now, in this thread.  No task is stored."""
+        """Run the function now, in this thread.  No task is stored.  For
+        an ``async def`` handler this returns the coroutine, as calling the
+        function would: await it."""
         return self.func(*args, **kwargs)
 
     def push(self, *args: P.args, **kwargs: P.kwargs) -> Task:
@@ -154,6 +165,7 @@ class Handler(Generic[P, R]):
         connection: Any = None,
         after: Iterable[Task | int] | None = None,
         run_on_failure: bool = False,
+        tags: Sequence[str] | None = None,
     ) -> BoundOptions[P]:
         """Push options for one push: ``handler.options(delay=30).push(...)``.
 
@@ -193,6 +205,12 @@ class Handler(Generic[P, R]):
             meanwhile, so keep that transaction short.
         :param run_on_failure: with *after*: run even when a parent failed
             or was cancelled.
+        :param tags: labels stored with the task, after the handler's own
+            (each once): e.g. ``["tenant:42", "import"]``.  Each a non-empty
+            printable string of at most 100 characters, at most 20 per task
+            (:class:`~flask_pgtq.ConfigurationError` otherwise).  Shown on
+            :attr:`Task.tags`, filtered by ``q.admin.tasks(tag=...)`` and
+            ``flask pgtq tasks --tag``.
         """
         given = PushOptions.build(
             queue=queue,
@@ -207,14 +225,9 @@ class Handler(Generic[P, R]):
             key=key,
             after=after,
             run_on_failure=run_on_failure,
+            tags=tags,
         )
-        merged = replace(
-            given,
-            queue=given.queue or self.defaults.queue,
-            priority=self.defaults.priority if given.priority is None else given.priority,
-            max_attempts=given.max_attempts or self.defaults.max_attempts,
-        )
-        return BoundOptions(self, merged, connection)
+        return BoundOptions(self, given.over(self.defaults), connection)
 
 
 class BoundOptions(Generic[P]):

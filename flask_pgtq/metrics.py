@@ -13,6 +13,12 @@ Two sources, because a queue has two kinds of facts:
   ``failed``, ``cancelled``, and ``retried`` for an attempt that failed and
   will run again) and ``pgtq_task_duration_seconds{queue,name,outcome}``
   (a histogram of handler run time).  Each process counts only its own tasks.
+* **Tags** get series of their own only when listed in ``PGTQ_METRICS_TAGS``
+  (default none): ``pgtq_tagged_tasks{tag,state}`` (from the database) and
+  ``pgtq_tagged_task_outcomes_total{tag,queue,name,outcome}``.  Other tags
+  are never a label: every label value is a series Prometheus keeps, and
+  tags such as ``tenant:42`` would grow without bound.  A task with two
+  listed tags counts once under each (do not sum across tags).
 
 Ways to expose them:
 
@@ -33,7 +39,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import signals
@@ -71,16 +77,19 @@ class QueueCollector(Collector):
     seconds or so, not every second).
 
     :param admin: the :class:`~flask_pgtq.admin.Admin` of the queue's database.
+    :param tags: tags counted by state in ``pgtq_tagged_tasks`` (``PGTQ_METRICS_TAGS``).
     """
 
-    def __init__(self, admin: Admin) -> None:
+    def __init__(self, admin: Admin, tags: Sequence[str] = ()) -> None:
         self.admin = admin
+        self.tags = tuple(tags)
 
     @classmethod
     def for_app(cls, app: Flask) -> QueueCollector:
         """The collector of *app*'s queue (the app has ``PgTq`` set up)."""
         with app.app_context():
-            return cls(app.extensions["pgtq"].admin)
+            extension = app.extensions["pgtq"]
+            return cls(extension.admin, extension.config.metrics_tags)
 
     def describe(self) -> list[Any]:
         # Registering must not query the database.
@@ -93,6 +102,7 @@ class QueueCollector(Collector):
         try:
             queues = self.admin.status()
             pauses = self.admin.pauses()
+            by_tag = self.admin.tag_counts(self.tags)
         except DatabaseError:
             up.add_metric([], 0)
             yield up
@@ -123,11 +133,21 @@ class QueueCollector(Collector):
         )
         for pause in pauses:
             paused.add_metric([pause.kind, pause.target], 1)
+        tagged = GaugeMetricFamily(
+            "pgtq_tagged_tasks",
+            "Tasks by tag (those of PGTQ_METRICS_TAGS only) and state",
+            labels=["tag", "state"],
+        )
+        for tag, counts in by_tag.items():
+            for state in COUNT_STATES:
+                tagged.add_metric([tag, state], counts[state])
         yield up
         yield tasks
         yield oldest
         yield workers
         yield paused
+        if self.tags:
+            yield tagged
 
 
 class TaskMetrics:
@@ -135,6 +155,8 @@ class TaskMetrics:
     from the :mod:`~flask_pgtq.signals`.
 
     :param registry: where the metrics are registered.
+    :param tags: tags with series of their own in
+        ``pgtq_tagged_task_outcomes_total`` (``PGTQ_METRICS_TAGS``).
     """
 
     #: Signal -> outcome label.
@@ -148,7 +170,14 @@ class TaskMetrics:
     #: never announced, say after a lost lease, must not leak memory).
     MAX_STARTED = 10_000
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, tags: Sequence[str] = ()) -> None:
+        self.tags = frozenset(tags)
+        self.tagged = Counter(
+            "pgtq_tagged_task_outcomes",
+            "Attempts by outcome, for tasks with a tag of PGTQ_METRICS_TAGS (once per tag)",
+            ["tag", "queue", "name", "outcome"],
+            registry=registry,
+        )
         self.outcomes = Counter(
             "pgtq_task_outcomes",
             "Attempts by outcome: succeeded, failed, cancelled, or retried "
@@ -205,6 +234,8 @@ class TaskMetrics:
             duration = time.perf_counter() - started
         labels = (task.queue, task.name, outcome)
         self.outcomes.labels(*labels).inc()
+        for tag in self.tags.intersection(getattr(task, "tags", ())):
+            self.tagged.labels(tag, *labels).inc()
         if duration is not None:
             self.duration.labels(*labels).observe(duration)
 
@@ -216,7 +247,7 @@ class AppMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = QueueCollector.for_app(app)
         self.registry.register(self.collector)
-        self.tasks = TaskMetrics(self.registry).connect(app)
+        self.tasks = TaskMetrics(self.registry, self.collector.tags).connect(app)
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format."""

@@ -115,6 +115,7 @@ class Schedule:
             "kwargs": self.kwargs_json,
             "priority": options.priority or 0,
             "max_attempts": options.max_attempts or default_attempts,
+            "tags": list(options.tags),
         }
 
 

@@ -168,6 +168,7 @@ class TaskStore:
             created_at,
             key=spec.key,
             meta=None if meta_json is None else json.loads(meta_json),
+            tags=list(spec.tags),
             _backend=self.backend,
         )
 
@@ -403,6 +404,7 @@ class TaskStore:
                 snoozes=row.snoozes,
                 workflow_id=row.workflow_id,
                 meta=row.meta,
+                tags=row.tags,
                 _backend=self.backend,
             )
             for row in claimed

@@ -8,8 +8,10 @@ there is one, is passed in and only its ``app_context()`` is used.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
+import inspect
 import json
 import logging
 import random
@@ -126,6 +128,15 @@ def unstorable(outcome: Outcome, exc: BaseException) -> Outcome:
     )
 
 
+def asyncio_running() -> bool:
+    """Whether an ``asyncio`` event loop runs in this thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class Runner:
     """Runs tasks for one app (or one standalone queue).
 
@@ -202,7 +213,80 @@ class Runner:
 
     def execute(self, task: Task) -> Outcome:
         """Run *task*'s handler once and say what came of it.  Never raises
-        for anything the handler does."""
+        for anything the handler does.
+
+        An ``async def`` handler runs to completion here, in this thread,
+        with ``asyncio.run`` (``PGTQ_EAGER``, :meth:`~flask_pgtq.Task.run`,
+        ``drain``); a worker runs it on its event loop instead
+        (``execute_async``)."""
+        handler = self._runnable(task)
+        if isinstance(handler, Outcome):
+            return handler
+        started = time.perf_counter()
+        try:
+            if handler.is_async:
+                if asyncio_running():
+                    raise SetupError(
+                        f"handler {task.name!r} is async: it cannot run to completion "
+                        "in a thread whose event loop is running (PGTQ_EAGER, Task.run "
+                        "and drain use asyncio.run); push it for a worker instead"
+                    )
+                value = asyncio.run(self._call_async(task, handler))
+            else:
+                token = _current_task.set(task)
+                try:
+                    with self.context():
+                        signals.send(signals.task_started, self.sender, task=task)
+                        value = self.call(handler, task)
+                finally:
+                    _current_task.reset(token)
+        except BaseException as exc:  # noqa: BLE001 - a handler's failure is data
+            return self._raised(task, handler, exc, started)
+        return self._returned(task, value, started)
+
+    async def execute_async(
+        self, task: Task, stopped_for: Callable[[], type[BaseException] | None]
+    ) -> Outcome:
+        """:meth:`execute` for an ``async def`` handler, on the running event
+        loop: the app context and ``current_task`` are entered inside this
+        coroutine (each asyncio task has its own context).
+
+        :param stopped_for: when the attempt was cancelled by the worker,
+            why (:class:`TaskTimeout` or :class:`TaskCancelled`); an
+            ``asyncio.CancelledError`` is then recorded as that.
+        """
+        handler = self._runnable(task)
+        if isinstance(handler, Outcome):
+            return handler
+        started = time.perf_counter()
+        try:
+            value = await self._call_async(task, handler)
+        except asyncio.CancelledError:
+            reason = stopped_for()
+            if reason is None:
+                raise  # not the worker's doing: the loop is going away
+            return self._raised(task, handler, reason(), started)
+        except BaseException as exc:  # noqa: BLE001 - a handler's failure is data
+            return self._raised(task, handler, exc, started)
+        return self._returned(task, value, started)
+
+    async def _call_async(self, task: Task, handler: Handler[Any, Any]) -> Any:
+        token = _current_task.set(task)
+        try:
+            with self.context():
+                signals.send(signals.task_started, self.sender, task=task)
+                # Middleware wraps the call that makes the coroutine; the
+                # coroutine (or what a middleware returned instead) is
+                # awaited here.
+                value = self.call(handler, task)
+                if inspect.isawaitable(value):
+                    value = await value
+                return value
+        finally:
+            _current_task.reset(token)
+
+    def _runnable(self, task: Task) -> Handler[Any, Any] | Outcome:
+        """*task*'s handler, or the outcome of a task that cannot run."""
         handler = self.handlers.get(task.name)
         if handler is None:
             return Outcome(
@@ -218,13 +302,14 @@ class Runner:
             handler.check_arguments(task.args, task.kwargs)
         except TypeError as exc:
             return Outcome(task, State.FAILED, error=f"{exc}; failed without retry")
-        started = time.perf_counter()
-        token = _current_task.set(task)
-        try:
-            with self.context():
-                signals.send(signals.task_started, self.sender, task=task)
-                value = self.call(handler, task)
-        except Retry as exc:
+        return handler
+
+    def _raised(
+        self, task: Task, handler: Handler[Any, Any], exc: BaseException, started: float
+    ) -> Outcome:
+        """The outcome of an attempt whose handler raised *exc* (called in
+        the ``except`` block, for its traceback)."""
+        if isinstance(exc, Retry):
             try:
                 delay = None if exc.delay is None else seconds(exc.delay, "Retry(delay=...)")
             except ConfigurationError as bad:
@@ -238,13 +323,11 @@ class Runner:
             return self._retry_or_fail(
                 task, handler, f"Retry: {exc.reason}", exc, started, delay=delay
             )
-        except Snooze as exc:
+        if isinstance(exc, Snooze):
             return self._snooze(task, handler, exc, started)
-        except TaskCancelled:
-            return self.abandoned(task, TaskCancelled, started)
-        except TaskTimeout:
-            return self.abandoned(task, TaskTimeout, started)
-        except Cancel as exc:
+        if isinstance(exc, (TaskCancelled, TaskTimeout)):
+            return self.abandoned(task, type(exc), started)
+        if isinstance(exc, Cancel):
             return Outcome(
                 task,
                 State.CANCELLED,
@@ -252,10 +335,10 @@ class Runner:
                 duration=time.perf_counter() - started,
                 exception=exc,
             )
-        except BaseException as exc:  # noqa: BLE001 - a handler's failure is data
-            return self._retry_or_fail(task, handler, traceback.format_exc(), exc, started)
-        finally:
-            _current_task.reset(token)
+        return self._retry_or_fail(task, handler, traceback.format_exc(), exc, started)
+
+    def _returned(self, task: Task, value: Any, started: float) -> Outcome:
+        """The outcome of an attempt whose handler returned *value*."""
         duration = time.perf_counter() - started
         try:
             result = codec.encode(value, self.config.max_result_bytes)

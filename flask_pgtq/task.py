@@ -89,6 +89,9 @@ class Task:
     #: object, or ``None``): the W3C trace context of its push under
     #: ``"trace"`` when tracing (:mod:`flask_pgtq.tracing`).
     meta: dict[str, Any] | None = None
+    #: Its tags (the handler's, then the push's), in that order; see
+    #: :meth:`Handler.options <flask_pgtq.Handler.options>`.
+    tags: list[str] = field(default_factory=list)
     #: Set by a push: ``True`` when it stored a new task, ``False`` when a
     #: unique key returned the task that already held it.
     is_new: bool | None = None

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import codec
-from .config import seconds, validate_name, whole_number
+from .config import seconds, validate_name, validate_tags, whole_number
 from .exceptions import ConfigurationError
 from .middleware import Middleware, checked
 from .task import State, Task
@@ -40,11 +40,14 @@ class HandlerOptions:
     key_concurrency: int | None = None
     key_rate_limit: str | None = None
     middleware: tuple[Middleware, ...] = ()
+    #: Tags every task of the handler gets (a push's come after them).
+    tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         whole_number(self.max_snoozes, "max_snoozes", minimum=0)
         set_ = object.__setattr__
         set_(self, "middleware", checked(self.middleware, "middleware"))
+        set_(self, "tags", validate_tags(self.tags))
         if self.retry_backoff is not None:
             set_(self, "retry_backoff", seconds(self.retry_backoff, "retry_backoff"))
         if self.timeout is not None:
@@ -68,7 +71,10 @@ class HandlerOptions:
     def push_defaults(self) -> PushOptions:
         """The push options a handler's tasks get unless a push says otherwise."""
         return PushOptions.build(
-            queue=self.queue, priority=self.priority, max_attempts=self.max_attempts
+            queue=self.queue,
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            tags=self.tags,
         )
 
 
@@ -94,6 +100,8 @@ class PushOptions:
     #: Run even when a parent failed or was cancelled (instead of being
     #: cancelled with it).
     run_on_failure: bool = False
+    #: The task's tags (see :func:`~flask_pgtq.config.validate_tags`).
+    tags: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -111,6 +119,7 @@ class PushOptions:
         key: str | None = None,
         after: Any = None,
         run_on_failure: bool = False,
+        tags: Any = None,
     ) -> PushOptions:
         """Validate options given by a caller.  ``debounce=N`` is
         ``on_conflict="replace"`` with ``delay=N``: the task runs N seconds
@@ -183,6 +192,19 @@ class PushOptions:
             on_conflict=on_conflict,
             after=parents,
             run_on_failure=run_on_failure,
+            tags=() if tags is None else validate_tags(tags),
+        )
+
+    def over(self, base: PushOptions) -> PushOptions:
+        """These options, with what they leave unset taken from *base* (a
+        handler's defaults, a signature's options); the tags are *base*'s,
+        then these."""
+        return replace(
+            self,
+            queue=self.queue or base.queue,
+            priority=base.priority if self.priority is None else self.priority,
+            max_attempts=self.max_attempts or base.max_attempts,
+            tags=validate_tags((*base.tags, *self.tags)),
         )
 
     def insert(self, name: str, config: Config) -> Insert:
@@ -198,6 +220,7 @@ class PushOptions:
             unique_for=self.unique_for,
             replace=self.on_conflict == "replace",
             key=self.key,
+            tags=self.tags,
         )
 
 
@@ -348,6 +371,7 @@ class Insert:
     replace: bool = False
     #: The task's key for per-key limits.
     key: str | None = None
+    tags: tuple[str, ...] = ()
 
     def params(self) -> dict[str, Any]:
         return {
@@ -361,4 +385,5 @@ class Insert:
             "unique_for": self.unique_for,
             "replace": self.replace,
             "key": self.key,
+            "tags": list(self.tags),
         }

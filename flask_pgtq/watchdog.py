@@ -16,7 +16,9 @@ A handler running in a child process (``isolated=True``, see
 :mod:`flask_pgtq.isolation`) is registered with a *stop* function instead:
 at its deadline the watchdog calls it, which kills the child at once.  It
 cannot see a cancel request, so a cancel stops it without waiting for
-``PGTQ_CANCEL_GRACE``.
+``PGTQ_CANCEL_GRACE``.  An ``async def`` handler (:mod:`flask_pgtq.aio`) is
+registered with a *stop* function too, which cancels its asyncio task; it
+can see a cancel request, so it gets the grace (``graceful=True``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Watched:
     raised: type[BaseException] | None = None
     raised_at: float = 0.0
     stop: Callable[[type[BaseException]], None] | None = None
+    graceful: bool = False
 
 
 class Watchdog:
@@ -58,16 +61,27 @@ class Watchdog:
         task_id: int,
         timeout: float | None,
         stop: Callable[[type[BaseException]], None] | None = None,
+        *,
+        graceful: bool = False,
     ) -> None:
         """Called by a handler thread before it runs the task.
 
         :param stop: stops the task at once, given the reason
             (:class:`TaskTimeout` or :class:`TaskCancelled`); called instead
-            of raising in the thread.  For a task run in a child process.
+            of raising in the thread.  For a task run in a child process, or
+            on the event loop.
+        :param graceful: with *stop*: a cancel request waits
+            ``PGTQ_CANCEL_GRACE`` before *stop* is called (the task can see
+            the request and end by itself), as for a thread.
         """
         with self._lock:
             self._watched[task_id] = Watched(
-                task_id, threading.get_ident(), time.monotonic(), timeout, stop=stop
+                task_id,
+                threading.get_ident(),
+                time.monotonic(),
+                timeout,
+                stop=stop,
+                graceful=graceful,
             )
 
     def finished(self, task_id: int) -> None:
@@ -85,7 +99,7 @@ class Watchdog:
             if watched is None:
                 return False
             if watched.cancel_deadline is None:
-                grace = self.cancel_grace if watched.stop is None else 0.0
+                grace = self.cancel_grace if watched.stop is None or watched.graceful else 0.0
                 watched.cancel_deadline = time.monotonic() + grace
             return True
 

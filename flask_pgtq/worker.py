@@ -9,7 +9,16 @@ whatever the handlers do.  Between rounds the main thread sleeps in
 (finished tasks, signals); polling every ``PGTQ_POLL_INTERVAL`` seconds is
 the correctness path, LISTEN only a hint.  An ``isolated=True`` handler
 runs in a child process that its handler thread waits for
-(:mod:`flask_pgtq.isolation`).
+(:mod:`flask_pgtq.isolation`).  An ``async def`` handler runs on the
+worker's one event loop (:mod:`flask_pgtq.aio`): the handler thread that
+takes it from the inbox hands it over and takes the next task.
+
+``concurrency`` caps the tasks running at once, of both kinds together:
+one semaphore holds that many slots.  A handler thread takes a slot before
+it takes a task from the inbox; a sync task gives it back when it ends, an
+async task when its attempt on the loop ends.  So ``concurrency`` async
+tasks may wait on the loop at once (the threads then wait for a slot),
+and never more than ``concurrency`` tasks of either kind run.
 
 Database outages never end the worker: every step retries with capped,
 jittered backoff, and the LISTEN connection is rebuilt and health-checked.
@@ -33,7 +42,7 @@ from datetime import UTC, datetime
 from queue import SimpleQueue
 from typing import Any
 
-from . import isolation, queries, schema, signals
+from . import aio, isolation, queries, schema, signals
 from .config import queue_list
 from .control import Control
 from .exceptions import (
@@ -120,6 +129,10 @@ class Worker:
             ),
         )
         self.watchdog = Watchdog(self.config.cancel_grace)
+        #: Runs the attempts of async handlers (started with the first).
+        self.event_loop = aio.EventLoop(runner, self.watchdog)
+        #: One per task running (sync or async): at most ``concurrency``.
+        self._slots = threading.Semaphore(concurrency)
         self.listener = Listener(
             self.config.effective_listen_dsn,
             (queries.NEW_TASKS, queries.CANCEL_REQUESTS, queries.CONTROL),
@@ -297,6 +310,7 @@ class Worker:
                     exc,
                 )
         self._heartbeat_stop.set()
+        self.event_loop.close()
         for _ in self._threads:
             self._inbox.put(None)
         try:
@@ -502,12 +516,20 @@ class Worker:
     # -- threads --------------------------------------------------------------
 
     def _handle(self) -> None:
-        """A handler thread: run tasks from the inbox, hand outcomes back."""
+        """A handler thread: take a slot, then a task from the inbox; run
+        it (or hand it to the event loop, which gives the slot back when
+        the attempt ends), hand its outcome back."""
         while True:
+            self._slots.acquire()
             task = self._inbox.get()
             if task is None:
+                self._slots.release()
                 return
             self._started.add(task.id)
+            handler = self.runner.handlers.get(task.name)
+            if handler is not None and handler.is_async:
+                self.event_loop.submit(task, self._finished)
+                continue
             try:
                 outcome = self._run(task)
             except BaseException:  # noqa: BLE001 - no input may end this thread
@@ -518,18 +540,27 @@ class Worker:
                     error="the worker could not run or record this task; failed without "
                     f"retry:\n{traceback.format_exc()}",
                 )
-            self._outcomes.add(outcome)
-            # The main thread flushes in batches: wake it when the tasks
-            # waiting here run low (none left, or half the prefetch, so that
-            # its next claim arrives before they run out), or when a batch
-            # is ready; else it flushes within FLUSH_DELAY.
-            if not self._woken and (
-                self._inbox.qsize() <= self.prefetch.refill_at or len(self._outcomes) >= FLUSH_BATCH
-            ):
-                # Once per wait of the main thread: a write per task costs
-                # the handler threads a system call each.
-                self._woken = True
-                self._wake()
+            self._finished(outcome)
+
+    def _finished(self, outcome: Outcome | None) -> None:
+        """An attempt ended (in a handler thread, or on the event loop):
+        give its slot back and its outcome to the main thread (none for an
+        async attempt cut short at shutdown)."""
+        self._slots.release()
+        if outcome is None:
+            return
+        self._outcomes.add(outcome)
+        # The main thread flushes in batches: wake it when the tasks
+        # waiting here run low (none left, or half the prefetch, so that
+        # its next claim arrives before they run out), or when a batch
+        # is ready; else it flushes within FLUSH_DELAY.
+        if not self._woken and (
+            self._inbox.qsize() <= self.prefetch.refill_at or len(self._outcomes) >= FLUSH_BATCH
+        ):
+            # Once per wait of the main thread: a write per task costs
+            # the handler threads a system call each.
+            self._woken = True
+            self._wake()
 
     def _run(self, task: Task) -> Outcome:
         handler = self.runner.handlers.get(task.name)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +90,7 @@ class Signature:
         delay: float | timedelta | None = None,
         eta: datetime | None = None,
         run_on_failure: bool = False,
+        tags: Sequence[str] | None = None,
     ) -> Signature:
         """This call with push options (see :meth:`Handler.options
         <flask_pgtq.Handler.options>`); *run_on_failure*: run it even when a
@@ -101,20 +102,14 @@ class Signature:
             delay=delay,
             eta=eta,
             run_on_failure=run_on_failure,
-        )
-        base = self.push_options
-        merged = replace(
-            given,
-            queue=given.queue or base.queue,
-            priority=base.priority if given.priority is None else given.priority,
-            max_attempts=given.max_attempts or base.max_attempts,
+            tags=tags,
         )
         return Signature(
             self.handler,
             self.args,
             self.kwargs,
             immutable=self.immutable,
-            push_options=merged,
+            push_options=given.over(self.push_options),
         )
 
     def push(self, *, connection: Any = None) -> Workflow:
@@ -323,6 +318,7 @@ def task_specs(
             "run_at": None if spec.run_at is None else spec.run_at.isoformat(),
             "pass_result": node.pass_result,
             "run_on_failure": node.run_on_failure,
+            "tags": list(spec.tags),
         }
         text = json.dumps(meta)
         tasks.append(f'{text[:-1]}, "args": {args_json}, "kwargs": {kwargs_json}}}')

@@ -9,6 +9,7 @@ table ``test_runs`` (see :data:`RUNS_TABLE`), so tests can count executions.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -455,3 +456,57 @@ def create_app() -> Flask:
             record(tag, "teardown")
 
     return app
+
+
+# -- async handlers (tests/test_async.py) -------------------------------------
+
+
+async def arecord(tag: str, event: str = "ran") -> None:
+    """:func:`record` off the event loop (it blocks); the thread sees this
+    task's app context and current_task (asyncio.to_thread copies them)."""
+    await asyncio.to_thread(record, tag, event)
+
+
+@q.handler()
+async def async_sleep(seconds: float, tag: str) -> str:
+    """Record a start, sleep on the loop, record the end; checks that its
+    app context (g) is its own while others run."""
+    g.async_tag = tag
+    await arecord(tag, "started")
+    current_task.set_progress({"tag": tag})
+    await asyncio.sleep(seconds)
+    assert g.async_tag == tag, "another task's app context"
+    await arecord(tag, "finished")
+    return tag
+
+
+@q.handler(timeout=0.5, max_attempts=2, retry_backoff=0)
+async def async_too_slow(tag: str) -> None:
+    await arecord(tag, "started")
+    await asyncio.sleep(30)
+
+
+@q.handler()
+async def async_stubborn(tag: str) -> None:
+    """Ignores cancel requests: stopped after PGTQ_CANCEL_GRACE."""
+    await arecord(tag, "started")
+    while True:
+        await asyncio.sleep(0.02)
+
+
+@q.handler()
+async def async_polite(tag: str) -> None:
+    """Stops by itself once asked to."""
+    await arecord(tag, "started")
+    while not current_task.cancel_requested:
+        await asyncio.sleep(0.02)
+    await arecord(tag, "saw cancel")
+    raise Cancel("stopped when asked")
+
+
+@q.handler(max_attempts=3)
+async def async_retry(tag: str) -> int:
+    await arecord(tag)
+    if current_task.attempts < 3:
+        raise Retry(delay=0, reason=f"attempt {current_task.attempts}")
+    return current_task.attempts

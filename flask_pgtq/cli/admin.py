@@ -150,6 +150,13 @@ def status_command(as_json: bool) -> None:
 @click.option("--queue", "-q", help="Only tasks of this queue.")
 @click.option("--name", "-n", help="Only tasks of this name.")
 @click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="TAG",
+    help="Only tasks with this tag; repeat it for tasks with every tag given.",
+)
+@click.option(
     "--limit", type=click.IntRange(1, 500), default=20, show_default=True, help="Most rows."
 )
 @click.option("--before", type=int, metavar="ID", help="Only tasks older than this id (paging).")
@@ -158,13 +165,16 @@ def tasks_command(
     state: str | None,
     queue: str | None,
     name: str | None,
+    tags: tuple[str, ...],
     limit: int,
     before: int | None,
     as_json: bool,
 ) -> None:
     """List tasks, newest first."""
     with _admin() as admin:
-        page = admin.tasks(state=state, queue=queue, name=name, limit=limit, before=before)
+        page = admin.tasks(
+            state=state, queue=queue, name=name, tag=tags or None, limit=limit, before=before
+        )
     if as_json:
         echo_json(
             {"tasks": [t.as_json() for t in page.tasks], "total": page.total, "older": page.older}
@@ -228,6 +238,8 @@ def show_command(task_id: int, full: bool, as_json: bool) -> None:
         fields.append(("cancel requested", task.cancel_requested_at))
     if task.workflow_id is not None:
         fields.append(("workflow", task.workflow_id))
+    if task.tags:
+        fields.append(("tags", ", ".join(task.tags)))
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
         click.echo(f"{key.ljust(width)}  {_cell(value)}")

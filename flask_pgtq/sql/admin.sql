@@ -16,6 +16,17 @@ SELECT queue,
 FROM pgtq_tasks
 GROUP BY 1, 2;
 
+-- name: admin_tag_counts
+-- Tasks per tag of %(tags)s and state (split like admin_counts).  The
+-- overlap test is served by the GIN index pgtq_tasks_tags.
+SELECT tag,
+       CASE WHEN state <> 'queued' THEN state
+            WHEN run_at > now() THEN 'scheduled' ELSE 'ready' END AS state,
+       count(*) AS count
+FROM pgtq_tasks CROSS JOIN LATERAL unnest(tags) AS tag
+WHERE tags && %(tags)s::text[] AND tag = ANY(%(tags)s::text[])
+GROUP BY 1, 2;
+
 -- name: admin_live_workers
 -- Workers whose lease has not run out, with what they run now.
 SELECT w.id::text AS id, w.hostname, w.pid, w.queues, w.concurrency, w.started_at,
@@ -42,12 +53,15 @@ ORDER BY w.started_at, w.id;
 SELECT id, name, queue, state, priority, attempts, max_attempts, run_at, created_at,
        started_at, finished_at, cancel_requested_at,
        right(error, 1500) AS error_tail,
-       run_at > now() AS scheduled
+       run_at > now() AS scheduled, tags
 FROM pgtq_tasks
 WHERE (%(state)s::text IS NULL OR state = %(state)s)
   AND (%(due)s::boolean IS NULL OR (run_at <= now()) = %(due)s)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(name)s::text IS NULL OR name = %(name)s)
+  -- Every tag given (served by the GIN index pgtq_tasks_tags; a NULL is
+  -- folded away when the statement is planned).
+  AND (%(tags)s::text[] IS NULL OR tags @> %(tags)s::text[])
   AND (%(before)s::bigint IS NULL OR id < %(before)s)
   AND (%(after)s::bigint IS NULL OR id > %(after)s)
 ORDER BY CASE WHEN %(after)s::bigint IS NULL THEN -id ELSE id END
@@ -59,7 +73,8 @@ FROM pgtq_tasks
 WHERE (%(state)s::text IS NULL OR state = %(state)s)
   AND (%(due)s::boolean IS NULL OR (run_at <= now()) = %(due)s)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
-  AND (%(name)s::text IS NULL OR name = %(name)s);
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+  AND (%(tags)s::text[] IS NULL OR tags @> %(tags)s::text[]);
 
 -- name: admin_retry_tasks
 -- Failed or cancelled tasks back to the queue, to run now with a fresh set of

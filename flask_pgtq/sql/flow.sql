@@ -17,10 +17,11 @@ WITH holder AS (
 ), inserted AS (
     INSERT INTO pgtq_tasks
         (queue, name, args, kwargs, priority, max_attempts, run_at, unique_key, unique_until,
-         key)
+         key, tags)
     SELECT %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s,
            %(max_attempts)s, coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'),
-           %(unique_key)s, now() + %(unique_for)s::float8 * interval '1 second', %(key)s
+           %(unique_key)s, now() + %(unique_for)s::float8 * interval '1 second', %(key)s,
+           %(tags)s::text[]
     WHERE NOT EXISTS (SELECT 1 FROM holder)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
     DO NOTHING
@@ -32,7 +33,7 @@ SELECT false AS is_new, * FROM holder;
 
 -- name: replace_unique_task
 -- Like push_unique_task, but a queued holder of the key gets this push's
--- arguments, priority, attempts and run time (on_conflict="replace",
+-- arguments, priority, attempts, tags and run time (on_conflict="replace",
 -- debounce).  Concurrent pushers of one key update the holder one after the
 -- other under its row lock: the last push wins.  A running holder, or a
 -- finished one within unique_for, is returned untouched.  A pusher that
@@ -41,6 +42,7 @@ SELECT false AS is_new, * FROM holder;
 WITH replaced AS (
     UPDATE pgtq_tasks
     SET args = %(args)s::jsonb, kwargs = %(kwargs)s::jsonb, priority = %(priority)s,
+        tags = %(tags)s::text[],
         max_attempts = greatest(%(max_attempts)s, attempts + 1),
         run_at = coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'),
         unique_until = now() + %(unique_for)s::float8 * interval '1 second'
@@ -57,10 +59,11 @@ WITH replaced AS (
 ), inserted AS (
     INSERT INTO pgtq_tasks
         (queue, name, args, kwargs, priority, max_attempts, run_at, unique_key, unique_until,
-         key)
+         key, tags)
     SELECT %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s,
            %(max_attempts)s, coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'),
-           %(unique_key)s, now() + %(unique_for)s::float8 * interval '1 second', %(key)s
+           %(unique_key)s, now() + %(unique_for)s::float8 * interval '1 second', %(key)s,
+           %(tags)s::text[]
     WHERE NOT EXISTS (SELECT 1 FROM replaced) AND NOT EXISTS (SELECT 1 FROM holder)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
     DO NOTHING
@@ -185,9 +188,9 @@ WITH fired AS (
     ON CONFLICT DO NOTHING
     RETURNING task_id
 ), task AS (
-    INSERT INTO pgtq_tasks (id, queue, name, args, kwargs, priority, max_attempts)
+    INSERT INTO pgtq_tasks (id, queue, name, args, kwargs, priority, max_attempts, tags)
     SELECT fired.task_id, %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb,
-           %(priority)s, %(max_attempts)s
+           %(priority)s, %(max_attempts)s, %(tags)s::text[]
     FROM fired
     RETURNING id
 ), pruned AS (

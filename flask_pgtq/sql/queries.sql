@@ -21,10 +21,12 @@ SELECT version FROM pgtq_schema_version;
 INSERT INTO pgtq_schema_version (version, name) VALUES (%(version)s, %(name)s);
 
 -- name: push_task
-INSERT INTO pgtq_tasks (queue, name, args, kwargs, priority, max_attempts, run_at, key, meta)
+INSERT INTO pgtq_tasks (queue, name, args, kwargs, priority, max_attempts, run_at, key, meta,
+                        tags)
 VALUES (
     %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s, %(max_attempts)s,
-    coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'), %(key)s, %(meta)s::jsonb
+    coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'), %(key)s, %(meta)s::jsonb,
+    %(tags)s::text[]
 )
 -- Only what the database decides (a new task is always queued, attempt 0).
 RETURNING id, run_at, created_at;
@@ -152,7 +154,7 @@ WITH durability AS (
               (CASE WHEN t.pass_result IS NULL THEN t.args ELSE pgtq_claim_args(t) END)::text
                   AS args, t.kwargs::text AS kwargs, t.priority,
               t.attempts, t.max_attempts, t.run_at, t.created_at, t.cancel_requested_at,
-              t.workflow_id, t.snoozes, t.meta
+              t.workflow_id, t.snoozes, t.meta, t.tags
 )
 -- One summary row (kind 0: the ids recorded, the claim time), then one row
 -- per claimed task (kind 1).  Every CTE above must be referenced to run.
@@ -163,12 +165,12 @@ SELECT 0 AS kind, coalesce(array_agg(id), '{}') AS done_ids, now() AS started_at
        NULL::integer AS priority, NULL::integer AS attempts, NULL::integer AS max_attempts,
        NULL::timestamptz AS run_at, NULL::timestamptz AS created_at,
        NULL::timestamptz AS cancel_requested_at, NULL::bigint AS workflow_id,
-       NULL::integer AS snoozes, NULL::jsonb AS meta
+       NULL::integer AS snoozes, NULL::jsonb AS meta, NULL::text[] AS tags
 FROM done
 UNION ALL
 SELECT 1, NULL, NULL, NULL, NULL, NULL, c.id, c.name, c.args, c.kwargs, c.priority, c.attempts,
        c.max_attempts, c.run_at, c.created_at, c.cancel_requested_at, c.workflow_id, c.snoozes,
-       c.meta
+       c.meta, c.tags
 FROM claimed AS c;
 
 -- name: release_tasks
@@ -319,10 +321,10 @@ WHERE t.id = doomed.id;
 -- which costs both sides far less than an array of text literals.
 WITH inserted AS (
     INSERT INTO pgtq_tasks (queue, name, args, kwargs, priority, max_attempts, run_at, key,
-                            meta)
+                            meta, tags)
     SELECT %(queue)s, %(name)s, item.a, coalesce(item.k, '{}'), %(priority)s,
            %(max_attempts)s, coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'),
-           %(key)s, %(meta)s::jsonb
+           %(key)s, %(meta)s::jsonb, %(tags)s::text[]
     FROM ROWS FROM (jsonb_array_elements(%(args)s::jsonb),
                     jsonb_array_elements(%(kwargs)s::jsonb))
          WITH ORDINALITY AS item(a, k, n)

@@ -7,7 +7,7 @@
 -- rolled-back transaction leaves no task and no workflow.
 --
 -- %(tasks)s: a JSON array, one object per task in order (queue, name, args,
--- kwargs, priority, max_attempts, delay, run_at, pass_result,
+-- kwargs, priority, max_attempts, delay, run_at, pass_result, tags,
 -- run_on_failure); a task is referred to by its index in it.
 -- %(edges)s: [[child index, position, parent index], ...] inside the push;
 -- %(after)s: [[child index, position, parent task id], ...] on tasks that
@@ -64,14 +64,16 @@ WITH spec AS (
     RETURNING id
 ), inserted AS (
     INSERT INTO pgtq_tasks (id, queue, name, args, kwargs, priority, max_attempts, run_at,
-                            state, workflow_id, waiting_for, run_on_failure, pass_result)
+                            state, workflow_id, waiting_for, run_on_failure, pass_result,
+                            tags)
     SELECT ids.id, s.t ->> 'queue', s.t ->> 'name', s.t -> 'args', s.t -> 'kwargs',
            (s.t ->> 'priority')::int, (s.t ->> 'max_attempts')::int,
            coalesce((s.t ->> 'run_at')::timestamptz,
                     now() + (s.t ->> 'delay')::float8 * interval '1 second'),
            CASE WHEN coalesce(w.n, 0) > 0 THEN 'waiting' ELSE 'queued' END,
            (SELECT id FROM workflow), coalesce(w.n, 0),
-           (s.t ->> 'run_on_failure')::boolean, s.t ->> 'pass_result'
+           (s.t ->> 'run_on_failure')::boolean, s.t ->> 'pass_result',
+           array(SELECT jsonb_array_elements_text(s.t -> 'tags'))
     FROM spec AS s
     JOIN ids ON ids.n = s.n
     LEFT JOIN waits AS w ON w.child = s.n
