@@ -186,6 +186,7 @@ def test_pages_send_security_headers_and_own_assets(client: FlaskClient) -> None
     response = client.get("/pgtq/")
     csp = response.headers["Content-Security-Policy"]
     assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert "connect-src 'self'" in csp  # the live updates' fetch, and nothing else
     assert response.headers["Cache-Control"] == "no-store"
     page = text(response)
     assert "http://" not in page and "https://" not in page
@@ -357,7 +358,7 @@ def test_retry_all_failed_of_a_queue(
     failed = [tasks["failed"], *more]
     assert {state_of(dsn, t) for t in failed} == {"failed"}
     page = text(client.get("/pgtq/tasks?state=failed&queue=risky"))
-    assert "Retry 3 failed or cancelled" in page
+    assert "Retry 3 failed" in page
     assert 'id="bulk-cancel"' not in page  # no failed task can be cancelled
     response = client.post(
         "/pgtq/tasks/retry",

@@ -127,7 +127,7 @@ def test_the_list_shows_what_each_bulk_action_would_touch(client: FlaskClient, d
     )
     assert 'name="name" value="a"' in page  # the form carries the filter
     only_running = text(client.get("/pgtq/tasks?name=a&state=running"))
-    assert "Cancel 1 waiting, queued or running" in only_running
+    assert "Cancel 1 running" in only_running
     assert 'id="bulk-retry"' not in only_running and 'id="bulk-delete"' not in only_running
 
 
