@@ -298,7 +298,7 @@ def test_the_live_header_gets_the_live_part_of_the_page_only(
 ) -> None:
     insert(dsn, "a", "failed")
     full = client.get(path)
-    assert 'id="pgtq-live" data-live-interval="1"' in text(full)
+    assert f'id="pgtq-live" data-live-url="{path}" data-live-interval="1"' in text(full)
     assert "<script src=" in text(full) and "<script>" not in text(full)
     live = client.get(path, headers={LIVE_HEADER: "1"})
     assert live.status_code == 200
@@ -322,3 +322,17 @@ def test_the_live_part_of_the_task_list_is_its_table(client: FlaskClient, dsn: s
 def test_the_live_part_needs_the_access_check(app_q: tuple[Flask, PgTq]) -> None:
     response = app_q[0].test_client().get("/pgtq/tasks", headers={LIVE_HEADER: "1"})
     assert response.status_code == 403
+
+
+def test_a_task_page_answering_a_post_updates_from_its_own_url(
+    client: FlaskClient, dsn: str
+) -> None:
+    task_id = insert(dsn, "a", "succeeded")
+    page = text(client.get(f"/pgtq/tasks/{task_id}"))
+    # Retrying a succeeded task answers the POST with the task's page (409).
+    refused = client.post(f"/pgtq/tasks/{task_id}/retry", data={"csrf_token": csrf_token(page)})
+    assert refused.status_code == 409
+    assert f'data-live-url="/pgtq/tasks/{task_id}"' in text(refused)
+    assert 'data-live-url="/pgtq/tasks?state=failed"' in text(
+        client.get("/pgtq/tasks?state=failed")
+    )

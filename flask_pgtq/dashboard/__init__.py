@@ -248,6 +248,9 @@ def helpers() -> dict[str, Any]:
         # Render only the page's live block, for pgtq.js to swap in.
         "partial": request.headers.get(LIVE_HEADER) == "1",
         "live_interval": LIVE_INTERVAL,
+        # What the live updates fetch: this page, as a GET (a view that
+        # answers a POST with a page gives the page's own URL).
+        "live_url": request.full_path.rstrip("?") if request.method == "GET" else "",
         "read_only": plain or _config().dashboard_read_only,
         "can_act": not plain and not _config().dashboard_read_only and bool(current_app.secret_key),
         "fmt_age": format_age,
@@ -395,6 +398,7 @@ def task(task_id: int, problem: str | None = None, status: int = 200) -> Any:
         done=_DONE.get(request.args.get("done", "")),
         problem=problem,
         page="tasks",
+        live_url=url_for(".task", task_id=task_id),
     )
     return Response(body, status=status, mimetype="text/html")
 

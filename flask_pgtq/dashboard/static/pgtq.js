@@ -13,13 +13,15 @@
     }
   });
 
-  // Live updates: the page's #pgtq-live part is fetched again (same URL, the
-  // X-Pgtq-Live header asks for that part only) and swapped in place, every
-  // data-live-interval seconds while the tab is visible and "live" is ticked.
+  // Live updates: the page's #pgtq-live part is fetched again (its
+  // data-live-url, the page's own; the X-Pgtq-Live header asks for that part
+  // only) and swapped in place, every data-live-interval seconds while the
+  // tab is visible and "live" is ticked.
   var region = document.getElementById("pgtq-live");
   var box = document.getElementById("pgtq-live-toggle");
   var status = document.getElementById("pgtq-live-status");
-  if (!region) { return; }
+  var url = region && region.getAttribute("data-live-url");
+  if (!url) { return; }
   var key = "pgtq-live";
   var every = 1000 * (parseFloat(region.getAttribute("data-live-interval")) || 2);
   var timer = null;
@@ -64,7 +66,7 @@
     timer = null;
     if (!wanted()) { return; }
     pending = true;
-    window.fetch(window.location.href, {
+    window.fetch(url, {
       headers: { "X-Pgtq-Live": "1" },
       credentials: "same-origin",
       cache: "no-store",
