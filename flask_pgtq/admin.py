@@ -45,6 +45,17 @@ COUNT_STATES = ("waiting", "ready", "scheduled", "running", "succeeded", "failed
 MAX_PAGE = 500
 #: Range of a PostgreSQL ``bigint``: task ids and paging cursors.
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+#: The states each action of :meth:`Admin.bulk` applies to (those of the
+#: one-task action): a task in another state is left alone.
+BULK_ACTIONS: dict[str, tuple[str, ...]] = {
+    "retry": (State.FAILED.value, State.CANCELLED.value),
+    "cancel": (State.WAITING.value, State.QUEUED.value, State.RUNNING.value),
+    "delete": FINAL_STATES,
+}
+#: Tasks one statement of :meth:`Admin.bulk` takes.
+BULK_BATCH = 500
+#: Longest text :meth:`Admin.tasks` searches for.
+MAX_SEARCH = 200
 
 
 @dataclass
@@ -102,6 +113,54 @@ class TaskPage:
     older: int | None
     #: Pass as ``after=`` for the previous (newer) page; ``None`` on the first.
     newer: int | None
+    #: Tasks matching the filters, by state (``queued``, not ``ready`` and
+    #: ``scheduled``).
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def actionable(self, action: str) -> int:
+        """How many matching tasks :meth:`Admin.bulk` *action* would touch."""
+        return sum(self.counts.get(state, 0) for state in BULK_ACTIONS[action])
+
+
+@dataclass
+class BulkResult:
+    """What :meth:`Admin.bulk` did."""
+
+    #: ``retry``, ``cancel`` or ``delete``.
+    action: str
+    #: The tasks it retried, cancelled (or asked to stop) or deleted, by id.
+    ids: list[int]
+    #: Of the cancelled ones: running tasks whose worker was asked to stop them.
+    requested: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class HandlerStats:
+    """The tasks of one name that ended in a recent window."""
+
+    name: str
+    succeeded: int
+    failed: int
+    cancelled: int
+    #: Percentiles of the run time in seconds (``finished_at -
+    #: started_at``, the last attempt) of the tasks that succeeded or
+    #: failed; ``None`` without one.
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+    @property
+    def failure_rate(self) -> float | None:
+        """Failed / (succeeded + failed): cancelled tasks aside; ``None``
+        when none ran to an outcome."""
+        ran = self.succeeded + self.failed
+        return self.failed / ran if ran else None
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "failure_rate": self.failure_rate}
 
 
 @dataclass
@@ -266,6 +325,7 @@ class Admin:
         queue: str | None = None,
         name: str | None = None,
         tag: str | Sequence[str] | None = None,
+        search: str | None = None,
         limit: int = 50,
         before: int | None = None,
         after: int | None = None,
@@ -279,11 +339,16 @@ class Admin:
         :param tag: only tasks with this tag; given a list, only tasks with
             every tag of it.  Served by a GIN index.  The total counts the
             same tasks.
+        :param search: a whole number: the task with this id; other text:
+            tasks whose name contains it, or whose arguments do (as JSON
+            text, case-insensitive).  The arguments are not indexed: a
+            text search reads every row until it has a page, and the count
+            reads every row of the other filters.
         :param limit: most rows (1 to :data:`~flask_pgtq.admin.MAX_PAGE`).
         :param before: only tasks with a smaller id (the next, older page).
         :param after: only tasks with a larger id (the previous, newer page).
         """
-        filters = _filters(state, queue, name, tag)
+        filters = _filters(state, queue, name, search, tag)
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
         if before is not None and after is not None:
@@ -297,7 +362,9 @@ class Admin:
         if after is not None:
             rows.reverse()
         tasks = [_summary(row) for row in rows]
-        (count,) = self._rows("admin_count_tasks", filters)
+        counts = {
+            row["state"]: int(row["count"]) for row in self._rows("admin_count_tasks", filters)
+        }
         older = newer = None
         if tasks:
             first, last = tasks[0].id, tasks[-1].id
@@ -307,7 +374,7 @@ class Admin:
             else:
                 newer = first if more else None
                 older = last if self._page(filters, before=last) else None
-        return TaskPage(tasks, int(count["count"]), older, newer)
+        return TaskPage(tasks, sum(counts.values()), older, newer, counts)
 
     def _page(
         self,
@@ -343,6 +410,17 @@ class Admin:
                 row[key] = int(row[key])
         return rows
 
+    def handler_stats(self, seconds: int = 3600) -> list[HandlerStats]:
+        """Per task name, by name: the tasks that ended in the last
+        *seconds* (outcomes, run-time percentiles)."""
+        if not 1 <= seconds <= 7 * 24 * 3600:
+            raise InvalidRequest("seconds must be between 1 and 604800")
+        stats = []
+        for row in self._rows("admin_handler_stats", {"seconds": seconds}):
+            p50, p95, p99 = row.pop("durations") or (None, None, None)
+            stats.append(HandlerStats(**row, p50=p50, p95=p95, p99=p99))
+        return stats
+
     # -- acting ----------------------------------------------------------------
 
     def retry(self, task_id: int) -> Task:
@@ -355,9 +433,7 @@ class Admin:
         :raises TaskNotFound: no such task.
         :raises ActionNotAllowed: the task is queued, running or succeeded.
         """
-        ids = [check_bigint(task_id, "task id")]
-        (row,) = self._rows("admin_retry_tasks", {"ids": ids, "states": None, "queue": None})
-        if not row["ids"]:
+        if not self._retry([check_bigint(task_id, "task id")]):
             task = self.get(task_id)
             raise ActionNotAllowed(
                 f"task {task_id} is {task.state.value}: only failed or cancelled tasks "
@@ -372,13 +448,68 @@ class Admin:
         of one queue, like :meth:`retry`.  Returns their ids."""
         states = list(states)
         for state in states:
-            if state not in ("failed", "cancelled"):
+            if state not in BULK_ACTIONS["retry"]:
                 raise InvalidRequest(
                     f"only failed or cancelled tasks can be retried, not {state!r}"
                 )
-        if queue is not None:
-            validate_name(queue, "queue")
-        (row,) = self._rows("admin_retry_tasks", {"ids": None, "states": states, "queue": queue})
+        ids = [i for s in states for i in self.bulk("retry", state=s, queue=queue).ids]
+        return sorted(ids)
+
+    def bulk(
+        self,
+        action: str,
+        *,
+        state: str | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        search: str | None = None,
+        batch: int = BULK_BATCH,
+    ) -> BulkResult:
+        """Retry, cancel or delete every task that matches the filters of
+        :meth:`tasks`, of those in a state *action* applies to (see
+        :data:`BULK_ACTIONS`), as :meth:`retry`, :meth:`cancel` and
+        :meth:`delete` do to one.
+
+        Works through the matching tasks newest first, *batch* at a time,
+        one statement to find a batch and one to act on it (compare-and-set
+        on the state, as for one task).  Tasks pushed after it started are
+        left alone.
+
+        :raises InvalidRequest: an unknown action, or a *state* filter it
+            does not apply to (e.g. ``retry`` and ``succeeded``).
+        """
+        if action not in BULK_ACTIONS:
+            raise InvalidRequest(f"unknown action {action!r}; known: {', '.join(BULK_ACTIONS)}")
+        filters = _filters(state, queue, name, search)
+        applies = BULK_ACTIONS[action]
+        filters["states"] = [s for s in applies if filters["state"] in (None, s)]
+        if not filters["states"]:
+            raise InvalidRequest(
+                f"{action} applies to {', '.join(applies)} tasks, not to {state} ones"
+            )
+        result = BulkResult(action, [])
+        before = None
+        while True:
+            rows = self._page(filters, before=before, limit=batch)
+            if not rows:
+                break
+            ids = [row["id"] for row in rows]
+            if action == "retry":
+                result.ids += self._retry(ids)
+            elif action == "delete":
+                result.ids += [row["id"] for row in self._rows("admin_delete_tasks", {"ids": ids})]
+            else:
+                changed = self._cancel(None, None, ids)
+                result.ids += [row["id"] for row in changed]
+                result.requested += sum(row["state"] == State.RUNNING.value for row in changed)
+            if len(rows) < batch:
+                break
+            before = ids[-1]
+        result.ids.sort()
+        return result
+
+    def _retry(self, ids: list[int]) -> list[int]:
+        (row,) = self._rows("admin_retry_tasks", {"ids": ids})
         return list(row["ids"])
 
     def cancel(self, task_id: int) -> CancelResult:
@@ -401,16 +532,19 @@ class Admin:
         task = Task.from_row(rows[0], self.backend)
         return CancelResult(task, cancelled=task.state is State.CANCELLED)
 
-    def _cancel(self, task_id: int | None, workflow_id: int | None) -> list[dict[str, Any]]:
+    def _cancel(
+        self, task_id: int | None, workflow_id: int | None, ids: list[int] | None = None
+    ) -> list[dict[str, Any]]:
         # The queue core's statement, so that dependents are released and
         # finished workflows announced as for any other cancel.
         store = getattr(self.backend, "store", None)
         reason = "cancelled by an operator"
         if store is not None:
-            rows: list[dict[str, Any]] = store.cancel_rows(task_id, workflow_id, reason)
+            rows: list[dict[str, Any]] = store.cancel_rows(task_id, workflow_id, reason, ids)
             return rows
         return self._rows(
-            "cancel_task", {"id": task_id, "workflow_id": workflow_id, "reason": reason}
+            "cancel_task",
+            {"id": task_id, "ids": ids, "workflow_id": workflow_id, "reason": reason},
         )
 
     def cancel_workflow(self, workflow_id: int) -> tuple[int, int]:
@@ -467,7 +601,7 @@ class Admin:
         :raises TaskNotFound: no such task.
         :raises ActionNotAllowed: the task has not ended; cancel it first.
         """
-        if not self._rows("admin_delete_task", {"id": check_bigint(task_id, "task id")}):
+        if not self._rows("admin_delete_tasks", {"ids": [check_bigint(task_id, "task id")]}):
             task = self.get(task_id)
             raise ActionNotAllowed(
                 f"task {task_id} is {task.state.value}: only finished tasks can be "
@@ -539,8 +673,10 @@ def _filters(
     state: str | None,
     queue: str | None,
     name: str | None,
+    search: str | None = None,
     tag: str | Sequence[str] | None = None,
 ) -> dict[str, Any]:
+    """The parameters of ``admin_list_tasks`` and ``admin_count_tasks``."""
     due = None
     if state is not None:
         if state not in FILTER_STATES:
@@ -558,7 +694,26 @@ def _filters(
             tags = list(validate_tags([tag] if isinstance(tag, str) else list(tag), "tag filter"))
         except ConfigurationError as exc:
             raise InvalidRequest(str(exc)) from None
-    return {"state": state, "due": due, "queue": queue, "name": name, "tags": tags or None}
+    search_id = pattern = None
+    search = (search or "").strip() or None
+    if search is not None:
+        if len(search) > MAX_SEARCH:
+            raise InvalidRequest(f"search at most {MAX_SEARCH} characters, not {len(search)}")
+        if search.isascii() and search.isdigit() and int(search) <= BIGINT_MAX:
+            search_id = int(search)
+        else:
+            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            pattern = f"%{escaped}%"
+    return {
+        "state": state,
+        "states": None,
+        "due": due,
+        "queue": queue,
+        "name": name,
+        "search_id": search_id,
+        "pattern": pattern,
+        "tags": tags or None,
+    }
 
 
 def _summary_row(task: dict[str, Any]) -> dict[str, Any]:

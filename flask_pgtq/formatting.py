@@ -98,6 +98,17 @@ def format_age(seconds: float | None) -> str:
     return f"{days}d {hours}h"
 
 
+def format_duration(seconds: float | None) -> str:
+    """A run time: ``"12ms"``, ``"4.25s"``, then as :func:`format_age`."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{max(0.0, seconds) * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    return format_age(seconds)
+
+
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", re.IGNORECASE)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 

@@ -524,13 +524,18 @@ class TaskStore:
         return Task.from_row(rows[0], self.backend) if rows else self.get(task_id)
 
     def cancel_rows(
-        self, task_id: int | None, workflow_id: int | None, reason: str
+        self,
+        task_id: int | None,
+        workflow_id: int | None,
+        reason: str,
+        ids: list[int] | None = None,
     ) -> list[dict[str, Any]]:
-        """Cancel task *task_id* or every task of workflow *workflow_id*
-        (queued or waiting: at once; running: a request); return the rows
-        changed (none for tasks that had ended)."""
+        """Cancel task *task_id*, the tasks *ids* or every task of workflow
+        *workflow_id* (queued or waiting: at once; running: a request);
+        return the rows changed (none for tasks that had ended)."""
         rows = self._rows(
-            "cancel_task", {"id": task_id, "workflow_id": workflow_id, "reason": reason}
+            "cancel_task",
+            {"id": task_id, "ids": ids, "workflow_id": workflow_id, "reason": reason},
         )
         if rows:
             self._workflows_finished(rows[0]["workflows_finished"])

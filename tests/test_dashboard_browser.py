@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,7 @@ def test_find_a_failed_task_retry_it_and_see_it_succeed(
     assert page.locator("#tasks tbody tr").count() == 5
     page.select_option("#filters select[name=state]", "failed")
     page.click("#filters button[type=submit]")
-    page.wait_for_url("**/pgtq/tasks?state=failed*")
+    page.wait_for_url("**/pgtq/tasks?*state=failed*")
     rows = page.locator("#tasks tbody tr")
     assert rows.count() == 1
     assert rows.first.get_attribute("data-task-id") == str(broken)
@@ -360,3 +361,106 @@ def test_read_only_dashboard_has_no_buttons(
     assert "Read-only" in page.locator(".notice").inner_text()
     assert page.get_by_role("button").count() == 0
     context.close()
+
+
+def live_requests(page: Any) -> list[str]:
+    """The URLs of the page's live-update requests, as they are made."""
+    seen: list[str] = []
+    page.on("request", lambda r: seen.append(r.url) if r.headers.get("x-pgtq-live") else None)
+    return seen
+
+
+def set_hidden(page: Any, hidden: bool) -> None:
+    """What the browser does when the tab goes to the background (or back)."""
+    page.evaluate(
+        """hidden => {
+            Object.defineProperty(document, "hidden", {configurable: true, get: () => hidden});
+            document.dispatchEvent(new Event("visibilitychange"));
+        }""",
+        hidden,
+    )
+
+
+def test_a_task_pushed_while_the_list_is_open_appears_without_a_reload(
+    served_app: Flask, page: Any
+) -> None:
+    first = worker_app.add.options(delay=3600).push(1, 1).id
+    page.goto("/pgtq/tasks")
+    assert page.locator("#tasks tbody tr").count() == 1
+    page.evaluate("window.pgtqSamePage = true")  # gone if the page reloads
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+
+    pushed = worker_app.add.options(delay=3600).push(2, 2).id
+    started = time.monotonic()
+    page.locator(f'#tasks tr[data-task-id="{pushed}"]').wait_for(timeout=2000)
+    assert time.monotonic() - started < 2
+    ids = [int(r.get_attribute("data-task-id")) for r in page.locator("#tasks tbody tr").all()]
+    assert ids == [pushed, first]
+    assert page.locator("#count").inner_text() == "2 tasks match"
+    assert page.evaluate("window.pgtqSamePage") is True and navigations == []
+    assert page.locator("#pgtq-live-status").inner_text() == ""
+
+    # In the background the page asks for nothing; back in front, at once.
+    requests = live_requests(page)
+    set_hidden(page, True)
+    page.wait_for_timeout(300)  # one may have been on its way
+    requests.clear()
+    hidden_push = worker_app.add.options(delay=3600).push(3, 3).id
+    page.wait_for_timeout(2500)
+    assert requests == []
+    assert page.locator(f'#tasks tr[data-task-id="{hidden_push}"]').count() == 0
+    set_hidden(page, False)
+    page.locator(f'#tasks tr[data-task-id="{hidden_push}"]').wait_for(timeout=1000)
+
+    # Unticked, the page stays as it is; the choice outlives a reload.
+    page.uncheck("#pgtq-live-toggle")
+    page.wait_for_timeout(300)
+    requests.clear()
+    unticked = worker_app.add.options(delay=3600).push(4, 4).id
+    page.wait_for_timeout(2000)
+    assert requests == [] and page.locator(f'tr[data-task-id="{unticked}"]').count() == 0
+    page.reload()
+    assert not page.is_checked("#pgtq-live-toggle")
+    page.check("#pgtq-live-toggle")
+
+
+def test_bulk_retry_of_a_thousand_failed_tasks(
+    served_app: Flask, page: Any, dsn: str, start_worker: Any
+) -> None:
+    sql_all(
+        dsn,
+        "INSERT INTO pgtq_tasks (queue, name, args, state, attempts, max_attempts, started_at,"
+        " finished_at, error) SELECT 'default', 'add', jsonb_build_array(i, 1), 'failed', 1, 1,"
+        " now(), now(), 'ConnectionError: the mail server went away'"
+        " FROM generate_series(1, 1000) AS i",
+    )
+    page.goto("/pgtq/tasks?state=failed")
+    assert page.locator("#count").inner_text() == "1000 tasks match"
+    button = page.get_by_role("button", name="Retry 1000 failed")
+    assert page.locator("#bulk-delete").count() == 1 and page.locator("#bulk-cancel").count() == 0
+    screenshot(page, "07-bulk-retry")
+    asked: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        asked.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    button.click()
+    page.wait_for_url("**/pgtq/tasks?state=failed&done=bulk-retry&count=1000")
+    assert asked == ["Retry all 1000 failed tasks matching this filter, with fresh attempts?"]
+    assert page.locator(".done").inner_text() == "1000 tasks queued again with fresh attempts."
+    assert page.locator("#count").inner_text() == "0 tasks match"
+    assert sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE state = 'queued'") == (1000,)
+
+    # A worker runs them; the overview follows without a reload.
+    page.goto("/pgtq/")
+    page.evaluate("window.pgtqSamePage = true")
+    start_worker("--concurrency", "4")
+    succeeded = page.locator('#queues tr[data-queue="default"] td.succeeded')
+    playwright_api.expect(succeeded).to_have_text("1000", timeout=60_000)
+    assert page.locator('#queues tr[data-queue="default"] td.failed').inner_text() == "0"
+    assert page.locator('#handlers tr[data-handler="add"] td.succeeded').inner_text() == "1000"
+    assert page.evaluate("window.pgtqSamePage") is True
+    screenshot(page, "08-bulk-retried-overview")

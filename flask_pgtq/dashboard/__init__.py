@@ -6,12 +6,16 @@ return a response, e.g. a redirect to your login page or a 401 asking for
 HTTP Basic credentials), or ``"local-only"``.  Without an access check every
 request is refused with 403 and a note on how to configure one.
 
-Pages: overview (queues by state, tasks ended per minute over the last hour),
-task list (filters and paging), task detail (arguments, result, error,
-attempt history, progress) and workers.  Actions (retry, cancel, delete) are
-POST only and need a CSRF token, signed with the app's ``SECRET_KEY``;
-without one, the actions are off.  ``PGTQ_DASHBOARD_READ_ONLY = True`` turns
-them off too.  Every asset is served by the blueprint: it works offline.
+Pages: overview (queues by state, tasks ended per minute and handlers over
+the last hour), task list (filters, search and paging), task detail
+(arguments, result, error, attempt history, progress) and workers.  The part
+of a page that changes is refreshed in place every :data:`LIVE_INTERVAL`
+seconds while the tab is visible (``pgtq.js`` asks for it with the
+``X-Pgtq-Live`` header).  Actions (retry, cancel, delete, on one task or on
+every task matching the list's filters) are POST only and need a CSRF
+token, signed with the app's ``SECRET_KEY``; without one, the actions are
+off.  ``PGTQ_DASHBOARD_READ_ONLY = True`` turns them off too.  Every asset
+is served by the blueprint: it works offline.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from ..admin import (
     BIGINT_MAX,
     BIGINT_MIN,
+    BULK_ACTIONS,
     FILTER_STATES,
     FINAL_STATES,
     Admin,
@@ -53,6 +58,7 @@ from ..formatting import (
     dumps,
     error_summary,
     format_age,
+    format_duration,
     format_time,
     history_label,
 )
@@ -73,8 +79,14 @@ CSRF_COOKIE = "pgtq_csrf"
 CSRF_MAX_AGE = 12 * 3600
 #: Tasks per page of the task list.
 PAGE_SIZE = 50
-#: States whose tasks the list offers to retry all at once.
-RETRYABLE_STATES = ("failed", "cancelled")
+#: Seconds between two refreshes of the live part of a page (``pgtq.js``).
+LIVE_INTERVAL = 1
+#: Request header asking for the live part of a page only.
+LIVE_HEADER = "X-Pgtq-Live"
+#: The task list's filters, as query parameters (``q``: the search box).
+LIST_FILTERS = ("state", "queue", "name", "q")
+#: Time window of the overview's handler table, in seconds.
+HANDLER_WINDOW = 3600
 
 _NOT_CONFIGURED = (
     "The flask_pgtq dashboard has no access check, so it refuses every request. "
@@ -90,6 +102,12 @@ _DONE = {
     "cancelled": "Task cancelled.",
     "cancel-requested": "Cancel requested: the worker running the task stops it.",
     "deleted": "Task deleted.",
+}
+#: Messages after a bulk action, given the count (and running tasks asked to stop).
+_BULK_DONE = {
+    "retry": "{count} queued again with fresh attempts.",
+    "cancel": "{count} cancelled ({requested} of them running: their workers were asked to stop).",
+    "delete": "{count} deleted.",
 }
 
 
@@ -154,10 +172,12 @@ def protect(response: Response) -> Response:
     """Security headers; the CSRF cookie when a page made a token."""
     response.headers["Content-Security-Policy"] = (
         "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     )
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "same-origin"
+    response.vary.add(LIVE_HEADER)
     if request.endpoint != "pgtq_dashboard.static":
         response.headers["Cache-Control"] = "no-store"
     nonce = g.get("pgtq_new_nonce")
@@ -225,9 +245,16 @@ def helpers() -> dict[str, Any]:
     plain = g.get("pgtq_plain", True)
     return {
         "csrf_token": (lambda: None) if plain else csrf_token,
+        # Render only the page's live block, for pgtq.js to swap in.
+        "partial": request.headers.get(LIVE_HEADER) == "1",
+        "live_interval": LIVE_INTERVAL,
+        # What the live updates fetch: this page, as a GET (a view that
+        # answers a POST with a page gives the page's own URL).
+        "live_url": request.full_path.rstrip("?") if request.method == "GET" else "",
         "read_only": plain or _config().dashboard_read_only,
         "can_act": not plain and not _config().dashboard_read_only and bool(current_app.secret_key),
         "fmt_age": format_age,
+        "fmt_duration": format_duration,
         "fmt_time": format_time,
         "error_summary": error_summary,
         "history_label": history_label,
@@ -271,6 +298,7 @@ def overview() -> Any:
     }
     live = [w for w in workers if w.alive and w.concurrency]
     pauses = _extension().pauses()
+    handlers = admin.handler_stats(HANDLER_WINDOW)
     return render_template(
         "pgtq_dashboard/overview.html",
         queues=queues,
@@ -279,6 +307,7 @@ def overview() -> Any:
         done=_arg("done"),
         totals=totals,
         chart=chart,
+        handlers=handlers,
         live_workers=len(live),
         oldest_wait=max((q.oldest_wait or 0 for q in queues), default=0),
         page="overview",
@@ -308,28 +337,43 @@ def _int_arg(name: str) -> int | None:
     return _bigint(int(value), name)
 
 
+def _list_filters(source: Any) -> dict[str, Any]:
+    """The task list's filters from *source* (the query string or a form)."""
+    return {key: (source.get(key) or "").strip() or None for key in LIST_FILTERS}
+
+
+def _admin_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    """*filters* as :meth:`Admin.tasks` and :meth:`Admin.bulk` take them."""
+    return {"search" if key == "q" else key: value for key, value in filters.items()}
+
+
 @blueprint.get("/tasks")
 def tasks() -> Any:
-    filters = {"state": _arg("state"), "queue": _arg("queue"), "name": _arg("name")}
+    filters = _list_filters(request.args)
     admin = _admin()
     try:
         page = admin.tasks(
-            **filters, limit=PAGE_SIZE, before=_int_arg("before"), after=_int_arg("after")
+            **_admin_filters(filters),
+            limit=PAGE_SIZE,
+            before=_int_arg("before"),
+            after=_int_arg("after"),
         )
     except (ValueError, InvalidName) as exc:
         return _page(400, "Bad filter", str(exc))
     queues = [q.queue for q in admin.status()]
     done = _DONE.get(request.args.get("done", ""))
-    retried = _int_arg("retried")
-    if request.args.get("done") == "retried-all" and retried is not None:
-        done = f"{retried} task{'' if retried == 1 else 's'} queued again with fresh attempts."
+    count = _int_arg("count")
+    action = request.args.get("done", "").removeprefix("bulk-")
+    if action in _BULK_DONE and count is not None:
+        tasks = f"{count} task{'' if count == 1 else 's'}"
+        done = _BULK_DONE[action].format(count=tasks, requested=_int_arg("requested") or 0)
     return render_template(
         "pgtq_dashboard/tasks.html",
         page_=page,
         filters=filters,
         states=FILTER_STATES,
         queues=queues,
-        retryable=RETRYABLE_STATES,
+        bulk_states=BULK_ACTIONS,
         done=done,
         page="tasks",
     )
@@ -354,6 +398,7 @@ def task(task_id: int, problem: str | None = None, status: int = 200) -> Any:
         done=_DONE.get(request.args.get("done", "")),
         problem=problem,
         page="tasks",
+        live_url=url_for(".task", task_id=task_id),
     )
     return Response(body, status=status, mimetype="text/html")
 
@@ -434,27 +479,23 @@ def retry(task_id: int) -> Any:
     return _act(task_id, lambda admin: (admin.retry(task_id), "retried")[1])
 
 
-@blueprint.post("/tasks/retry")
-def retry_all() -> Any:
-    """Retry every failed (or every cancelled) task, of one queue or all:
-    what the task list shows with that state filter and no name filter."""
+@blueprint.post("/tasks/<any(retry, cancel, delete):action>")
+def bulk(action: str) -> Any:
+    """Retry, cancel or delete every task matching the list's filters (the
+    form's ``state``, ``queue``, ``name`` and ``q``) that is in a state the
+    action applies to; see :meth:`Admin.bulk`."""
     refused = _refuse_action()
     if refused is not None:
         return refused
-    state = request.form.get("state", "")
-    queue = request.form.get("queue") or None
-    if state not in RETRYABLE_STATES:
-        return _page(
-            400, "Bad request", f"only failed or cancelled tasks can be retried, not {state!r}"
-        )
+    filters = _list_filters(request.form)
     try:
-        ids = _admin().retry_all(states=[state], queue=queue)
-    except InvalidName as exc:
+        result = _admin().bulk(action, **_admin_filters(filters))
+    except (ValueError, InvalidName) as exc:
         return _page(400, "Bad request", str(exc))
-    return redirect(
-        url_for(".tasks", state=state, queue=queue, done="retried-all", retried=len(ids)),
-        code=303,
-    )
+    done: dict[str, Any] = {"done": f"bulk-{action}", "count": len(result.ids)}
+    if action == "cancel":
+        done["requested"] = result.requested
+    return redirect(url_for(".tasks", **filters, **done), code=303)
 
 
 @blueprint.post("/tasks/<int:task_id>/cancel")

@@ -49,37 +49,53 @@ ORDER BY w.started_at, w.id;
 -- name: admin_list_tasks
 -- Newest first, filtered; keyset paging on id: "before" gives older pages,
 -- "after" newer ones (read oldest first, then reversed by the caller).
--- Arguments and results are left out: they may be large.
+-- Arguments and results are left out: they may be large.  The search
+-- (%(search_id)s: a task id; %(pattern)s: an ILIKE pattern, its wildcards
+-- escaped by the caller) reads each row's arguments as JSON text: it scans
+-- until a page is found.  %(states)s restricts to the states a bulk action
+-- applies to.  The filter is spelled the same in admin_count_tasks.
 SELECT id, name, queue, state, priority, attempts, max_attempts, run_at, created_at,
        started_at, finished_at, cancel_requested_at,
        right(error, 1500) AS error_tail,
        run_at > now() AS scheduled, tags
 FROM pgtq_tasks
 WHERE (%(state)s::text IS NULL OR state = %(state)s)
+  AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s))
   AND (%(due)s::boolean IS NULL OR (run_at <= now()) = %(due)s)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(name)s::text IS NULL OR name = %(name)s)
   -- Every tag given (served by the GIN index pgtq_tasks_tags; a NULL is
   -- folded away when the statement is planned).
   AND (%(tags)s::text[] IS NULL OR tags @> %(tags)s::text[])
+  AND (%(search_id)s::bigint IS NULL OR id = %(search_id)s)
+  AND (%(pattern)s::text IS NULL OR name ILIKE %(pattern)s OR args::text ILIKE %(pattern)s
+       OR kwargs::text ILIKE %(pattern)s)
   AND (%(before)s::bigint IS NULL OR id < %(before)s)
   AND (%(after)s::bigint IS NULL OR id > %(after)s)
 ORDER BY CASE WHEN %(after)s::bigint IS NULL THEN -id ELSE id END
 LIMIT %(limit)s;
 
 -- name: admin_count_tasks
-SELECT count(*)
+-- Tasks matching the filters of admin_list_tasks, by state (what a bulk
+-- action would touch).  Counts every matching row: with a search, a scan.
+SELECT state, count(*) AS count
 FROM pgtq_tasks
 WHERE (%(state)s::text IS NULL OR state = %(state)s)
+  AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s))
   AND (%(due)s::boolean IS NULL OR (run_at <= now()) = %(due)s)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(name)s::text IS NULL OR name = %(name)s)
-  AND (%(tags)s::text[] IS NULL OR tags @> %(tags)s::text[]);
+  AND (%(tags)s::text[] IS NULL OR tags @> %(tags)s::text[])
+  AND (%(search_id)s::bigint IS NULL OR id = %(search_id)s)
+  AND (%(pattern)s::text IS NULL OR name ILIKE %(pattern)s OR args::text ILIKE %(pattern)s
+       OR kwargs::text ILIKE %(pattern)s)
+GROUP BY state;
 
 -- name: admin_retry_tasks
--- Failed or cancelled tasks back to the queue, to run now with a fresh set of
--- attempts.  The history is kept, with a "manual_retry" entry.  Listening
--- workers are woken (the insert trigger does not fire for an update).
+-- Tasks %(ids)s that failed or were cancelled back to the queue, to run now
+-- with a fresh set of attempts; tasks in any other state are left alone.
+-- The history is kept, with a "manual_retry" entry.  Listening workers are
+-- woken (the insert trigger does not fire for an update).
 WITH retried AS (
     UPDATE pgtq_tasks AS t
     SET state = 'queued',
@@ -95,20 +111,18 @@ WITH retried AS (
             'started_at', NULL, 'finished_at', now(),
             'error', 'retried by an operator after ' || t.state
                      || '; attempts start again from 0')
-    WHERE t.state IN ('failed', 'cancelled')
-      AND (%(ids)s::bigint[] IS NULL OR t.id = ANY(%(ids)s))
-      AND (%(states)s::text[] IS NULL OR t.state = ANY(%(states)s))
-      AND (%(queue)s::text IS NULL OR t.queue = %(queue)s)
+    WHERE t.id = ANY(%(ids)s) AND t.state IN ('failed', 'cancelled')
     RETURNING t.id, t.queue
 ), woken AS (
     SELECT pg_notify('pgtq', q.queue) FROM (SELECT DISTINCT queue FROM retried) AS q
 )
 SELECT (SELECT count(*) FROM woken) AS woken, array(SELECT id FROM retried ORDER BY id) AS ids;
 
--- name: admin_delete_task
--- Only a finished task is deleted: the row is the truth until then.
+-- name: admin_delete_tasks
+-- Tasks %(ids)s that have ended: the row is the truth until then, so a
+-- task in any other state is left alone (and not returned).
 DELETE FROM pgtq_tasks
-WHERE id = %(id)s AND state IN ('succeeded', 'failed', 'cancelled')
+WHERE id = ANY(%(ids)s) AND state IN ('succeeded', 'failed', 'cancelled')
 RETURNING id;
 
 -- name: admin_purge_tasks
@@ -157,3 +171,21 @@ FROM buckets AS b
 LEFT JOIN ended AS e ON e.minute = b.minute
 GROUP BY b.minute
 ORDER BY b.minute;
+
+-- name: admin_handler_stats
+-- Per task name, the tasks that ended in the last %(seconds)s seconds: how
+-- many succeeded, failed (for good) and were cancelled, and the 50th, 95th
+-- and 99th percentiles of the run time (finished_at - started_at, the last
+-- attempt) of those that ran to an outcome.  Reads pgtq_tasks_finished.
+SELECT name,
+       count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+       count(*) FILTER (WHERE state = 'failed') AS failed,
+       count(*) FILTER (WHERE state = 'cancelled') AS cancelled,
+       percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
+           ORDER BY extract(epoch FROM finished_at - started_at)
+       ) FILTER (WHERE state IN ('succeeded', 'failed') AND started_at IS NOT NULL) AS durations
+FROM pgtq_tasks
+WHERE state IN ('succeeded', 'failed', 'cancelled')
+  AND finished_at >= now() - %(seconds)s * interval '1 second'
+GROUP BY name
+ORDER BY name;

@@ -203,9 +203,9 @@ WITH fired AS (
 SELECT id FROM task;
 
 -- name: cancel_task
--- Task %(id)s, or every task of workflow %(workflow_id)s: a queued or
--- waiting task is cancelled at once (%(reason)s is its error); a running one
--- gets a cancel request, which its worker acts on (told by NOTIFY on
+-- Task %(id)s, the tasks %(ids)s, or every task of workflow %(workflow_id)s:
+-- a queued or waiting task is cancelled at once (%(reason)s is its error); a
+-- running one gets a cancel request, which its worker acts on (told by NOTIFY on
 -- pgtq_cancel and by its heartbeat).  One UPDATE, on rows locked in id
 -- order: a task that changes state meanwhile is re-read under its row lock,
 -- so the right branch applies (or none, and no row comes back: the task had
@@ -214,7 +214,7 @@ SELECT id FROM task;
 WITH locked AS (
     SELECT id
     FROM pgtq_tasks
-    WHERE (id = %(id)s OR workflow_id = %(workflow_id)s)
+    WHERE (id = %(id)s OR id = ANY(%(ids)s::bigint[]) OR workflow_id = %(workflow_id)s)
       AND state IN ('waiting', 'queued', 'running')
     ORDER BY id
     FOR UPDATE

@@ -8,6 +8,7 @@ from flask_pgtq import InvalidRequest
 from flask_pgtq.formatting import (
     error_summary,
     format_age,
+    format_duration,
     loads_for_display,
     parse_duration,
     printable,
@@ -40,3 +41,10 @@ def test_ages_and_error_summaries() -> None:
     assert format_age(5) and format_age(3700)
     assert error_summary("Traceback...\nValueError: boom\n") == "ValueError: boom"
     assert error_summary(None) is None
+
+
+def test_run_times() -> None:
+    assert format_duration(0.0123) == "12ms"
+    assert format_duration(4.254) == "4.25s"
+    assert format_duration(125) == "2m 5s"
+    assert format_duration(None) == "-"
