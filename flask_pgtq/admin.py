@@ -463,6 +463,7 @@ class Admin:
         queue: str | None = None,
         name: str | None = None,
         search: str | None = None,
+        tag: str | Sequence[str] | None = None,
         batch: int = BULK_BATCH,
     ) -> BulkResult:
         """Retry, cancel or delete every task that matches the filters of
@@ -480,7 +481,7 @@ class Admin:
         """
         if action not in BULK_ACTIONS:
             raise InvalidRequest(f"unknown action {action!r}; known: {', '.join(BULK_ACTIONS)}")
-        filters = _filters(state, queue, name, search)
+        filters = _filters(state, queue, name, search, tag)
         applies = BULK_ACTIONS[action]
         filters["states"] = [s for s in applies if filters["state"] in (None, s)]
         if not filters["states"]:

@@ -336,3 +336,26 @@ def test_a_task_page_answering_a_post_updates_from_its_own_url(
     assert 'data-live-url="/pgtq/tasks?state=failed"' in text(
         client.get("/pgtq/tasks?state=failed")
     )
+
+
+def test_the_task_list_filters_by_tag_and_bulk_actions_follow_it(
+    client: FlaskClient, app_q: tuple[Flask, PgTq], q: PgTq, dsn: str
+) -> None:
+    with app_q[0].app_context():
+        tagged = [q.handlers["add"].options(tags=["tenant:42"]).push(i, i).id for i in range(3)]
+        other = q.handlers["add"].options(tags=["tenant:7"]).push(0, 0).id
+    page = text(client.get("/pgtq/tasks?tag=tenant:42"))
+    shown = {int(i) for i in re.findall(r'data-task="(\d+)"', page)} or {
+        int(i) for i in re.findall(r"/pgtq/tasks/(\d+)\"", page)
+    }
+    assert set(tagged) <= shown and other not in shown
+    token = csrf_token(page)
+    response = client.post(
+        "/pgtq/tasks/cancel",
+        data={"csrf_token": token, "tag": "tenant:42", "state": "queued"},
+    )
+    assert response.status_code == 303, text(response)
+    assert {
+        sql_one(dsn, "SELECT state FROM pgtq_tasks WHERE id = %s", (i,))[0] for i in tagged
+    } == {"cancelled"}
+    assert sql_one(dsn, "SELECT state FROM pgtq_tasks WHERE id = %s", (other,))[0] == "queued"

@@ -84,7 +84,7 @@ LIVE_INTERVAL = 1
 #: Request header asking for the live part of a page only.
 LIVE_HEADER = "X-Pgtq-Live"
 #: The task list's filters, as query parameters (``q``: the search box).
-LIST_FILTERS = ("state", "queue", "name", "q")
+LIST_FILTERS = ("state", "queue", "name", "tag", "q")
 #: Time window of the overview's handler table, in seconds.
 HANDLER_WINDOW = 3600
 
