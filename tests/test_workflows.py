@@ -408,3 +408,54 @@ def test_a_group_of_10000_is_pushed_in_one_statement(app, dsn):
     assert sql_one(dsn, "SELECT waiting_for FROM pgtq_tasks WHERE id = %s", (g.tasks[-1].id,)) == (
         10_000,
     )
+
+
+def test_an_operator_retry_of_a_failed_member_reopens_its_workflow(
+    standalone_q: PgTq, dsn: str
+) -> None:
+    from flask_pgtq import group
+
+    q = standalone_q
+    calls: list[int] = []
+
+    @q.handler(max_attempts=1)
+    def step(x: int) -> int:
+        calls.append(x)
+        if calls.count(x) == 1 and x == 1:
+            raise RuntimeError("the first run of 1 fails")
+        return x
+
+    wf = group(step.s(1), step.s(2)).push()
+    q.drain()
+    assert q.get_workflow(wf.id).state == "failed"
+    failed = [t.id for t in q.get_workflow(wf.id).tasks if t.state.value == "failed"]
+    assert len(failed) == 1
+    q.admin.retry(failed[0])
+    (pending, n_failed, finished) = sql_one(
+        dsn, "SELECT pending, failed, finished_at FROM pgtq_workflows WHERE id = %s", (wf.id,)
+    )
+    assert (pending, n_failed, finished) == (1, 0, None)
+    assert q.get_workflow(wf.id).state == "running"
+    q.drain()
+    assert q.get_workflow(wf.id).state == "succeeded"
+    assert wf.wait(timeout=5) == [1, 2]
+
+
+def test_purge_keeps_a_parent_whose_dependents_wait(standalone_q: PgTq, dsn: str) -> None:
+    q = standalone_q
+
+    @q.handler()
+    def parent() -> int:
+        return 1
+
+    @q.handler()
+    def child(x: int) -> int:
+        return x
+
+    first = parent.push()
+    q.drain()
+    waiting_child = child.options(after=[first], queue="elsewhere").push(0)
+    sql_all(dsn, "UPDATE pgtq_tasks SET finished_at = now() - interval '30 days'")
+    q.admin.purge(states=["succeeded"], older_than=86400)
+    assert sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE id = %s", (first.id,))[0] == 1
+    assert q.get_task(waiting_child.id).state.value in ("queued", "waiting")

@@ -95,8 +95,15 @@ GROUP BY state;
 -- Tasks %(ids)s that failed or were cancelled back to the queue, to run now
 -- with a fresh set of attempts; tasks in any other state are left alone.
 -- The history is kept, with a "manual_retry" entry.  Listening workers are
--- woken (the insert trigger does not fire for an update).
-WITH retried AS (
+-- woken (the insert trigger does not fire for an update).  A retried
+-- workflow member reopens its workflow: one task pending again, its failure
+-- or cancellation no longer counted (what ended it counted them).
+WITH old AS (
+    SELECT id, state, workflow_id
+    FROM pgtq_tasks
+    WHERE id = ANY(%(ids)s) AND state IN ('failed', 'cancelled')
+    FOR UPDATE
+), retried AS (
     UPDATE pgtq_tasks AS t
     SET state = 'queued',
         run_at = now(),
@@ -111,12 +118,24 @@ WITH retried AS (
             'started_at', NULL, 'finished_at', now(),
             'error', 'retried by an operator after ' || t.state
                      || '; attempts start again from 0')
-    WHERE t.id = ANY(%(ids)s) AND t.state IN ('failed', 'cancelled')
-    RETURNING t.id, t.queue
+    FROM old
+    WHERE t.id = old.id AND t.state IN ('failed', 'cancelled')
+    RETURNING t.id, t.queue, old.state AS was, t.workflow_id
+), reopened AS (
+    UPDATE pgtq_workflows AS w
+    SET pending = w.pending + c.n, failed = w.failed - c.failed,
+        cancelled = w.cancelled - c.cancelled, finished_at = NULL
+    FROM (SELECT workflow_id, count(*) AS n,
+                 count(*) FILTER (WHERE was = 'failed') AS failed,
+                 count(*) FILTER (WHERE was = 'cancelled') AS cancelled
+          FROM retried WHERE workflow_id IS NOT NULL GROUP BY workflow_id) AS c
+    WHERE w.id = c.workflow_id
+    RETURNING w.id
 ), woken AS (
     SELECT pg_notify('pgtq', q.queue) FROM (SELECT DISTINCT queue FROM retried) AS q
 )
-SELECT (SELECT count(*) FROM woken) AS woken, array(SELECT id FROM retried ORDER BY id) AS ids;
+SELECT (SELECT count(*) FROM woken) AS woken, (SELECT count(*) FROM reopened) AS reopened,
+       array(SELECT id FROM retried ORDER BY id) AS ids;
 
 -- name: admin_delete_tasks
 -- Tasks %(ids)s that have ended: the row is the truth until then, so a
@@ -127,18 +146,37 @@ RETURNING id;
 
 -- name: admin_purge_tasks
 -- One batch of finished tasks older than the cutoff.  The caller repeats
--- until a batch comes back short, so no statement holds many locks.
-DELETE FROM pgtq_tasks
-WHERE id IN (
-    SELECT id FROM pgtq_tasks
-    WHERE state = ANY(%(states)s)
-      AND state IN ('succeeded', 'failed', 'cancelled')
-      AND finished_at < now() - %(older_than)s * interval '1 second'
-      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+-- until a batch comes back short, so no statement holds many locks.  As
+-- retention (prune_tasks): never a task whose dependents have not ended
+-- (they read its result when they run), nor a member of a workflow that
+-- has not finished; a workflow goes with its last task.
+WITH doomed AS (
+    SELECT t.id, t.workflow_id
+    FROM pgtq_tasks AS t
+    WHERE t.state = ANY(%(states)s)
+      AND t.state IN ('succeeded', 'failed', 'cancelled')
+      AND t.finished_at < now() - %(older_than)s * interval '1 second'
+      AND (%(queue)s::text IS NULL OR t.queue = %(queue)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM pgtq_dependencies AS d JOIN pgtq_tasks AS c ON c.id = d.child_id
+          WHERE d.parent_id = t.id AND c.state IN ('waiting', 'queued', 'running'))
+      AND (t.workflow_id IS NULL OR EXISTS (
+          SELECT 1 FROM pgtq_workflows AS w
+          WHERE w.id = t.workflow_id AND w.finished_at IS NOT NULL))
     LIMIT %(batch)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF t SKIP LOCKED
+), edges AS (
+    DELETE FROM pgtq_dependencies WHERE child_id IN (SELECT id FROM doomed)
+), workflows AS (
+    DELETE FROM pgtq_workflows AS w
+    WHERE w.id IN (SELECT workflow_id FROM doomed)
+      AND NOT EXISTS (SELECT 1 FROM pgtq_tasks AS t
+                      WHERE t.workflow_id = w.id AND t.id NOT IN (SELECT id FROM doomed))
 )
-RETURNING id;
+DELETE FROM pgtq_tasks AS t
+USING doomed
+WHERE t.id = doomed.id
+RETURNING t.id;
 
 -- name: admin_count_purgeable
 SELECT count(*)
