@@ -143,6 +143,9 @@ class Worker:
         #: inbox): released at shutdown, their attempt counts.
         self._started: set[int] = set()
         self._outcomes = Outcomes(self.store, self.id)
+        #: Outcomes were recorded since the loop last looked (a burst
+        #: worker then claims once more: dependents may have been released).
+        self._recorded_any = False
         self._cancels: set[int] = set()
         self._inbox: SimpleQueue[Task | None] = SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -347,7 +350,11 @@ class Worker:
             except DatabaseError as exc:
                 self._backoff("working", exc)
                 continue
-            if not self._running and not self._outcomes and not got:
+            recorded, self._recorded_any = self._recorded_any, False
+            if not self._running and not self._outcomes and not got and not recorded:
+                # (A round that recorded outcomes may have released waiting
+                # dependents, which the same round could not see yet: one
+                # more round before "nothing left".)
                 if self.burst:
                     self.stop("burst: nothing left to run")
                     break
@@ -430,6 +437,7 @@ class Worker:
 
     def _recorded(self, outcomes: list[Outcome], accepted: set[int]) -> None:
         """Bookkeeping, logs and signals once outcomes are committed."""
+        self._recorded_any = True
         for outcome in outcomes:
             self._running.pop(outcome.task.id, None)
             self._started.discard(outcome.task.id)

@@ -65,6 +65,17 @@ def test_a_chord_callback_gets_the_results_in_order(app, dsn, start_worker):
     assert len(runs(dsn, "callback")) == 1
 
 
+@pytest.mark.slow
+def test_a_burst_worker_runs_a_chord_to_its_callback(app, dsn, start_worker):
+    # The round that records the last member's outcome releases the callback,
+    # which that round cannot claim yet: a burst worker must not stop there.
+    c = chord([wf_member.s(str(i)) for i in range(20)], wf_collect.s("callback")).push()
+    worker = start_worker("--burst", ready=False)
+    assert worker.wait(60) == 0
+    assert c.refresh().state == "succeeded"
+    assert len(runs(dsn, "callback")) == 1
+
+
 def members(dsn: str) -> dict[str, int]:
     """Runs of each group member, from the members' own records."""
     counted: dict[str, int] = {}
