@@ -328,6 +328,7 @@ def encode_outcome(outcome: Outcome) -> str:
             "error": outcome.error,
             "delay": outcome.delay,
             "snooze": outcome.snooze,
+            "meta": outcome.task.meta if outcome.task.meta_changed else None,
             "duration": outcome.duration,
             "exception": None if exc is None else f"{type(exc).__qualname__}: {exc}",
         }
@@ -340,6 +341,10 @@ def decode_outcome(task: Task, text: str) -> Outcome:
     :raises ValueError: *text* is not such an outcome (cut short).
     """
     data = json.loads(text)
+    if data.get("meta") is not None:
+        # What the run stored with the task in the child (its span).
+        task.meta = data["meta"]
+        task.meta_changed = True
     return Outcome(
         task,
         State(data["state"]),

@@ -95,6 +95,9 @@ class Task:
     #: Set by a push: ``True`` when it stored a new task, ``False`` when a
     #: unique key returned the task that already held it.
     is_new: bool | None = None
+    #: ``meta`` was changed during a run (say, the tracing layer stored its
+    #: span): the outcome statement writes it back.
+    meta_changed: bool = field(default=False, repr=False)
     #: Why this claimed task cannot run (its stored arguments could not be
     #: decoded), or ``None``; a worker fails such a task without running it.
     problem: str | None = field(default=None, repr=False)
@@ -197,5 +200,5 @@ class Task:
 COLUMNS = tuple(
     f.name
     for f in fields(Task)
-    if not f.name.startswith("_") and f.name not in ("is_new", "problem")
+    if not f.name.startswith("_") and f.name not in ("is_new", "problem", "meta_changed")
 )

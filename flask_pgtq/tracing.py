@@ -43,6 +43,9 @@ T = TypeVar("T")
 #: The span names.
 PUSH_SPAN = "pgtq.push"
 RUN_SPAN = "pgtq.run"
+#: The key of :attr:`Task.meta <flask_pgtq.Task.meta>` that holds the
+#: context of the task's last ``pgtq.run`` span (retries link to it).
+LAST_RUN_KEY = "last_run"
 #: The key of :attr:`Task.meta <flask_pgtq.Task.meta>` that holds the trace context.
 META_KEY = "trace"
 
@@ -136,14 +139,24 @@ class _RunLayer:
         self.tracer = tracer
 
     def __call__(self, task: Task, call_next: Callable[[], Any]) -> Any:
+        assert _propagator is not None
+        meta = task.meta or {}
         parent = None
-        carrier = (task.meta or {}).get(META_KEY)
+        carrier = meta.get(META_KEY)
         if isinstance(carrier, dict):
-            assert _propagator is not None
             parent = _propagator.extract(carrier)
+        # A retry links to the attempt before it (its span is stored with
+        # the task when an attempt ends: see below).
+        links = []
+        previous = meta.get(LAST_RUN_KEY)
+        if isinstance(previous, dict):
+            context = trace.get_current_span(_propagator.extract(previous)).get_span_context()
+            if context.is_valid:
+                links.append(trace.Link(context, {"pgtq.link": "previous attempt"}))
         with self.tracer.start_as_current_span(
             RUN_SPAN,
             context=parent,
+            links=links,
             kind=trace.SpanKind.CONSUMER,
             attributes={
                 "messaging.system": "flask_pgtq",
@@ -158,6 +171,11 @@ class _RunLayer:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
+            # Stored with the outcome (Outcome.meta), for the next attempt's link.
+            last: dict[str, str] = {}
+            _propagator.inject(last, context=trace.set_span_in_context(span))
+            task.meta = {**meta, LAST_RUN_KEY: last}
+            task.meta_changed = True
             try:
                 value = call_next()
             except BaseException as exc:

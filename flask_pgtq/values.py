@@ -6,6 +6,7 @@ from the modules that use them to this one, never back.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, replace
@@ -351,6 +352,7 @@ class Outcome:
             "error": self.error,
             "delay": self.delay,
             "snooze": self.snooze,
+            "meta": json.dumps(self.task.meta) if self.task.meta_changed else None,
         }
 
 

@@ -150,8 +150,12 @@ def test_a_failed_attempt_records_its_exception(
         "failed",
     ]
     (push,) = named(exporter.get_finished_spans(), "pgtq.push")
-    # Every attempt is a child of the push.
+    # Every attempt is a child of the push, and links to the attempt before.
     assert {span.parent.span_id for span in runs} == {push.context.span_id}  # type: ignore[union-attr]
+    assert not runs[0].links
+    for before, after in zip(runs, runs[1:], strict=False):
+        (link,) = after.links
+        assert link.context.span_id == before.context.span_id  # type: ignore[union-attr]
     for span in runs:
         assert span.status.status_code is StatusCode.ERROR
         (event,) = span.events
@@ -237,6 +241,11 @@ def test_a_worker_traces_each_attempt_as_a_child_of_the_push(
     assert [e["attributes"]["exception.type"] for e in first["events"]] == ["RuntimeError"]
     assert second["attributes"]["pgtq.task.outcome"] == "succeeded"
     assert second["events"] == []
+    # The retry links to the attempt before it.
+    assert not first["links"]
+    (link,) = second["links"]
+    assert link["context"]["span_id"] == first["context"]["span_id"]
+    assert link["context"]["trace_id"] == first["context"]["trace_id"]
 
     # The isolated handler's child process exported its span before it ended.
     (child,) = by_task[isolated.id]

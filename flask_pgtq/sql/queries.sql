@@ -57,7 +57,7 @@ WITH durability AS (
     SELECT *
     FROM jsonb_to_recordset(%(outcomes)s::jsonb)
         AS o(id bigint, attempt integer, state text, result text, error text, delay float8,
-             snooze boolean)
+             snooze boolean, meta text)
 ), done AS (
     UPDATE pgtq_tasks AS t
     SET state = o.state,
@@ -74,6 +74,8 @@ WITH durability AS (
         -- A snoozed run gives its attempt back.
         attempts = CASE WHEN o.snooze THEN t.attempts - 1 ELSE t.attempts END,
         snoozes = t.snoozes + CASE WHEN o.snooze THEN 1 ELSE 0 END,
+        -- What a run stored with the task (the tracing layer's span).
+        meta = coalesce(o.meta::jsonb, t.meta),
         locked_by = NULL,
         run_at = CASE WHEN o.state = 'queued'
                       THEN now() + o.delay * interval '1 second' ELSE t.run_at END,
