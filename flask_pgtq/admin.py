@@ -642,7 +642,7 @@ class Admin:
             return int(row["count"])
         total = 0
         while True:
-            deleted = len(self._rows("admin_purge_tasks", params))
+            deleted = len(self._rows("prune_tasks", {**params, "keep": older_than}))
             total += deleted
             if deleted < batch:
                 return total

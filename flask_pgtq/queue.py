@@ -507,7 +507,7 @@ class TaskStore:
             with self.db.connection() as conn, conn.cursor() as cur:
                 cur.execute(
                     queries.get("prune_tasks"),
-                    {"states": states, "keep": keep, "batch": config.prune_batch},
+                    {"states": states, "keep": keep, "batch": config.prune_batch, "queue": None},
                 )
                 deleted += cur.rowcount
         return deleted

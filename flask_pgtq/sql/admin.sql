@@ -144,47 +144,20 @@ DELETE FROM pgtq_tasks
 WHERE id = ANY(%(ids)s) AND state IN ('succeeded', 'failed', 'cancelled')
 RETURNING id;
 
--- name: admin_purge_tasks
--- One batch of finished tasks older than the cutoff.  The caller repeats
--- until a batch comes back short, so no statement holds many locks.  As
--- retention (prune_tasks): never a task whose dependents have not ended
--- (they read its result when they run), nor a member of a workflow that
--- has not finished; a workflow goes with its last task.
-WITH doomed AS (
-    SELECT t.id, t.workflow_id
-    FROM pgtq_tasks AS t
-    WHERE t.state = ANY(%(states)s)
-      AND t.state IN ('succeeded', 'failed', 'cancelled')
-      AND t.finished_at < now() - %(older_than)s * interval '1 second'
-      AND (%(queue)s::text IS NULL OR t.queue = %(queue)s)
-      AND NOT EXISTS (
-          SELECT 1 FROM pgtq_dependencies AS d JOIN pgtq_tasks AS c ON c.id = d.child_id
-          WHERE d.parent_id = t.id AND c.state IN ('waiting', 'queued', 'running'))
-      AND (t.workflow_id IS NULL OR EXISTS (
-          SELECT 1 FROM pgtq_workflows AS w
-          WHERE w.id = t.workflow_id AND w.finished_at IS NOT NULL))
-    LIMIT %(batch)s
-    FOR UPDATE OF t SKIP LOCKED
-), edges AS (
-    DELETE FROM pgtq_dependencies WHERE child_id IN (SELECT id FROM doomed)
-), workflows AS (
-    DELETE FROM pgtq_workflows AS w
-    WHERE w.id IN (SELECT workflow_id FROM doomed)
-      AND NOT EXISTS (SELECT 1 FROM pgtq_tasks AS t
-                      WHERE t.workflow_id = w.id AND t.id NOT IN (SELECT id FROM doomed))
-)
-DELETE FROM pgtq_tasks AS t
-USING doomed
-WHERE t.id = doomed.id
-RETURNING t.id;
-
 -- name: admin_count_purgeable
+-- What prune_tasks would delete (flask pgtq purge --dry-run).
 SELECT count(*)
-FROM pgtq_tasks
-WHERE state = ANY(%(states)s)
-  AND state IN ('succeeded', 'failed', 'cancelled')
-  AND finished_at < now() - %(older_than)s * interval '1 second'
-  AND (%(queue)s::text IS NULL OR queue = %(queue)s);
+FROM pgtq_tasks AS t
+WHERE t.state = ANY(%(states)s)
+  AND t.state IN ('succeeded', 'failed', 'cancelled')
+  AND t.finished_at < now() - %(older_than)s * interval '1 second'
+  AND (%(queue)s::text IS NULL OR t.queue = %(queue)s)
+  AND NOT EXISTS (
+      SELECT 1 FROM pgtq_dependencies AS d JOIN pgtq_tasks AS c ON c.id = d.child_id
+      WHERE d.parent_id = t.id AND c.state IN ('waiting', 'queued', 'running'))
+  AND (t.workflow_id IS NULL OR EXISTS (
+      SELECT 1 FROM pgtq_workflows AS w
+      WHERE w.id = t.workflow_id AND w.finished_at IS NOT NULL));
 
 -- name: admin_throughput
 -- Tasks that ended in each of the last %(minutes)s minutes, by final state.

@@ -284,16 +284,20 @@ SELECT id, name, queue, state, attempts, (SELECT count(*) FROM expired) AS expir
 FROM rescued;
 
 -- name: prune_tasks
--- Retention: delete one small batch of tasks that finished in one of
--- %(states)s longer than %(keep)s seconds ago.  Not a task whose dependents
--- have not ended (they read its result when they run), nor a member of a
--- workflow that has not finished; a workflow goes with its last task.
+-- Retention (and flask pgtq purge): delete one small batch of tasks that
+-- finished in one of %(states)s longer than %(keep)s seconds ago, of queue
+-- %(queue)s or any.  Not a task whose dependents have not ended (they read
+-- its result when they run), nor a member of a workflow that has not
+-- finished; a workflow goes with its last task.  The caller repeats until a
+-- batch comes back short, so no statement holds many locks.
 WITH doomed AS (
     SELECT t.id, t.workflow_id
     FROM pgtq_tasks AS t
     WHERE t.state = ANY(%(states)s)
+      AND t.state IN ('succeeded', 'failed', 'cancelled')
       AND t.finished_at IS NOT NULL
       AND t.finished_at < now() - %(keep)s * interval '1 second'
+      AND (%(queue)s::text IS NULL OR t.queue = %(queue)s)
       AND NOT EXISTS (
           SELECT 1 FROM pgtq_dependencies AS d JOIN pgtq_tasks AS c ON c.id = d.child_id
           WHERE d.parent_id = t.id AND c.state IN ('waiting', 'queued', 'running'))
@@ -313,7 +317,8 @@ WITH doomed AS (
 )
 DELETE FROM pgtq_tasks AS t
 USING doomed
-WHERE t.id = doomed.id;
+WHERE t.id = doomed.id
+RETURNING t.id;
 
 -- name: push_tasks
 -- Batch push: one statement for any number of tasks, in input order; the
