@@ -32,11 +32,11 @@ from pathlib import Path
 import psycopg2
 
 ROOT = Path(__file__).resolve().parent.parent
-HOST = os.environ.get("BENCH_PG_HOST", "127.0.0.1")
-PORT = os.environ.get("BENCH_PG_PORT", "5432")
-USER = os.environ.get("BENCH_PG_USER", "postgres")
-ADMIN_DSN = f"host={HOST} port={PORT} user={USER} dbname=postgres"
-DSN = f"host={HOST} port={PORT} user={USER} dbname=bench_keys"
+sys.path.insert(0, str(ROOT))
+
+from bench import harness  # noqa: E402
+
+DSN = harness.libpq_dsn("bench_keys")
 
 APP = textwrap.dedent(
     """
@@ -62,8 +62,8 @@ APP = textwrap.dedent(
 )
 
 
-def sql(query: str, params: object = None, dsn: str = DSN) -> list[tuple]:
-    conn = psycopg2.connect(dsn)
+def sql(query: str, params: object = None) -> list[tuple]:
+    conn = psycopg2.connect(DSN)
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
@@ -74,8 +74,7 @@ def sql(query: str, params: object = None, dsn: str = DSN) -> list[tuple]:
 
 
 def fresh_database(app_dir: Path) -> None:
-    sql("DROP DATABASE IF EXISTS bench_keys", dsn=ADMIN_DSN)
-    sql("CREATE DATABASE bench_keys", dsn=ADMIN_DSN)
+    harness.recreate_database("bench_keys")
     flask(app_dir, "pgtq", "init-db")
 
 

@@ -32,11 +32,11 @@ from pathlib import Path
 import psycopg2
 
 ROOT = Path(__file__).resolve().parent.parent
-HOST = os.environ.get("BENCH_PG_HOST", "127.0.0.1")
-PORT = os.environ.get("BENCH_PG_PORT", "5432")
-USER = os.environ.get("BENCH_PG_USER", "postgres")
-ADMIN_DSN = f"host={HOST} port={PORT} user={USER} dbname=postgres"
-DSN = f"host={HOST} port={PORT} user={USER} dbname=bench_workflows"
+sys.path.insert(0, str(ROOT))
+
+from bench import harness  # noqa: E402
+
+DSN = harness.libpq_dsn("bench_workflows")
 APP_DIR = Path("/tmp/bench-workflows-app")
 
 APP = textwrap.dedent(
@@ -63,8 +63,8 @@ APP = textwrap.dedent(
 )
 
 
-def sql(query: str, params: object = None, dsn: str = DSN) -> list[tuple]:
-    conn = psycopg2.connect(dsn)
+def sql(query: str, params: object = None) -> list[tuple]:
+    conn = psycopg2.connect(DSN)
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
@@ -118,8 +118,7 @@ def main() -> None:
     opts = parser.parse_args()
     APP_DIR.mkdir(exist_ok=True)
     (APP_DIR / "wfapp.py").write_text(APP.format(dsn=DSN))
-    sql("DROP DATABASE IF EXISTS bench_workflows", dsn=ADMIN_DSN)
-    sql("CREATE DATABASE bench_workflows", dsn=ADMIN_DSN)
+    harness.recreate_database("bench_workflows")
     wfapp = app_queue()
     from flask_pgtq import chain, chord
 

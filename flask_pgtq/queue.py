@@ -175,9 +175,8 @@ class TaskStore:
     def _push_unique(self, params: dict[str, Any], conn: Any) -> Task:
         # A concurrent holder may commit (or roll back) while we wait on the
         # unique index; a new statement then sees what it left.
-        statement = "replace_unique_task" if params["replace"] else "push_unique_task"
         for _ in range(5):
-            tasks = self._tasks(statement, params, conn)
+            tasks = self._tasks("push_unique_task", params, conn)
             if not tasks and not params["replace"]:
                 # (A replacing push asks again instead: it must update the
                 # holder it waited for, not just return it.)

@@ -6,53 +6,27 @@
 -- finished one whose unique_until lies ahead.  Returns the new task
 -- (is_new) or the holder.  A concurrent pusher of the same key waits on the
 -- unique index; when it finds nothing (the holder committed after this
--- statement's snapshot) the caller asks again with find_unique_task.
-WITH holder AS (
-    SELECT *
-    FROM pgtq_tasks
-    WHERE unique_key = %(unique_key)s
-      AND (state IN ('queued', 'running') OR unique_until > now())
-    ORDER BY id DESC
-    LIMIT 1
-), inserted AS (
-    INSERT INTO pgtq_tasks
-        (queue, name, args, kwargs, priority, max_attempts, run_at, unique_key, unique_until,
-         key, tags)
-    SELECT %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s,
-           %(max_attempts)s, coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'),
-           %(unique_key)s, now() + %(unique_for)s::float8 * interval '1 second', %(key)s,
-           %(tags)s::text[]
-    WHERE NOT EXISTS (SELECT 1 FROM holder)
-    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
-    DO NOTHING
-    RETURNING *
-)
-SELECT true AS is_new, * FROM inserted
-UNION ALL
-SELECT false AS is_new, * FROM holder;
-
--- name: replace_unique_task
--- Like push_unique_task, but a queued holder of the key gets this push's
--- arguments, priority, attempts, tags and run time (on_conflict="replace",
--- debounce).  Concurrent pushers of one key update the holder one after the
--- other under its row lock: the last push wins.  A running holder, or a
--- finished one within unique_for, is returned untouched.  A pusher that
--- finds nothing (a holder committed after this statement's snapshot) asks
--- again, as push_unique_task's caller does.
+-- statement's snapshot) the caller asks again.
+--
+-- With %(replace)s (on_conflict="replace", debounce), a queued holder gets
+-- this push's arguments, priority, attempts and run time instead:
+-- concurrent pushers of one key update it one after the other under its row
+-- lock, the last push wins.  A running holder, or a finished one within
+-- unique_for, is returned untouched.
 WITH replaced AS (
     UPDATE pgtq_tasks
     SET args = %(args)s::jsonb, kwargs = %(kwargs)s::jsonb, priority = %(priority)s,
-        tags = %(tags)s::text[],
         max_attempts = greatest(%(max_attempts)s, attempts + 1),
         run_at = coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'),
-        unique_until = now() + %(unique_for)s::float8 * interval '1 second'
-    WHERE unique_key = %(unique_key)s AND state = 'queued'
+        unique_until = now() + %(unique_for)s::float8 * interval '1 second',
+        tags = %(tags)s::text[]
+    WHERE %(replace)s AND unique_key = %(unique_key)s AND state = 'queued'
     RETURNING *
 ), holder AS (
     SELECT *
     FROM pgtq_tasks
     WHERE unique_key = %(unique_key)s
-      AND (state = 'running' OR (state NOT IN ('queued', 'running') AND unique_until > now()))
+      AND (state IN ('queued', 'running') OR unique_until > now())
       AND NOT EXISTS (SELECT 1 FROM replaced)
     ORDER BY id DESC
     LIMIT 1
