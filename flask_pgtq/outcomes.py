@@ -13,7 +13,6 @@ task, and no task keeps its lease forever.
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 from collections.abc import Callable
 
@@ -28,6 +27,9 @@ log = logging.getLogger("flask_pgtq.worker")
 #: cancels, deadlocks) before they are recorded one by one; and tries of one
 #: outcome before it is replaced by a failure that can be stored.
 OUTCOME_TRIES = 3
+#: Rounds in which one outcome, recorded on its own, met a transient error
+#: before it is replaced by a failure (it keeps timing out, say).
+SINGLE_TRIES = 10
 
 
 class Outcomes:
@@ -47,6 +49,8 @@ class Outcomes:
         #: Batches refused in a row; past OUTCOME_TRIES (or at once for an
         #: error about the data) outcomes are recorded one by one.
         self._failures = 0
+        #: Transient refusals of outcomes recorded on their own, by task id.
+        self._tries: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -81,37 +85,58 @@ class Outcomes:
 
     def record_singly(self, on_recorded: Callable[[list[Outcome], set[int]], None]) -> None:
         """If batches were refused, record the waiting outcomes one statement
-        each; an outcome still refused (an error about its data, or
-        :data:`OUTCOME_TRIES` transient errors) is replaced by a failure that
-        says why.  *on_recorded* gets each outcome recorded and the ids the
-        database accepted.
+        each, so that one the database refuses holds back no other.
 
-        :raises DatabaseError: the database is unavailable (what is left
-            waits for the next try).
+        An outcome refused for its data is replaced at once by a failure that
+        says why.  One refused by a transient error (a timeout, a cancel) is
+        kept for a later round, after the loop's backoff; only after
+        :data:`SINGLE_TRIES` such rounds (an outcome that always times out)
+        is it replaced too, so a passing storm of cancels never turns a good
+        outcome into a failure.  *on_recorded* gets each outcome recorded and
+        the ids the database accepted.
+
+        :raises DatabaseError: the database is unavailable, or an outcome
+            was kept for later (what is left waits for the next round).
         """
         if self._failures < OUTCOME_TRIES:
             return
         outcomes = self.take()
+        kept: list[Outcome] = []
+        problem: DatabaseError | None = None
         for i, outcome in enumerate(outcomes):
             try:
-                outcome, accepted = self._finish_one(outcome)
-            except DatabaseError:
-                self._waiting.extendleft(reversed(outcomes[i:]))
+                recorded = self._finish_one(outcome)
+            except DatabaseUnavailable:
+                self._waiting.extendleft(reversed(kept + outcomes[i:]))
                 raise
-            on_recorded([outcome], accepted)
+            if isinstance(recorded, DatabaseError):
+                kept.append(outcome)
+                problem = recorded
+                continue
+            self._tries.pop(outcome.task.id, None)
+            on_recorded([recorded[0]], recorded[1])
+        if kept:
+            self._waiting.extendleft(reversed(kept))
+            assert problem is not None
+            raise problem
         self._failures = 0
 
-    def _finish_one(self, outcome: Outcome) -> tuple[Outcome, set[int]]:
-        for tries in itertools.count(1):
+    def _finish_one(self, outcome: Outcome) -> tuple[Outcome, set[int]] | DatabaseError:
+        """Record *outcome* (or the failure that replaces it); a transient
+        error it has not met :data:`SINGLE_TRIES` times is returned instead,
+        for a later round."""
+        while True:
             try:
                 return outcome, self.store.finish(self.owner, [outcome])
             except DatabaseError as exc:
                 if isinstance(exc, DatabaseUnavailable):
                     raise
-                if exc.transient and tries < OUTCOME_TRIES:
-                    continue
-                if outcome.exception is REFUSED:
-                    raise
+                if exc.transient and outcome.exception is not REFUSED:
+                    tries = self._tries[outcome.task.id] = self._tries.get(outcome.task.id, 0) + 1
+                    if tries < SINGLE_TRIES:
+                        return exc
+                elif outcome.exception is REFUSED:
+                    return exc
                 log.error(
                     "worker %s: the outcome of task %s (%s) could not be recorded (%s); "
                     "recording the attempt as failed instead",
@@ -121,4 +146,3 @@ class Outcomes:
                     exc,
                 )
                 outcome = unstorable(outcome, exc)
-        raise AssertionError("unreachable")

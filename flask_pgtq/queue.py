@@ -562,6 +562,10 @@ class TaskStore:
         """The parents of a task in order: ``id``, ``state``, ``result``."""
         return self._rows("parent_results", {"id": task_id})
 
+    def owned_running(self, owner: str) -> set[int]:
+        """Ids of the running tasks *owner* holds, as the database sees them."""
+        return {row["id"] for row in self._rows("owned_running_tasks", {"owner": owner})}
+
     def cancel_requests(self, owner: str) -> set[int]:
         """Ids of *owner*'s running tasks that were asked to stop."""
         return {row["id"] for row in self._rows("cancel_requests", {"owner": owner})}

@@ -520,6 +520,25 @@ class Worker:
                 row["attempts"],
                 row["state"],
             )
+        self._release_unknown()
+
+    def _release_unknown(self) -> None:
+        """Give back the tasks the database says this worker holds but the
+        worker never got: a claim whose commit went through although the
+        statement's reply was an error (a statement timeout or a cancel that
+        fired during the commit, a connection cut just after it).  Under a
+        live lease nobody else would ever run them.  They never started:
+        their attempt is not counted."""
+        unknown = self.store.owned_running(self.id) - set(self._running)
+        if unknown:
+            released = self.store.release(self.id, sorted(unknown))
+            log.warning(
+                "worker %s released %d task(s) it holds in the database but never got "
+                "(a claim that committed although its statement failed): %s",
+                self.id,
+                len(released),
+                released,
+            )
 
     # -- threads --------------------------------------------------------------
 

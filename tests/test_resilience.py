@@ -602,3 +602,24 @@ def test_a_drain_under_bad_values_timeouts_and_cancels_loses_nothing(
             f"sent, {errors} database errors survived by the workers ({timeouts} statement "
             f"timeouts, {cancelled} cancelled statements), {outcomes}"
         )
+
+
+@pytest.mark.slow
+def test_a_task_claimed_for_a_worker_that_never_got_it_is_released(served_app, dsn, start_worker):
+    # As if a claim committed although its statement's reply was an error (a
+    # statement timeout firing during the commit): the row says the worker
+    # holds the task, the worker never heard of it, and its lease is alive.
+    worker = start_worker(settings={"PGTQ_HEARTBEAT_INTERVAL": 0.3, "PGTQ_LEASE": 2.0})
+    owner = worker.wait_ready()
+    task = mark.options(delay=3600).push("orphan")
+    sql_all(
+        dsn,
+        "UPDATE pgtq_tasks SET state = 'running', locked_by = %s, attempts = 1, "
+        "started_at = now(), run_at = now() WHERE id = %s",
+        (owner, task.id),
+    )
+    row = final(dsn, task.id, timeout=20)
+    assert row["state"] == "succeeded"
+    assert row["attempts"] == 1  # the lost claim was given back uncounted
+    assert len(runs(dsn, "orphan")) == 1
+    assert "never got" in worker.output()

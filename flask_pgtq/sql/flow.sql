@@ -217,6 +217,13 @@ SELECT changed.*, (SELECT count(*) FROM told) + (SELECT count(*) FROM woken) AS 
 FROM changed
 ORDER BY changed.id;
 
+-- name: owned_running_tasks
+-- The running tasks this owner holds, as the database sees them (a worker
+-- releases those it does not know of: claimed by a statement whose commit
+-- went through although its reply was an error).
+SELECT id FROM pgtq_tasks
+WHERE locked_by = %(owner)s AND state = 'running';
+
 -- name: cancel_requests
 -- Which of this owner's running tasks were asked to stop.
 SELECT id FROM pgtq_tasks
