@@ -63,3 +63,16 @@ def sql_one(dsn: str, query: str, params: Any = None) -> tuple[Any, ...] | None:
     """Like :func:`sql_all`, but return the first row, or ``None``."""
     rows = sql_all(dsn, query, params)
     return rows[0] if rows else None
+
+
+def python_blocks(rst: str) -> list[str]:
+    """The code of each ``.. code-block:: python`` in *rst* text, dedented."""
+    blocks = []
+    for block in rst.split(".. code-block:: python\n")[1:]:
+        lines = []
+        for line in block.splitlines()[1:]:
+            if line and not line.startswith("    "):
+                break
+            lines.append(line[4:])
+        blocks.append("\n".join(lines).strip() + "\n")
+    return blocks

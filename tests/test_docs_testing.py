@@ -17,6 +17,7 @@ from psycopg2.extensions import parse_dsn
 from sqlalchemy.engine import URL
 
 from tests.conftest import PgServer
+from tests.helpers import python_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 TRANSACTION_VARIANT = "tests/conftest.py, a transaction per test"
@@ -27,13 +28,7 @@ def page_files() -> dict[str, str]:
     page = (ROOT / "docs" / "testing.rst").read_text(encoding="utf-8")
     section = page.split("\nA full setup: an app factory with Flask-SQLAlchemy\n", 1)[1]
     files = {}
-    for block in section.split(".. code-block:: python\n")[1:]:
-        lines = []
-        for line in block.splitlines()[1:]:
-            if line and not line.startswith("    "):
-                break
-            lines.append(line[4:])
-        code = "\n".join(lines).strip() + "\n"
+    for code in python_blocks(section):
         first = code.splitlines()[0]
         assert first.startswith("# "), f"a block without its path: {first!r}"
         files[first[2:]] = code

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from flask_pgtq import PgTq, State, Task
-from tests.helpers import poll_until, sql_all
+from tests.helpers import poll_until, python_blocks, sql_all
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The DSN as the README writes it; the test's database replaces it.
@@ -26,13 +26,7 @@ def quickstart() -> str:
     """The first Python block of the README section "Coming from PGTQ"."""
     readme = (ROOT / "README.rst").read_text(encoding="utf-8")
     section = readme.split("\nComing from PGTQ\n----------------\n", 1)[1]
-    block = section.split(".. code-block:: python\n", 1)[1]
-    lines = []
-    for line in block.splitlines():
-        if line and not line.startswith("    "):
-            break
-        lines.append(line[4:])
-    return "\n".join(lines).strip() + "\n"
+    return python_blocks(section)[0]
 
 
 def run_line(statement: ast.stmt, shell: dict[str, Any]) -> Any:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import python_blocks
+
 ROOT = Path(__file__).resolve().parent.parent
 #: The DSN as the README writes it; the test's database replaces it.
 README_DSN = '"dbname=postgres user=postgres host=localhost"'
@@ -28,13 +30,7 @@ def quickstart_files() -> dict[str, str]:
     section = readme.split("\nQuickstart\n----------\n", 1)[1].split("\n.. docs: ", 1)[0]
     section = section.split("\nWithout a PostgreSQL server\n", 1)[0]
     files = {}
-    for block in section.split(".. code-block:: python\n")[1:]:
-        lines = []
-        for line in block.splitlines()[1:]:
-            if line and not line.startswith("    "):
-                break
-            lines.append(line[4:])
-        code = "\n".join(lines).strip() + "\n"
+    for code in python_blocks(section):
         first = code.splitlines()[0]
         name = first[2:] if first.startswith("# ") and first.endswith(".py") else "hello.py"
         files[name] = code
