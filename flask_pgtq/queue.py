@@ -347,21 +347,24 @@ class TaskStore:
         queue: str,
         limit: int,
         limits: Sequence[Limit] = (),
-        excluded: Sequence[str] | None = None,
+        excluded: Sequence[Limit] | None = None,
         prefetch: int = 0,
     ) -> tuple[set[int], list[Task]]:
         """Record *outcomes* and claim up to *limit* tasks of *queue*, in one
         round trip.
 
         Tasks of the handlers in *limits* are then claimed within their
-        limits; tasks named in *excluded* (default: those of *limits*) are
-        never claimed by the plain claim.  Up to *prefetch* more tasks are
+        limits; tasks of the handlers of *excluded* (default: *limits*) are
+        never claimed by the plain claim, except those without a key of a
+        handler limited per key only.  Up to *prefetch* more tasks are
         claimed to wait for a thread, among those with an attempt to spare.
 
         :return: the ids whose outcome was recorded (any other had been taken
             from *owner*: lease lost), and the claimed tasks, best first.
         """
         batch = [o.as_json() for o in outcomes]
+        if excluded is None:
+            excluded = limits
         rows = self._execute(
             "finish_and_claim",
             {
@@ -371,7 +374,8 @@ class TaskStore:
                 "queue": queue,
                 "limit": limit,
                 "prefetch": prefetch,
-                "limited": [lim.name for lim in limits] if excluded is None else list(excluded),
+                "limited": [lim.name for lim in excluded],
+                "key_only": [lim.name for lim in excluded if lim.key_only],
             },
             None,
             _named,
@@ -434,6 +438,7 @@ class TaskStore:
             "key_concurrency": lim.key_concurrency,
             "key_rate": lim.key_rate,
             "key_period": lim.key_period,
+            "unkeyed": not lim.key_only,
         }
         with self.db.connection() as conn, conn.cursor() as cur:
             try:

@@ -283,6 +283,12 @@ class Limit:
         """Whether the handler has limits per key."""
         return self.key_concurrency is not None or self.key_rate is not None
 
+    @property
+    def key_only(self) -> bool:
+        """Whether the handler is limited per key only: its tasks without a
+        key are not limited at all (the plain claim takes them)."""
+        return self.by_key and self.concurrency is None and self.rate is None
+
     @classmethod
     def build(
         cls,

@@ -407,7 +407,7 @@ class Worker:
             now = min(share, max(free - got, 0))
             try:
                 accepted, tasks = self.store.finish_and_claim(
-                    self.id, outcomes, queue, now, limits, self.limits.names, share - now
+                    self.id, outcomes, queue, now, limits, self.limits.limits, share - now
                 )
             except BaseException as exc:
                 self._outcomes.refused(outcomes, exc)

@@ -6,7 +6,9 @@ from collections import defaultdict
 
 import pytest
 
-from flask_pgtq import ConfigurationError, PgTq
+from flask_pgtq import ConfigurationError, PgTq, Task
+from flask_pgtq.handler import Handler
+from flask_pgtq.queue import new_owner_id
 from tests.helpers import poll_until, sql_all, sql_one
 from tests.workers import runs
 
@@ -95,3 +97,48 @@ def test_key_options_are_checked(standalone_q: PgTq) -> None:
     task = sync.options(key="account:1").push(1)
     assert task.key == "account:1"
     assert standalone_q.get_task(task.id).key == "account:1"
+
+
+def claim_all(q: PgTq, handler: Handler, queue: str = "default") -> list[Task]:
+    """One claim of up to 50 tasks, as a worker's round makes it."""
+    store = q.app_queue().store
+    owner = new_owner_id()
+    store.register_owner(owner)
+    assert handler.limit is not None
+    return store.claim(owner, queue, 50, [handler.limit])
+
+
+def test_a_claim_takes_each_keys_best_ready_tasks_within_its_limit(standalone_q: PgTq) -> None:
+    @standalone_q.handler(key_concurrency=2)
+    def sync(n: int) -> None:
+        pass
+
+    low = [sync.options(key="a").push(i) for i in range(3)]
+    high = sync.options(key="a", priority=5).push(3)
+    sync.options(key="a", priority=9, delay=3600).push(4)  # best, but not ready
+    other = sync.options(key="b").push(5)
+    sync.options(key="c", queue="elsewhere").push(6)  # another queue
+    loose = [sync.push(7 + i) for i in range(4)]  # no key: not limited
+    claimed = claim_all(standalone_q, sync)
+    assert sorted(t.id for t in claimed) == sorted(
+        [high.id, low[0].id, other.id] + [t.id for t in loose]
+    )
+    # The running tasks count: key "a" has no room left, "b" has one.
+    sync.options(key="b").push(8)
+    again = claim_all(standalone_q, sync)
+    assert [t.args for t in again] == [[8]]
+
+
+def test_a_handler_wide_limit_also_holds_for_tasks_without_a_key(standalone_q: PgTq) -> None:
+    @standalone_q.handler(concurrency=3, key_concurrency=1)
+    def sync(n: int) -> None:
+        pass
+
+    for i in range(5):
+        sync.push(i)
+    sync.options(key="a").push(5)
+    sync.options(key="a").push(6)
+    claimed = claim_all(standalone_q, sync)
+    assert len(claimed) == 3
+    assert sum(t.key == "a" for t in claimed) == 1
+    assert claim_all(standalone_q, sync) == []

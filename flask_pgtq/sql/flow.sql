@@ -59,7 +59,10 @@ LIMIT 1;
 
 -- name: lock_limit
 -- Serialise claims of one limited handler across all workers, until commit.
+-- (No JIT: the claim's estimates grow with the table, and compiling it
+-- would cost more than running it.)
 BEGIN;
+SET LOCAL jit = off;
 INSERT INTO pgtq_limits (name) VALUES (%(name)s)
 ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name;
 
@@ -69,64 +72,126 @@ ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name;
 -- starts per %(period)s seconds, everywhere.
 --
 -- Per key (%(key_concurrency)s running, %(key_rate)s starts per
--- %(key_period)s seconds): each ready task is ranked within its key, and
--- tasks are taken by rank first, so claims go round-robin over the keys
--- with ready tasks: a key with 10,000 queued tasks delays another key's
--- single task by one round at most.  A task without a key is not limited
--- by key.
-WITH lim AS (
+-- %(key_period)s seconds): the claim walks the keys with queued tasks
+-- (pgtq_tasks_key_ready, one index probe per key) and takes from each only
+-- what its limits leave, ranked within its key; tasks are taken by rank
+-- first, so claims go round-robin over the keys with ready tasks: a key
+-- with 10,000 queued tasks delays another key's single task by one round
+-- at most, and costs one probe, not 10,000 rows.  A task without a key is
+-- not limited by key.
+WITH RECURSIVE lim AS (
     SELECT coalesce(array_agg(s ORDER BY s), '{}') AS recent
     FROM pgtq_limits, unnest(recent) AS s
     WHERE name = %(name)s
       AND %(period)s::float8 IS NOT NULL
       AND s > now() - %(period)s::float8 * interval '1 second'
 ), room AS (
-    SELECT least(
+    SELECT greatest(least(
         %(limit)s::int,
         coalesce(%(concurrency)s::int - (
             SELECT count(*) FROM pgtq_tasks WHERE state = 'running' AND name = %(name)s
         ), %(limit)s::int),
         coalesce(%(rate)s::int - (SELECT cardinality(recent) FROM lim), %(limit)s::int)
+    ), 0) AS n
+), paused AS (
+    -- Nothing of a paused queue or handler (see finish_and_claim).
+    SELECT EXISTS (
+        SELECT 1 FROM pgtq_pauses AS p
+        WHERE ((p.kind = 'queue' AND p.target = %(queue)s)
+               OR (p.kind = 'handler' AND p.target = %(name)s))
+          AND (p.until IS NULL OR p.until > now())
+    ) AS yes
+), heads AS (
+    -- The first ready task of each key with queued tasks, by a walk down
+    -- pgtq_tasks_key_ready (a "loose index scan"): one probe per key, none
+    -- per task.  (Ordered as that index is: the key alone would also match
+    -- pgtq_tasks_key_starts, which holds finished tasks too.)
+    (SELECT t.key, t.id, t.priority, t.run_at
+     FROM pgtq_tasks AS t
+     WHERE %(by_key)s AND NOT (SELECT yes FROM paused)
+       AND t.state = 'queued' AND t.key IS NOT NULL
+       AND t.name = %(name)s AND t.queue = %(queue)s AND t.run_at <= now()
+     ORDER BY t.key, t.priority DESC, t.run_at, t.id
+     LIMIT 1)
+    UNION ALL
+    SELECT n.key, n.id, n.priority, n.run_at
+    FROM heads AS k
+    CROSS JOIN LATERAL (
+        SELECT t.key, t.id, t.priority, t.run_at
+        FROM pgtq_tasks AS t
+        WHERE t.state = 'queued' AND t.key IS NOT NULL
+          AND t.name = %(name)s AND t.queue = %(queue)s AND t.run_at <= now()
+          AND t.key > k.key
+        ORDER BY t.key, t.priority DESC, t.run_at, t.id
+        LIMIT 1
     ) AS n
-), ready AS (
-    SELECT id, key, priority, run_at,
-           CASE WHEN %(by_key)s
-                THEN row_number() OVER (PARTITION BY key ORDER BY priority DESC, run_at, id)
-                ELSE 1 END AS rank
-    FROM pgtq_tasks
-    WHERE state = 'queued' AND queue = %(queue)s AND name = %(name)s AND run_at <= now()
-      -- Nothing of a paused queue or handler (see finish_and_claim).
-      AND NOT EXISTS (
-          SELECT 1 FROM pgtq_pauses AS p
-          WHERE ((p.kind = 'queue' AND p.target = %(queue)s)
-                 OR (p.kind = 'handler' AND p.target = %(name)s))
-            AND (p.until IS NULL OR p.until > now())
-      )
+), running AS (
+    -- The handler's running tasks per key, counted once (there are at most
+    -- as many as the workers hold), not once per key.
+    SELECT t.key, count(*) AS n
+    FROM pgtq_tasks AS t
+    WHERE t.state = 'running' AND t.name = %(name)s AND t.key IS NOT NULL
+      AND %(key_concurrency)s::int IS NOT NULL
+    GROUP BY t.key
+), roomy AS (
+    -- What each key's running tasks and recent starts leave it (an index
+    -- lookup per key for a rate: idle keys cost nothing).
+    SELECT h.*, greatest(least(
+        coalesce(%(key_concurrency)s::int - coalesce(r.n, 0), %(limit)s::int),
+        CASE WHEN %(key_rate)s::int IS NULL THEN %(limit)s::int
+             ELSE %(key_rate)s::int - (
+                SELECT count(*) FROM pgtq_tasks AS t
+                WHERE t.name = %(name)s AND t.key = h.key
+                  AND t.started_at > now() - %(key_period)s::float8 * interval '1 second')
+        END
+    ), 0) AS room
+    FROM heads AS h
+    LEFT JOIN running AS r ON r.key = h.key
+), keyed AS (
+    -- Each key's head, then (where its limits leave room for more) the
+    -- tasks behind it, ranked within the key.
+    SELECT h.id, h.priority, h.run_at, 1::bigint AS rank
+    FROM roomy AS h
+    WHERE h.room >= 1
+    UNION ALL
+    SELECT m.id, m.priority, m.run_at,
+           1 + row_number() OVER (PARTITION BY h.key ORDER BY m.priority DESC, m.run_at, m.id)
+    FROM roomy AS h
+    CROSS JOIN LATERAL (
+        SELECT t.id, t.priority, t.run_at
+        FROM pgtq_tasks AS t
+        WHERE t.state = 'queued' AND t.key IS NOT NULL
+          AND t.name = %(name)s AND t.queue = %(queue)s AND t.key = h.key
+          AND t.run_at <= now()
+        ORDER BY t.priority DESC, t.run_at, t.id
+        OFFSET 1 LIMIT h.room - 1
+    ) AS m
+    WHERE h.room >= 2
+), unkeyed AS (
+    -- Tasks not limited by key, best first (pgtq_tasks_ready); those of a
+    -- handler limited per key only are the plain claim's (%(unkeyed)s
+    -- false), so a key-only claim never scans the queue.
+    SELECT t.id, t.priority, t.run_at,
+           row_number() OVER (ORDER BY t.priority DESC, t.run_at, t.id) AS rank
+    FROM (
+        SELECT t.id, t.priority, t.run_at
+        FROM pgtq_tasks AS t
+        WHERE t.state = 'queued' AND t.queue = %(queue)s AND t.name = %(name)s
+          AND t.run_at <= now() AND (t.key IS NULL OR NOT %(by_key)s) AND %(unkeyed)s
+          AND NOT (SELECT yes FROM paused)
+        ORDER BY t.priority DESC, t.run_at, t.id
+        LIMIT (SELECT n FROM room)
+    ) AS t
 ), allowed AS (
-    -- A key's running tasks and recent starts are counted only for its
-    -- candidates within the limit (index lookups each): idle keys, however
-    -- many, cost nothing.
-    SELECT r.id, r.rank, r.priority, r.run_at
-    FROM ready AS r
-    WHERE r.key IS NULL OR NOT %(by_key)s
-       OR ((%(key_concurrency)s::int IS NULL
-            OR (r.rank <= %(key_concurrency)s::int
-                AND r.rank <= %(key_concurrency)s::int - (
-                    SELECT count(*) FROM pgtq_tasks AS t
-                    WHERE t.state = 'running' AND t.name = %(name)s AND t.key = r.key)))
-           AND (%(key_rate)s::int IS NULL
-                OR (r.rank <= %(key_rate)s::int
-                    AND r.rank <= %(key_rate)s::int - (
-                        SELECT count(*) FROM pgtq_tasks AS t
-                        WHERE t.name = %(name)s AND t.key = r.key
-                          AND t.started_at
-                              > now() - %(key_period)s::float8 * interval '1 second'))))
-    ORDER BY r.rank, r.priority DESC, r.run_at, r.id
-    LIMIT (SELECT greatest(n, 0) FROM room)
+    SELECT id FROM (
+        SELECT * FROM keyed UNION ALL SELECT * FROM unkeyed
+    ) AS c
+    ORDER BY c.rank, c.priority DESC, c.run_at, c.id
+    LIMIT (SELECT n FROM room)
 ), picked AS (
     SELECT t.id
-    FROM pgtq_tasks AS t JOIN allowed AS a ON a.id = t.id
-    WHERE t.state = 'queued'
+    FROM pgtq_tasks AS t
+    WHERE t.id IN (SELECT id FROM allowed) AND t.state = 'queued'
     FOR UPDATE OF t SKIP LOCKED
 ), claimed AS (
     UPDATE pgtq_tasks AS t

@@ -114,8 +114,10 @@ WITH durability AS (
     FROM pgtq_tasks
     WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now()
       -- Handlers with concurrency or rate limits are claimed by
-      -- claim_limited_tasks instead.
-      AND name <> ALL(%(limited)s::text[])
+      -- claim_limited_tasks instead, except the tasks without a key of a
+      -- handler limited per key only (nothing limits those).
+      AND (name <> ALL(%(limited)s::text[])
+           OR (key IS NULL AND name = ANY(%(key_only)s::text[])))
       AND NOT (SELECT queue_paused FROM paused)
       AND name <> ALL((SELECT handlers FROM paused)::text[])
     ORDER BY priority DESC, run_at, id
@@ -128,7 +130,8 @@ WITH durability AS (
     SELECT id
     FROM pgtq_tasks
     WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now()
-      AND name <> ALL(%(limited)s::text[])
+      AND (name <> ALL(%(limited)s::text[])
+           OR (key IS NULL AND name = ANY(%(key_only)s::text[])))
       AND NOT (SELECT queue_paused FROM paused)
       AND name <> ALL((SELECT handlers FROM paused)::text[])
       AND max_attempts - attempts >= 2
