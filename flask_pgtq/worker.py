@@ -146,6 +146,9 @@ class Worker:
         #: Outcomes were recorded since the loop last looked (a burst
         #: worker then claims once more: dependents may have been released).
         self._recorded_any = False
+        #: A workflow task ended in the last round: the dependents it
+        #: released are claimable now, before the NOTIFY that says so.
+        self._released = False
         self._cancels: set[int] = set()
         self._inbox: SimpleQueue[Task | None] = SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -361,6 +364,11 @@ class Worker:
                 if self.max_tasks is not None and self.claimed >= self.max_tasks:
                     self.stop(f"max tasks ({self.max_tasks}) reached")
                     break
+            released, self._released = self._released, False
+            if released and self._inbox.empty() and not self.stop_requests:
+                # Threads idle and dependents just released (a chain's next
+                # step): claim at once, without waiting for the NOTIFY.
+                continue
             # Finished tasks, new tasks and signals all end the wait early.
             self._wait(self._next_wait())
 
@@ -439,6 +447,8 @@ class Worker:
         """Bookkeeping, logs and signals once outcomes are committed."""
         self._recorded_any = True
         for outcome in outcomes:
+            if outcome.task.workflow_id is not None and outcome.state is not State.QUEUED:
+                self._released = True
             self._running.pop(outcome.task.id, None)
             self._started.discard(outcome.task.id)
             self.prefetch.note_run(outcome.duration)

@@ -58,6 +58,23 @@ def test_a_chain_passes_each_result_to_the_next_step(app, dsn, start_worker):
     assert [t.result for t in wf.refresh().tasks] == [2 * 2**i for i in range(10)]
 
 
+def test_a_chains_next_step_starts_without_waiting_for_a_notification(app, dsn, start_worker):
+    # No LISTEN and a poll every minute: what wakes the worker then is the
+    # test app's periodic task, once a second.  Each next step starts at
+    # once only if the worker claims again right after the round that
+    # released it (else a step waits for the next wake-up: up to 1 s).
+    start_worker("--concurrency", "2", settings={"PGTQ_LISTEN": False, "PGTQ_POLL_INTERVAL": 60})
+    wf = chain(wf_add.s(1, 1), *[wf_double.s() for _ in range(7)]).push()
+    assert wf.wait(timeout=30) == 2 * 2**7
+    rows = sql_all(
+        dsn,
+        "SELECT started_at, finished_at FROM pgtq_tasks WHERE workflow_id = %s ORDER BY id",
+        (wf.id,),
+    )
+    gaps = [(b[0] - a[1]).total_seconds() for a, b in zip(rows, rows[1:], strict=False)]
+    assert max(gaps) < 0.5, gaps
+
+
 def test_a_chord_callback_gets_the_results_in_order(app, dsn, start_worker):
     c = chord([wf_member.s(str(i)) for i in range(5)], wf_collect.s("callback")).push()
     start_worker("--concurrency", "4")
