@@ -24,7 +24,7 @@ SELECT tag,
             WHEN run_at > now() THEN 'scheduled' ELSE 'ready' END AS state,
        count(*) AS count
 FROM pgtq_tasks CROSS JOIN LATERAL unnest(tags) AS tag
-WHERE tags && %(tags)s::text[] AND tag = ANY(%(tags)s::text[])
+WHERE tags && %(tags)s::text[] AND tags <> '{}' AND tag = ANY(%(tags)s::text[])
 GROUP BY 1, 2;
 
 -- name: admin_live_workers
@@ -64,9 +64,9 @@ WHERE (%(state)s::text IS NULL OR state = %(state)s)
   AND (%(due)s::boolean IS NULL OR (run_at <= now()) = %(due)s)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(name)s::text IS NULL OR name = %(name)s)
-  -- Every tag given (served by the GIN index pgtq_tasks_tags; a NULL is
-  -- folded away when the statement is planned).
-  AND (%(tags)s::text[] IS NULL OR tags @> %(tags)s::text[])
+  -- Every tag given (served by the GIN index pgtq_tasks_tags, which holds
+  -- tagged tasks only; a NULL is folded away when the statement is planned).
+  AND (%(tags)s::text[] IS NULL OR (tags @> %(tags)s::text[] AND tags <> '{}'))
   AND (%(search_id)s::bigint IS NULL OR id = %(search_id)s)
   AND (%(pattern)s::text IS NULL OR name ILIKE %(pattern)s OR args::text ILIKE %(pattern)s
        OR kwargs::text ILIKE %(pattern)s)
@@ -85,7 +85,7 @@ WHERE (%(state)s::text IS NULL OR state = %(state)s)
   AND (%(due)s::boolean IS NULL OR (run_at <= now()) = %(due)s)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(name)s::text IS NULL OR name = %(name)s)
-  AND (%(tags)s::text[] IS NULL OR tags @> %(tags)s::text[])
+  AND (%(tags)s::text[] IS NULL OR (tags @> %(tags)s::text[] AND tags <> '{}'))
   AND (%(search_id)s::bigint IS NULL OR id = %(search_id)s)
   AND (%(pattern)s::text IS NULL OR name ILIKE %(pattern)s OR args::text ILIKE %(pattern)s
        OR kwargs::text ILIKE %(pattern)s)
