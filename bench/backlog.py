@@ -3,8 +3,11 @@
     python bench/backlog.py                  # full: backlogs 10,000 and 1,000,000; 1M through
     python bench/backlog.py --quick          # backlogs 10,000 and 200,000; 200,000 through
     python bench/backlog.py --part flat      # only the backlog comparison
+    python bench/backlog.py --part through   # 10,000,000 tasks at default retention
+    python bench/backlog.py --part through --through 300000 --bucket 50000 --servers stock
 
-Two parts (bench/README.md says what each number means):
+Three parts (bench/README.md says what each number means); the default runs
+the first two:
 
 * **flat**: drain throughput of flask_pgtq (one worker process at default
   settings, and the 2-core configuration) with 10,000 and with 1,000,000 queued
@@ -14,6 +17,12 @@ Two parts (bench/README.md says what each number means):
   table and index sizes, dead tuples and autovacuum counts as it goes.  It
   runs on the shared server (127.0.0.1:5432, whatever its autovacuum setting)
   and on a throwaway server with stock settings (autovacuum on).
+* **through**: push 10,000,000 tasks (``--through``) through one worker
+  configuration (``--through-config``, 2 processes at default settings) at
+  flask_pgtq's default settings, retention included (nothing overridden),
+  pushing while it drains: the table's size every few seconds (peak and end),
+  the drain rate of each million (``--bucket``), the workers' RSS after the
+  first 10,000 tasks and at the end.  Same servers as retention.
 
 Uses the database ``bench_backlog`` (dropped and created here).  Writes
 ``bench/results/backlog.json``.
@@ -23,6 +32,9 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
+import itertools
+import os
 import sys
 import time
 from pathlib import Path
@@ -171,6 +183,7 @@ def flat_table(flat: dict[str, Any], sizes: list[int]) -> str:
 def run_retention(
     opts: argparse.Namespace, label: str, dsn: str, recreate: Any, facts: dict[str, Any]
 ) -> dict[str, Any]:
+    log(f"  {label}: {opts.tasks:,} tasks")
     recreate(DBNAME)
     queue = Queue(dsn)
     queue.init_db()
@@ -324,13 +337,211 @@ def retention_table(ret: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- through: N tasks at default retention ----------------------------------------
+
+
+def retention_defaults() -> dict[str, Any]:
+    """flask_pgtq's retention settings as shipped (``flask_pgtq.config.Config``)."""
+    from flask_pgtq.config import Config
+
+    shipped = {f.name: f.default for f in dataclasses.fields(Config)}
+    names = ("keep_succeeded", "keep_failed", "prune_interval", "prune_batch")
+    return {f"PGTQ_{name.upper()}": shipped[name] for name in names}
+
+
+def run_through(
+    opts: argparse.Namespace, label: str, dsn: str, recreate: Any, facts: dict[str, Any]
+) -> dict[str, Any]:
+    """Push *opts.through* tasks through one worker configuration at default
+    settings (retention included), pushing while it drains."""
+    log(f"  {label}: {opts.through:,} tasks, rates per {opts.bucket:,}")
+    recreate(DBNAME)
+    queue = Queue(dsn)
+    queue.init_db()
+    workers = dataclasses.replace(CONFIGS[opts.through_config], dsn=dsn, config={})
+    total, bucket = opts.through, opts.bucket
+    retention = retention_defaults()
+    out: dict[str, Any] = {
+        "server": label,
+        "server_settings": facts,
+        "tasks": total,
+        "bucket": bucket,
+        "workers": workers.describe(),
+        "retention": retention,
+        # BENCHCFG_PGTQ_* reach the workers from this environment: empty for
+        # a run at default settings.
+        "inherited_settings": {k: v for k, v in os.environ.items() if k.startswith("BENCHCFG_")},
+        "producer": f"push_many batches of {opts.batch:,} while fewer than"
+        f" {opts.max_queued:,} are queued",
+    }
+    samples: list[dict[str, Any]] = []
+    # (time, done, total bytes) when progress was first seen, then when done
+    # first reached each multiple of the bucket (and the end).
+    marks: list[tuple[float, int, int]] = []
+    t0 = time.monotonic()
+
+    def sample(phase: str, done: int) -> dict[str, Any]:
+        item = {"phase": phase, "t": round(time.monotonic() - t0, 1), "done": done}
+        item.update(table_stats(queue))
+        samples.append(item)
+        return item
+
+    def total_bytes() -> int:
+        return int(queue.value("SELECT pg_total_relation_size('pgtq_tasks')"))
+
+    try:
+        sample("before", 0)
+        pushed = done = 0
+        WATCH.start()
+        with Running(PROCS, workers) as running:
+            start = time.monotonic()
+            deadline = start + opts.through_max_minutes * 60
+            next_sample = start + opts.sample_every
+            next_edge = 1
+            moved = (start, 0)
+            while True:
+                before = time.monotonic()
+                queued = queue.queued()
+                done = pushed - queued - queue.running()
+                now = (before + time.monotonic()) / 2
+                if done >= min(next_edge, total) and done > 0:
+                    marks.append((now, done, total_bytes()))
+                    next_edge = (done // bucket + 1) * bucket
+                if "rss_after_first" not in out and done >= opts.rss_after:
+                    out["rss_after_first"] = {"done": done, **running.rss_now()}
+                if now >= next_sample:
+                    item = sample("during", done)
+                    next_sample = now + opts.sample_every
+                    log(
+                        f"  {label}: {done:,} done, table {mib(item['total_bytes'])} MiB,"
+                        f" dead {item['n_dead_tup']:,}, autovacuum {item['autovacuum_count']}"
+                    )
+                if done >= total:
+                    break
+                if done != moved[1]:
+                    moved = (now, done)
+                elif now - moved[0] > opts.stall_seconds:
+                    out["note"] = f"no progress for {opts.stall_seconds:.0f} s at {done:,} done"
+                    break
+                if now > deadline:
+                    out["note"] = f"stopped after {opts.through_max_minutes} min at {done:,} done"
+                    break
+                running.check()
+                if pushed < total and queued < opts.max_queued:
+                    n = min(opts.batch, total - pushed)
+                    queue.fill(n, start=pushed, batch=n)
+                    pushed += n
+                    continue
+                time.sleep(0.05)
+            if marks and done > marks[-1][1]:
+                # Stopped early: the last bucket ends here.
+                marks.append((now, done, total_bytes()))
+            out["rss_end"] = {"done": done, **running.rss_now()}
+            out["load"] = WATCH.stop()
+        # The workers' sessions report their last statistics as they exit.
+        end = sample("end, workers stopped", done)
+        out["done"] = done
+        out["pushed"] = pushed
+        out["pushed"] = pushed
+        if marks:
+            elapsed = marks[-1][0] - marks[0][0]
+            out["pass_seconds"] = round(elapsed, 1)
+            through = marks[-1][1] - marks[0][1]
+            out["pass_per_s"] = round(through / elapsed, 1) if elapsed else None
+    finally:
+        queue.close()
+    out["samples"] = samples
+    out["buckets"] = [
+        {
+            "from": d1,
+            "to": d2,
+            "seconds": round(t2 - t1, 2),
+            "per_s": round((d2 - d1) / (t2 - t1), 1),
+            "total_bytes_at_end": size,
+        }
+        for (t1, d1, _), (t2, d2, size) in itertools.pairwise(marks)
+        if t2 > t1
+    ]
+    sizes = [(s["total_bytes"], s["done"]) for s in samples] + [(m[2], m[1]) for m in marks]
+    out["peak_total_bytes"], out["peak_at_done"] = max(sizes)
+    out["end_total_bytes"] = end["total_bytes"]
+    out["end_bytes_per_task"] = round(end["total_bytes"] / pushed, 1) if pushed else None
+    out["deleted"] = end["n_tup_del"]
+    keep = retention["PGTQ_KEEP_SUCCEEDED"]
+    ran = samples[-1]["t"]
+    if keep is None or keep > ran:
+        out["retention_note"] = (
+            f"PGTQ_KEEP_SUCCEEDED is {duration(keep)} and the run took {duration(ran)}: no"
+            " succeeded task was old enough to be deleted; the table held every task pushed"
+            f" (deleted: {out['deleted']:,}), bounded only by retention"
+        )
+    return out
+
+
+def duration(seconds: float | None) -> str:
+    """``604,800 s (7.0 days)``; ``None``: kept for ever."""
+    if seconds is None:
+        return "None (for ever)"
+    for unit, size in (("days", 86400), ("hours", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds:,.0f} s ({seconds / size:.1f} {unit})"
+    return f"{seconds:,.0f} s"
+
+
+def through_table(ret: dict[str, Any]) -> str:
+    lines = [
+        "| tasks done | drain/s | total MiB at the end |",
+        "|---|---:|---:|",
+    ]
+    for b in ret["buckets"]:
+        lines.append(
+            f"| {b['from']:,}–{b['to']:,} | {b['per_s']:,.0f} | {mib(b['total_bytes_at_end'])} |"
+        )
+    lines.append("")
+    if ret["buckets"]:
+        first, last = ret["buckets"][0], ret["buckets"][-1]
+        lines.append(
+            f"{ret['done']:,} tasks through in {ret['pass_seconds']:,.0f} s"
+            f" ({ret['pass_per_s']:,.0f}/s) by {ret['workers']}; first bucket"
+            f" {first['per_s']:,.0f}/s, last {last['per_s']:,.0f}/s"
+            f" (last / first {last['per_s'] / first['per_s']:.2f})"
+        )
+    lines.append(
+        f"table + indexes: peak {mib(ret['peak_total_bytes'])} MiB (at {ret['peak_at_done']:,}"
+        f" done), end {mib(ret['end_total_bytes'])} MiB ({ret['end_bytes_per_task']} bytes per"
+        f" task); rows deleted by retention: {ret['deleted']:,}"
+    )
+    for key, when in (("rss_after_first", "after"), ("rss_end", "at the end,")):
+        rss = ret.get(key)
+        if rss:
+            lines.append(
+                f"worker RSS {when} {rss['done']:,} done: {rss['per_process_mib']} MiB"
+                f" (peak so far {rss['peak_max_process_mib']} MiB)"
+            )
+    keep = ret["retention"]
+    lines.append(
+        f"default retention: PGTQ_KEEP_SUCCEEDED {duration(keep['PGTQ_KEEP_SUCCEEDED'])},"
+        f" PGTQ_KEEP_FAILED {duration(keep['PGTQ_KEEP_FAILED'])}, PGTQ_PRUNE_INTERVAL"
+        f" {duration(keep['PGTQ_PRUNE_INTERVAL'])}, PGTQ_PRUNE_BATCH {keep['PGTQ_PRUNE_BATCH']}"
+    )
+    load = ret.get("load", {})
+    lines.append(
+        f"cores used: by the benchmark {load.get('bench_cores')}, by other processes"
+        f" {load.get('foreign_cores')}"
+    )
+    for key in ("retention_note", "note", "inherited_settings"):
+        if ret.get(key):
+            lines.append(f"{key}: {ret[key]}" if key == "inherited_settings" else ret[key])
+    return "\n".join(lines)
+
+
 # -- main -------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="200,000 instead of 1,000,000")
-    parser.add_argument("--part", default="flat,retention", help="flat, retention or both")
+    parser.add_argument("--part", default="flat,retention", help="flat, retention, through")
     parser.add_argument("--sizes", help="backlogs to compare (default 10000,1000000)")
     parser.add_argument("--drain", type=int, default=50_000, help="tasks timed per drain")
     parser.add_argument("--hold", type=int, default=2_000, help="top-up batch while draining")
@@ -344,8 +555,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queued", type=int, default=20_000)
     parser.add_argument("--sample-every", type=float, default=5.0)
     parser.add_argument("--settle", type=float, default=70.0, help="idle seconds at the end")
-    parser.add_argument("--servers", default="shared,stock", help="retention: shared, stock")
+    parser.add_argument(
+        "--servers", default="shared,stock", help="retention, through: shared, stock"
+    )
     parser.add_argument("--max-minutes", type=float, default=12.0, help="per retention run")
+    parser.add_argument("--through", type=int, help="tasks through (10,000,000; --quick 300,000)")
+    parser.add_argument("--bucket", type=int, help="through: tasks per rate (1,000,000)")
+    parser.add_argument("--through-config", default="2cores", choices=sorted(CONFIGS))
+    parser.add_argument("--rss-after", type=int, default=10_000, help="through: first RSS")
+    parser.add_argument("--through-max-minutes", type=float, default=60.0, help="per server")
+    parser.add_argument("--stall-seconds", type=float, default=120.0, help="through: give up")
     parser.add_argument("--output", default=str(harness.BENCH / "results" / "backlog.json"))
     opts = parser.parse_args(argv)
     opts.sizes = [
@@ -354,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     opts.tasks = opts.tasks or (200_000 if opts.quick else 1_000_000)
     opts.repeat = opts.repeat or (1 if opts.quick else 3)
+    opts.through = opts.through or (300_000 if opts.quick else 10_000_000)
+    opts.bucket = opts.bucket or (50_000 if opts.quick else 1_000_000)
+    if not 0 < opts.bucket <= opts.through:
+        parser.error("--bucket must be between 1 and --through")
     if opts.quick:
         opts.drain = min(opts.drain, 20_000)
         opts.settle = min(opts.settle, 10.0)
@@ -372,40 +595,54 @@ def main(argv: list[str] | None = None) -> int:
     if "flat" in parts:
         data["flat"] = run_flat(opts, dsn)
         text.append(flat_table(data["flat"], opts.sizes))
-    if "retention" in parts:
-        data["retention"] = []
-        for server in opts.servers.split(","):
-            if server == "shared":
-                log(f"retention: {opts.tasks:,} tasks on the shared server")
-                facts = harness.server_facts()
-                facts.update(autovacuum=_setting("autovacuum"))
-                ret = run_retention(
-                    opts, "shared 127.0.0.1:5432", dsn, harness.recreate_database, facts
-                )
-                harness.drop_database(DBNAME)
-            else:
-                log(f"retention: {opts.tasks:,} tasks on a throwaway server, stock settings")
-                pg = ThrowawayServer().start()
-                SERVERS.append(pg)
-                ret = run_retention(
+    for part, run, table in (
+        ("retention", run_retention, retention_table),
+        ("through", run_through, through_table),
+    ):
+        if part not in parts:
+            continue
+        data[part] = on_each_server(opts, part, run, dsn)
+        for ret in data[part]:
+            autovacuum = ret["server_settings"].get("autovacuum")
+            text.append(f"{part}, {ret['server']} (autovacuum {autovacuum}):\n" + table(ret))
+    data["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    data["table"] = "\n\n".join(text)
+    print(data["table"])
+    write_json(Path(opts.output), data)
+    return 0
+
+
+def on_each_server(opts: argparse.Namespace, part: str, run: Any, dsn: str) -> list[dict[str, Any]]:
+    """``run(opts, label, dsn, recreate, facts)`` on each server of
+    ``--servers``: the shared one, then a throwaway one with stock settings."""
+    results = []
+    for server in opts.servers.split(","):
+        if server == "shared":
+            log(f"{part}: on the shared server")
+            facts = harness.server_facts()
+            facts.update(autovacuum=_setting("autovacuum"))
+            results.append(
+                run(opts, "shared 127.0.0.1:5432", dsn, harness.recreate_database, facts)
+            )
+            harness.drop_database(DBNAME)
+        else:
+            log(f"{part}: on a throwaway server, stock settings")
+            pg = ThrowawayServer().start()
+            SERVERS.append(pg)
+            # Its CPU is the benchmark's, not other load (CpuWatch).
+            WATCH.roots.add(pg.postmaster_pid())
+            results.append(
+                run(
                     opts,
                     "throwaway, stock settings",
                     pg.dsn(DBNAME),
                     pg.create_database,
                     pg.facts(),
                 )
-                pg.stop()
-                SERVERS.remove(pg)
-            data["retention"].append(ret)
-            text.append(
-                f"retention, {ret['server']} (autovacuum "
-                f"{ret['server_settings'].get('autovacuum')}):\n" + retention_table(ret)
             )
-    data["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    data["table"] = "\n\n".join(text)
-    print(data["table"])
-    write_json(Path(opts.output), data)
-    return 0
+            pg.stop()
+            SERVERS.remove(pg)
+    return results
 
 
 def _setting(name: str) -> str:

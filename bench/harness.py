@@ -170,6 +170,29 @@ def worker_peak_rss_mib(procs: Sequence[subprocess.Popen[bytes]]) -> dict[str, A
     }
 
 
+def worker_rss_mib(procs: Sequence[subprocess.Popen[bytes]]) -> dict[str, Any]:
+    """Resident set *now* of each process in the workers' trees (psutil), its
+    largest and the tree total, and the largest peak so far (VmHWM)."""
+    import psutil
+
+    now: list[float] = []
+    peaks: list[int] = []
+    for proc in procs:
+        for pid in tree_pids(proc.pid):
+            with contextlib.suppress(psutil.Error):
+                now.append(psutil.Process(pid).memory_info().rss / 1048576)
+            kib = peak_rss_kib(pid)
+            if kib:
+                peaks.append(kib)
+    return {
+        "per_process_mib": [round(mib, 1) for mib in now],
+        "max_process_mib": round(max(now), 1) if now else None,
+        "tree_total_mib": round(sum(now), 1) if now else None,
+        "peak_max_process_mib": round(max(peaks) / 1024, 1) if peaks else None,
+        "processes": len(now),
+    }
+
+
 # -- PostgreSQL ----------------------------------------------------------------
 
 

@@ -167,6 +167,10 @@ class ThrowawayServer:
         finally:
             conn.close()
 
+    def postmaster_pid(self) -> int:
+        """The pid of the running server's postmaster."""
+        return int((self.datadir / "postmaster.pid").read_text().split()[0])
+
     def stop(self) -> None:
         if self.started:
             self._run(

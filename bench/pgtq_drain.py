@@ -257,6 +257,10 @@ class Running:
     def rss(self) -> dict[str, Any]:
         return harness.worker_peak_rss_mib(self.procs)
 
+    def rss_now(self) -> dict[str, Any]:
+        """Each worker process's resident set now (and the peak so far)."""
+        return harness.worker_rss_mib(self.procs)
+
 
 def wait_first(
     running: Running, progress: Callable[[], int], start: int, timeout: float = 60.0

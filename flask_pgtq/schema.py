@@ -76,14 +76,20 @@ def current_version(conn: Any) -> int:
     return max(applied, default=0)
 
 
-def upgrade(conn: Any) -> list[int]:
+def upgrade(conn: Any, target: int | None = None) -> list[int]:
     """Apply every missing migration on *conn* (a psycopg2 connection).
 
     Safe to run concurrently: the first caller takes an advisory transaction
     lock, the others wait and then find nothing to do.
 
+    :param target: apply the missing migrations up to this version only,
+        leaving the database at an earlier schema (the tests build one to
+        upgrade it with rows in it); ``None``: every migration.
     :return: the versions applied by this call (empty when up to date).
+    :raises PgTqError: *target* is not the number of a shipped migration.
     """
+    if target is not None and target not in {m.version for m in migrations()}:
+        raise PgTqError(f"no migration is numbered {target:04d}")
     autocommit = conn.autocommit
     conn.autocommit = False
     try:
@@ -94,6 +100,8 @@ def upgrade(conn: Any) -> list[int]:
             applied = {row[0] for row in cur.fetchall()}
             done = []
             for migration in migrations():
+                if target is not None and migration.version > target:
+                    break
                 if migration.version in applied:
                     continue
                 cur.execute(migration.sql)

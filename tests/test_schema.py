@@ -14,7 +14,7 @@ import psycopg2.extensions
 import pytest
 from flask import Flask
 
-from flask_pgtq import PgTq, SchemaNotReady, queries, schema
+from flask_pgtq import PgTq, PgTqError, SchemaNotReady, queries, schema
 from tests.helpers import poll_until, sql_all, sql_one
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +67,25 @@ def test_upgrade_applies_every_migration_once(
         (m.version, m.name) for m in schema.migrations()
     ]
     assert sql_one(empty_dsn, "SELECT to_regclass('pgtq_tasks') IS NOT NULL") == (True,)
+
+
+def test_upgrade_to_a_target_stops_there_and_a_later_upgrade_goes_on(
+    empty_db: psycopg2.extensions.connection,
+) -> None:
+    middle = all_versions()[len(all_versions()) // 2]
+    assert schema.upgrade(empty_db, target=middle) == [v for v in all_versions() if v <= middle]
+    assert schema.current_version(empty_db) == middle
+    assert schema.upgrade(empty_db, target=middle) == []
+    assert schema.upgrade(empty_db) == [v for v in all_versions() if v > middle]
+    assert schema.current_version(empty_db) == schema.latest_version()
+
+
+def test_upgrade_to_a_version_never_shipped_is_refused(
+    empty_db: psycopg2.extensions.connection,
+) -> None:
+    with pytest.raises(PgTqError, match="no migration is numbered 9999"):
+        schema.upgrade(empty_db, target=9999)
+    assert schema.current_version(empty_db) == 0
 
 
 def test_the_task_table_is_vacuumed_early_and_unthrottled(
