@@ -95,9 +95,12 @@ def drain(app_dir: Path, name: str, tasks: int, keys: int | None) -> float:
     tasks per second from the first start to the last end."""
     sql("TRUNCATE pgtq_tasks")
     key = "NULL" if keys is None else f"'k' || mod(g, {keys})"
+    # As a push marks them: tasks with a key of a handler limited per key
+    # wait for the limited claim.
     sql(
-        f"INSERT INTO pgtq_tasks (queue, name, args, key) "
-        f"SELECT 'default', %s, jsonb_build_array(g), {key} FROM generate_series(1, %s) g",
+        f"INSERT INTO pgtq_tasks (queue, name, args, key, limited) "
+        f"SELECT 'default', %s, jsonb_build_array(g), {key}, {key} IS NOT NULL "
+        f"FROM generate_series(1, %s) g",
         (name, tasks),
     )
     sql("CHECKPOINT")
@@ -123,8 +126,8 @@ def claim_cost(app_dir: Path, idle: int) -> float:
         (idle,),
     )
     sql(
-        "INSERT INTO pgtq_tasks (queue, name, args, key) "
-        "SELECT 'default', 'rated', '[]', 'busy' || g FROM generate_series(1, 10) g"
+        "INSERT INTO pgtq_tasks (queue, name, args, key, limited) "
+        "SELECT 'default', 'rated', '[]', 'busy' || g, true FROM generate_series(1, 10) g"
     )
     sql("ANALYZE pgtq_tasks")
     q = PgTq(dsn=DSN)

@@ -110,7 +110,7 @@ class AppQueue:
                 name,
                 queue,
             )
-        spec = options.insert(name, config)
+        spec = options.insert(name, config, handler.limit if handler else None)
         conn = None if connection is None else dbapi_connection(connection)
         task = tracing.push(
             lambda meta: self.store.push(spec, args_json, kwargs_json, conn, meta),
@@ -263,7 +263,7 @@ class AppQueue:
             for args, kwargs in zip(json.loads(args_text), kwargs_list, strict=True):
                 self._run_eagerly(name, json.dumps(args), json.dumps(kwargs), options, connection)
             return [0] * len(batch)
-        spec = options.insert(name, config)
+        spec = options.insert(name, config, handler.limit if handler else None)
         conn = None if connection is None else dbapi_connection(connection)
         ids = tracing.push(
             lambda meta: self.store.push_many(spec, args_text, kwargs_text, conn, meta),

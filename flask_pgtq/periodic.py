@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import codec
 from .exceptions import ConfigurationError
+from .values import held_back
 
 if TYPE_CHECKING:
     from .handler import Handler
@@ -116,6 +117,8 @@ class Schedule:
             "priority": options.priority or 0,
             "max_attempts": options.max_attempts or default_attempts,
             "tags": list(options.tags),
+            # Periodic tasks have no key.
+            "limited": held_back(self.handler.limit, None),
         }
 
 

@@ -389,6 +389,22 @@ class TaskStore:
                 self._workflows_finished(row.workflows_finished)
             else:
                 claimed.append(row)
+        tasks = self._claimed_tasks(owner, queue, claimed, started_at)
+        for lim in limits:
+            # Per-key limits spread a handler's tasks over many keys: claim
+            # ahead for them too, as the plain claim does.
+            room = limit - len(tasks) + (prefetch if lim.by_key else 0)
+            if room <= 0:
+                continue
+            tasks += self._claim_limited(owner, queue, room, lim)
+        tasks.sort(key=lambda t: (-t.priority, t.run_at, t.id))
+        return done, tasks
+
+    def _claimed_tasks(
+        self, owner: str, queue: str, rows: Sequence[Any], started_at: datetime | None
+    ) -> list[Task]:
+        """The tasks of claimed rows (the columns finish_and_claim returns),
+        running for *owner* since *started_at*."""
         tasks = [
             Task(
                 row.id,
@@ -408,22 +424,15 @@ class TaskStore:
                 workflow_id=row.workflow_id,
                 meta=row.meta,
                 tags=row.tags,
+                key=row.key,
                 _backend=self.backend,
             )
-            for row in claimed
+            for row in rows
         ]
         for task in tasks:
             if task.args is None:
                 task.args, task.problem = [], task.kwargs.pop("problem")
-        for lim in limits:
-            # Per-key limits spread a handler's tasks over many keys: claim
-            # ahead for them too, as the plain claim does.
-            room = limit - len(tasks) + (prefetch if lim.by_key else 0)
-            if room <= 0:
-                continue
-            tasks += self._claim_limited(owner, queue, room, lim)
-        tasks.sort(key=lambda t: (-t.priority, t.run_at, t.id))
-        return done, tasks
+        return tasks
 
     def _claim_limited(self, owner: str, queue: str, limit: int, lim: Limit) -> list[Task]:
         params = {
@@ -439,21 +448,45 @@ class TaskStore:
             "key_rate": lim.key_rate,
             "key_period": lim.key_period,
             "unkeyed": not lim.key_only,
+            # How far the claim reads the best ready keyed tasks before it
+            # walks every key (see claim_limited_tasks).
+            "scan": 4 * limit + 64,
         }
         with self.db.connection() as conn, conn.cursor() as cur:
             try:
                 cur.execute(queries.get("lock_limit"), params)
                 cur.execute(queries.get("claim_limited_tasks"), params)
-                rows = _fetch(cur)
+                rows = _named(cur)
                 cur.execute(queries.get("commit"))
             except BaseException:
                 with contextlib.suppress(Exception):
                     conn.rollback()
                 raise
-        for row in rows:
-            # What the task's parents give it comes first (workflows).
-            row["args"] = row.pop("claimed_args")
-        return [Task.from_row(row, self.backend) for row in rows]
+        return self._claimed_tasks(owner, queue, rows, rows[0].started_at if rows else None)
+
+    def sync_limited(
+        self, queues: Sequence[str], limits: Sequence[Limit], batch: int = 5000
+    ) -> tuple[int, int]:
+        """Mark the queued tasks of *queues* that only the limited claim may
+        take, by *limits* (the handlers' limits of this process), and unmark
+        the others: a push marks them itself, this corrects what limits
+        changed since.  One batch each way per statement, until done.
+
+        :return: how many were marked and unmarked.
+        """
+        params = {
+            "queues": list(queues),
+            "limited": [lim.name for lim in limits if not lim.key_only],
+            "key_only": [lim.name for lim in limits if lim.key_only],
+            "batch": batch,
+        }
+        marked = unmarked = 0
+        while True:
+            row = self._rows("sync_limited", params)[0]
+            marked += row["marked"]
+            unmarked += row["unmarked"]
+            if row["marked"] < batch and row["unmarked"] < batch:
+                return marked, unmarked
 
     def release(
         self, owner: str, task_ids: Sequence[int], interrupted: Sequence[int] = ()

@@ -208,8 +208,9 @@ class PushOptions:
             tags=validate_tags((*base.tags, *self.tags)),
         )
 
-    def insert(self, name: str, config: Config) -> Insert:
-        """How to insert tasks of handler *name*, app defaults filled in."""
+    def insert(self, name: str, config: Config, limit: Limit | None = None) -> Insert:
+        """How to insert tasks of handler *name* (whose limits are *limit*),
+        app defaults filled in."""
         return Insert(
             name=name,
             queue=self.queue or config.queue,
@@ -222,6 +223,7 @@ class PushOptions:
             replace=self.on_conflict == "replace",
             key=self.key,
             tags=self.tags,
+            limited=held_back(limit, self.key),
         )
 
 
@@ -288,6 +290,11 @@ class Limit:
         """Whether the handler is limited per key only: its tasks without a
         key are not limited at all (the plain claim takes them)."""
         return self.by_key and self.concurrency is None and self.rate is None
+
+    def holds(self, key: str | None) -> bool:
+        """Whether a task with *key* is within these limits (a task without
+        a key of a handler limited per key only is not)."""
+        return not self.key_only or key is not None
 
     @classmethod
     def build(
@@ -380,6 +387,8 @@ class Insert:
     #: The task's key for per-key limits.
     key: str | None = None
     tags: tuple[str, ...] = ()
+    #: Only the limited claim may take the tasks (:func:`held_back`).
+    limited: bool = False
 
     def params(self) -> dict[str, Any]:
         return {
@@ -394,4 +403,11 @@ class Insert:
             "replace": self.replace,
             "key": self.key,
             "tags": list(self.tags),
+            "limited": self.limited,
         }
+
+
+def held_back(limit: Limit | None, key: str | None) -> bool:
+    """Whether a task of a handler with *limit* and with *key* is claimed
+    only by the limited claim (stored as ``pgtq_tasks.limited``)."""
+    return limit is not None and limit.holds(key)

@@ -329,7 +329,7 @@ class Worker:
     # -- the loop -------------------------------------------------------------
 
     def _loop(self) -> None:
-        next_rescue = 0.0
+        next_rescue = next_sync = 0.0
         next_prune = time.monotonic() + self.config.prune_interval * random.uniform(0, 1)
         while not self.stop_requests:
             self.last_turn = time.monotonic()
@@ -342,6 +342,9 @@ class Worker:
                 if now >= next_rescue:
                     self._rescue()
                     next_rescue = now + self.config.heartbeat_interval * random.uniform(0.8, 1.2)
+                if now >= next_sync:
+                    self._sync_limited()
+                    next_sync = now + self.config.prune_interval * random.uniform(0.8, 1.2)
                 if now >= next_prune:
                     self._prune()
                     next_prune = now + self.config.prune_interval * random.uniform(0.8, 1.2)
@@ -501,6 +504,20 @@ class Worker:
             return False
         self.stop(f"memory ceiling: {used:.0f} MiB > {self.max_memory_mb:.0f} MiB")
         return True
+
+    def _sync_limited(self) -> None:
+        """Mark the queued tasks of the worker's limited handlers (pushed
+        before a limit was set, or by an app without the handler), unmark
+        those of handlers no longer limited: at start, then every prune
+        interval."""
+        marked, unmarked = self.store.sync_limited(self.queues, self.limits.limits)
+        if marked or unmarked:
+            log.info(
+                "worker %s: %d queued task(s) now wait for the limited claim, %d no longer",
+                self.id,
+                marked,
+                unmarked,
+            )
 
     def _prune(self, most_batches: int = 20) -> None:
         """Retention: delete a few small batches of old finished tasks."""

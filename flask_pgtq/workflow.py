@@ -308,7 +308,7 @@ def task_specs(
         args_json, kwargs_json = encode_arguments(
             name, sig.args, sig.kwargs, config.max_payload_bytes
         )
-        spec = options.insert(name, config)
+        spec = options.insert(name, config, sig.handler.limit)
         meta = {
             "queue": spec.queue,
             "name": spec.name,
@@ -318,6 +318,7 @@ def task_specs(
             "run_at": None if spec.run_at is None else spec.run_at.isoformat(),
             "pass_result": node.pass_result,
             "run_on_failure": node.run_on_failure,
+            "limited": spec.limited,
             "tags": list(spec.tags),
         }
         text = json.dumps(meta)

@@ -9,6 +9,7 @@ import collections
 import logging
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -443,11 +444,52 @@ def test_claim_uses_the_ready_index_with_a_large_history(dsn, db):
                 "limit": 5,
                 "prefetch": 20,
                 "limited": [],
+                "key_only": [],
             },
         )
         plan = "\n".join(row[0] for row in cur.fetchall())
     assert "pgtq_tasks_ready" in plan, plan
     assert "Seq Scan" not in plan, plan
+
+
+def test_the_plain_claim_never_reads_a_limited_backlog(dsn, db):
+    # 20,000 queued tasks of a limited handler, marked as a push marks them:
+    # the plain claim's index does not hold them, so a claim of the other
+    # tasks reads none of them (it used to read past all of them).
+    with db.cursor() as cur:
+        cur.execute(
+            "INSERT INTO pgtq_tasks (queue, name, limited) "
+            "SELECT 'default', 'capped', true FROM generate_series(1, 20000)"
+        )
+        cur.execute("INSERT INTO pgtq_tasks (queue, name, priority) VALUES ('default', 'job', -1)")
+        cur.execute("ANALYZE pgtq_tasks")
+        from flask_pgtq import queries
+
+        cur.execute("BEGIN")
+        cur.execute(
+            "EXPLAIN (ANALYZE, TIMING OFF) " + queries.get("finish_and_claim"),
+            {
+                "owner": "00000000-0000-0000-0000-000000000000",
+                "outcomes": "[]",
+                "durable": False,
+                "queue": "default",
+                "limit": 5,
+                "prefetch": 20,
+                "limited": ["capped"],
+                "key_only": [],
+            },
+        )
+        plan = "\n".join(row[0] for row in cur.fetchall())
+        cur.execute("ROLLBACK")
+    assert "Seq Scan" not in plan, plan
+    scans = plan.split("->")
+    ready = [scan for scan in scans if "Index Scan using pgtq_tasks_ready" in scan]
+    assert ready, plan
+    for scan in ready:
+        # Only the plain task is read (the claim ahead reads it again and
+        # leaves it: it was claimed now).
+        removed = re.findall(r"Rows Removed by Filter: (\d+)", scan)
+        assert sum(map(int, removed)) <= 1, scan
 
 
 @pytest.mark.parametrize(
@@ -469,6 +511,26 @@ def test_claim_uses_the_ready_index_with_a_large_history(dsn, db):
                 "key_concurrency": None,
                 "key_rate": None,
                 "key_period": None,
+                "unkeyed": True,
+                "scan": 84,
+            },
+        ),
+        (
+            "claim_limited_tasks",
+            {
+                "owner": "00000000-0000-0000-0000-000000000000",
+                "queue": "default",
+                "limit": 5,
+                "name": "job",
+                "concurrency": None,
+                "rate": None,
+                "period": None,
+                "by_key": True,
+                "key_concurrency": 1,
+                "key_rate": None,
+                "key_period": None,
+                "unkeyed": False,
+                "scan": 84,
             },
         ),
     ],
@@ -491,7 +553,8 @@ def test_running_task_lookups_use_the_running_index_with_a_large_history(
 
         cur.execute("EXPLAIN " + queries.get(statement), params)
         plan = "\n".join(row[0] for row in cur.fetchall())
-    assert "pgtq_tasks_running_by_name" in plan, plan
+    # (A claim with limits per key counts running tasks by key.)
+    assert "pgtq_tasks_running_by_name" in plan or "pgtq_tasks_running_key" in plan, plan
     assert "Seq Scan on pgtq_tasks" not in plan, plan
 
 

@@ -36,6 +36,7 @@ NEW_COLUMN_DEFAULTS: dict[str, dict[str, Any]] = {
         "pass_result": None,
         "meta": None,  # 0007
         "tags": [],  # 0008
+        "limited": False,  # 0009
     },
     "pgtq_workers": {"stopping_since": None},  # 0004
 }

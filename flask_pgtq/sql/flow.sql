@@ -33,11 +33,11 @@ WITH replaced AS (
 ), inserted AS (
     INSERT INTO pgtq_tasks
         (queue, name, args, kwargs, priority, max_attempts, run_at, unique_key, unique_until,
-         key, tags)
+         key, tags, limited)
     SELECT %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s,
            %(max_attempts)s, coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'),
            %(unique_key)s, now() + %(unique_for)s::float8 * interval '1 second', %(key)s,
-           %(tags)s::text[]
+           %(tags)s::text[], %(limited)s
     WHERE NOT EXISTS (SELECT 1 FROM replaced) AND NOT EXISTS (SELECT 1 FROM holder)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
     DO NOTHING
@@ -71,14 +71,18 @@ ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name;
 -- claim of the handler: at most %(concurrency)s running and %(rate)s
 -- starts per %(period)s seconds, everywhere.
 --
+-- Only tasks marked "limited" (at push, or by sync_limited): the others
+-- are the plain claim's.
+--
 -- Per key (%(key_concurrency)s running, %(key_rate)s starts per
--- %(key_period)s seconds): the claim walks the keys with queued tasks
--- (pgtq_tasks_key_ready, one index probe per key) and takes from each only
--- what its limits leave, ranked within its key; tasks are taken by rank
--- first, so claims go round-robin over the keys with ready tasks: a key
--- with 10,000 queued tasks delays another key's single task by one round
--- at most, and costs one probe, not 10,000 rows.  A task without a key is
--- not limited by key.
+-- %(key_period)s seconds): each key gives only what its limits leave,
+-- ranked within the key, and tasks are taken by rank first, so claims go
+-- round-robin over the keys with ready tasks: a key with 10,000 queued
+-- tasks delays another key's single task by one round at most.  The
+-- candidates come from the front of the handler's ready tasks when it
+-- holds heads enough (front, settled), else from a walk over every key
+-- (heads: one index probe per key, not 10,000 rows for a flooded one).  A
+-- task without a key is not limited by key.
 WITH RECURSIVE lim AS (
     SELECT coalesce(array_agg(s ORDER BY s), '{}') AS recent
     FROM pgtq_limits, unnest(recent) AS s
@@ -101,15 +105,63 @@ WITH RECURSIVE lim AS (
                OR (p.kind = 'handler' AND p.target = %(name)s))
           AND (p.until IS NULL OR p.until > now())
     ) AS yes
+), running AS (
+    -- The handler's running tasks per key, counted once (there are at most
+    -- as many as the workers hold), as one map: read per key below without
+    -- a join, whose plan would go by the statistics of a table that
+    -- changes all the time.
+    SELECT coalesce(jsonb_object_agg(c.key, c.n), '{}') AS per_key
+    FROM (
+        SELECT t.key, count(*) AS n
+        FROM pgtq_tasks AS t
+        WHERE t.state = 'running' AND t.name = %(name)s AND t.key IS NOT NULL
+          AND %(key_concurrency)s::int IS NOT NULL
+        GROUP BY t.key
+    ) AS c
+), front AS (
+    -- The handler's first ready keyed tasks, best first, as many as
+    -- %(scan)s (pgtq_tasks_limited_ready), ranked within their key: the first
+    -- task of a key met in this order is its head, so these hold the best
+    -- heads there are.
+    SELECT t.key, t.id, t.priority, t.run_at,
+           row_number() OVER (PARTITION BY t.key ORDER BY t.priority DESC, t.run_at, t.id) AS rank
+    FROM (
+        SELECT t.key, t.id, t.priority, t.run_at
+        FROM pgtq_tasks AS t
+        WHERE %(by_key)s AND NOT (SELECT yes FROM paused)
+          AND t.state = 'queued' AND t.limited AND t.key IS NOT NULL
+          AND t.name = %(name)s AND t.queue = %(queue)s AND t.run_at <= now()
+        ORDER BY t.priority DESC, t.run_at, t.id
+        LIMIT %(scan)s
+    ) AS t
+), front_allowed AS (
+    -- Those within what their key's running tasks and recent starts leave.
+    SELECT f.id, f.priority, f.run_at, f.rank
+    FROM front AS f
+    WHERE f.rank <= coalesce(%(key_concurrency)s::int
+                             - coalesce(((SELECT per_key FROM running) ->> f.key)::int, 0),
+                             f.rank)
+      AND (%(key_rate)s::int IS NULL
+           OR (f.rank <= %(key_rate)s::int
+               AND f.rank <= %(key_rate)s::int - (
+                   SELECT count(*) FROM pgtq_tasks AS t
+                   WHERE t.name = %(name)s AND t.key = f.key
+                     AND t.started_at > now() - %(key_period)s::float8 * interval '1 second')))
+), settled AS (
+    -- The front decides alone when it holds every ready keyed task, or
+    -- heads enough for the room (tasks go by rank first: the heads met
+    -- later would not be taken).  Else the walk below looks at every key.
+    SELECT (SELECT count(*) FROM front) < %(scan)s
+           OR (SELECT count(*) FROM front_allowed WHERE rank = 1) >= (SELECT n FROM room) AS yes
 ), heads AS (
-    -- The first ready task of each key with queued tasks, by a walk down
+    -- Unless settled: the first ready task of each key with queued tasks, by a walk down
     -- pgtq_tasks_key_ready (a "loose index scan"): one probe per key, none
     -- per task.  (Ordered as that index is: the key alone would also match
     -- pgtq_tasks_key_starts, which holds finished tasks too.)
     (SELECT t.key, t.id, t.priority, t.run_at
      FROM pgtq_tasks AS t
-     WHERE %(by_key)s AND NOT (SELECT yes FROM paused)
-       AND t.state = 'queued' AND t.key IS NOT NULL
+     WHERE %(by_key)s AND NOT (SELECT yes FROM paused) AND NOT (SELECT yes FROM settled)
+       AND t.state = 'queued' AND t.limited AND t.key IS NOT NULL
        AND t.name = %(name)s AND t.queue = %(queue)s AND t.run_at <= now()
      ORDER BY t.key, t.priority DESC, t.run_at, t.id
      LIMIT 1)
@@ -119,25 +171,18 @@ WITH RECURSIVE lim AS (
     CROSS JOIN LATERAL (
         SELECT t.key, t.id, t.priority, t.run_at
         FROM pgtq_tasks AS t
-        WHERE t.state = 'queued' AND t.key IS NOT NULL
+        WHERE t.state = 'queued' AND t.limited AND t.key IS NOT NULL
           AND t.name = %(name)s AND t.queue = %(queue)s AND t.run_at <= now()
           AND t.key > k.key
         ORDER BY t.key, t.priority DESC, t.run_at, t.id
         LIMIT 1
     ) AS n
-), running AS (
-    -- The handler's running tasks per key, counted once (there are at most
-    -- as many as the workers hold), not once per key.
-    SELECT t.key, count(*) AS n
-    FROM pgtq_tasks AS t
-    WHERE t.state = 'running' AND t.name = %(name)s AND t.key IS NOT NULL
-      AND %(key_concurrency)s::int IS NOT NULL
-    GROUP BY t.key
 ), roomy AS (
     -- What each key's running tasks and recent starts leave it (an index
     -- lookup per key for a rate: idle keys cost nothing).
     SELECT h.*, greatest(least(
-        coalesce(%(key_concurrency)s::int - coalesce(r.n, 0), %(limit)s::int),
+        coalesce(%(key_concurrency)s::int
+                 - coalesce(((SELECT per_key FROM running) ->> h.key)::int, 0), %(limit)s::int),
         CASE WHEN %(key_rate)s::int IS NULL THEN %(limit)s::int
              ELSE %(key_rate)s::int - (
                 SELECT count(*) FROM pgtq_tasks AS t
@@ -146,10 +191,14 @@ WITH RECURSIVE lim AS (
         END
     ), 0) AS room
     FROM heads AS h
-    LEFT JOIN running AS r ON r.key = h.key
 ), keyed AS (
-    -- Each key's head, then (where its limits leave room for more) the
-    -- tasks behind it, ranked within the key.
+    -- What the front allows, or (from the walk) each key's head, then
+    -- (where its limits leave room for more) the tasks behind it, ranked
+    -- within the key.
+    SELECT f.id, f.priority, f.run_at, f.rank
+    FROM front_allowed AS f
+    WHERE (SELECT yes FROM settled)
+    UNION ALL
     SELECT h.id, h.priority, h.run_at, 1::bigint AS rank
     FROM roomy AS h
     WHERE h.room >= 1
@@ -160,7 +209,7 @@ WITH RECURSIVE lim AS (
     CROSS JOIN LATERAL (
         SELECT t.id, t.priority, t.run_at
         FROM pgtq_tasks AS t
-        WHERE t.state = 'queued' AND t.key IS NOT NULL
+        WHERE t.state = 'queued' AND t.limited AND t.key IS NOT NULL
           AND t.name = %(name)s AND t.queue = %(queue)s AND t.key = h.key
           AND t.run_at <= now()
         ORDER BY t.priority DESC, t.run_at, t.id
@@ -168,7 +217,7 @@ WITH RECURSIVE lim AS (
     ) AS m
     WHERE h.room >= 2
 ), unkeyed AS (
-    -- Tasks not limited by key, best first (pgtq_tasks_ready); those of a
+    -- Tasks not limited by key, best first (pgtq_tasks_limited_ready); those of a
     -- handler limited per key only are the plain claim's (%(unkeyed)s
     -- false), so a key-only claim never scans the queue.
     SELECT t.id, t.priority, t.run_at,
@@ -176,7 +225,7 @@ WITH RECURSIVE lim AS (
     FROM (
         SELECT t.id, t.priority, t.run_at
         FROM pgtq_tasks AS t
-        WHERE t.state = 'queued' AND t.queue = %(queue)s AND t.name = %(name)s
+        WHERE t.state = 'queued' AND t.limited AND t.name = %(name)s AND t.queue = %(queue)s
           AND t.run_at <= now() AND (t.key IS NULL OR NOT %(by_key)s) AND %(unkeyed)s
           AND NOT (SELECT yes FROM paused)
         ORDER BY t.priority DESC, t.run_at, t.id
@@ -202,10 +251,13 @@ WITH RECURSIVE lim AS (
         finished_at = NULL
     FROM picked
     WHERE t.id = picked.id
-    -- With what the task's parents give it first (workflows): see
-    -- finish_and_claim.
-    RETURNING t.*, CASE WHEN t.pass_result IS NULL THEN t.args ELSE pgtq_claim_args(t) END
-                       AS claimed_args
+    -- The columns of finish_and_claim's claimed rows (what a run needs,
+    -- arguments as text, with what the task's parents give it first).
+    RETURNING t.id, t.name,
+              (CASE WHEN t.pass_result IS NULL THEN t.args ELSE pgtq_claim_args(t) END)::text
+                  AS args, t.kwargs::text AS kwargs, t.priority,
+              t.attempts, t.max_attempts, t.run_at, t.created_at, t.cancel_requested_at,
+              t.workflow_id, t.snoozes, t.meta, t.tags, t.key, t.started_at
 ), noted AS (
     UPDATE pgtq_limits
     SET recent = (SELECT recent FROM lim)
@@ -227,9 +279,9 @@ WITH fired AS (
     ON CONFLICT DO NOTHING
     RETURNING task_id
 ), task AS (
-    INSERT INTO pgtq_tasks (id, queue, name, args, kwargs, priority, max_attempts, tags)
+    INSERT INTO pgtq_tasks (id, queue, name, args, kwargs, priority, max_attempts, tags, limited)
     SELECT fired.task_id, %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb,
-           %(priority)s, %(max_attempts)s, %(tags)s::text[]
+           %(priority)s, %(max_attempts)s, %(tags)s::text[], %(limited)s
     FROM fired
     RETURNING id
 ), pruned AS (
@@ -308,3 +360,35 @@ WHERE state = 'queued' AND queue = ANY(%(queues)s) AND run_at > now();
 UPDATE pgtq_workers
 SET stopping_since = coalesce(stopping_since, now())
 WHERE id = %(owner)s;
+
+-- name: sync_limited
+-- Correct the "limited" mark of up to %(batch)s queued tasks of %(queues)s
+-- each way after limits changed (a deploy; tasks pushed by an app that
+-- does not know the handler): marked when this worker's handlers say so
+-- (%(limited)s: every task of the handler; %(key_only)s: its tasks with a
+-- key), unmarked otherwise, tasks of handlers it does not know included
+-- (the plain claim takes those, as it takes any task).
+WITH marked AS (
+    UPDATE pgtq_tasks SET limited = true
+    WHERE id IN (
+        SELECT id FROM pgtq_tasks
+        WHERE state = 'queued' AND NOT limited AND queue = ANY(%(queues)s)
+          AND (name = ANY(%(limited)s::text[])
+               OR (key IS NOT NULL AND name = ANY(%(key_only)s::text[])))
+        LIMIT %(batch)s
+        FOR UPDATE SKIP LOCKED
+    ) AND state = 'queued'
+    RETURNING 1
+), unmarked AS (
+    UPDATE pgtq_tasks SET limited = false
+    WHERE id IN (
+        SELECT id FROM pgtq_tasks
+        WHERE state = 'queued' AND limited AND queue = ANY(%(queues)s)
+          AND NOT (name = ANY(%(limited)s::text[])
+                   OR (key IS NOT NULL AND name = ANY(%(key_only)s::text[])))
+        LIMIT %(batch)s
+        FOR UPDATE SKIP LOCKED
+    ) AND state = 'queued'
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM marked) AS marked, (SELECT count(*) FROM unmarked) AS unmarked;

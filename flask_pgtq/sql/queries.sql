@@ -22,11 +22,11 @@ INSERT INTO pgtq_schema_version (version, name) VALUES (%(version)s, %(name)s);
 
 -- name: push_task
 INSERT INTO pgtq_tasks (queue, name, args, kwargs, priority, max_attempts, run_at, key, meta,
-                        tags)
+                        tags, limited)
 VALUES (
     %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s, %(max_attempts)s,
     coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'), %(key)s, %(meta)s::jsonb,
-    %(tags)s::text[]
+    %(tags)s::text[], %(limited)s
 )
 -- Only what the database decides (a new task is always queued, attempt 0).
 RETURNING id, run_at, created_at;
@@ -112,10 +112,12 @@ WITH durability AS (
     -- statement still looks running here and is not claimed again.
     SELECT id
     FROM pgtq_tasks
-    WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now()
+    WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now() AND NOT limited
       -- Handlers with concurrency or rate limits are claimed by
       -- claim_limited_tasks instead, except the tasks without a key of a
-      -- handler limited per key only (nothing limits those).
+      -- handler limited per key only (nothing limits those).  Their tasks
+      -- are marked "limited" (and out of this index) when pushed; the
+      -- names also hold for tasks pushed before a limit was set.
       AND (name <> ALL(%(limited)s::text[])
            OR (key IS NULL AND name = ANY(%(key_only)s::text[])))
       AND NOT (SELECT queue_paused FROM paused)
@@ -129,7 +131,7 @@ WITH durability AS (
     -- with an attempt to spare are prefetched.
     SELECT id
     FROM pgtq_tasks
-    WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now()
+    WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now() AND NOT limited
       AND (name <> ALL(%(limited)s::text[])
            OR (key IS NULL AND name = ANY(%(key_only)s::text[])))
       AND NOT (SELECT queue_paused FROM paused)
@@ -159,7 +161,7 @@ WITH durability AS (
               (CASE WHEN t.pass_result IS NULL THEN t.args ELSE pgtq_claim_args(t) END)::text
                   AS args, t.kwargs::text AS kwargs, t.priority,
               t.attempts, t.max_attempts, t.run_at, t.created_at, t.cancel_requested_at,
-              t.workflow_id, t.snoozes, t.meta, t.tags
+              t.workflow_id, t.snoozes, t.meta, t.tags, t.key
 )
 -- One summary row (kind 0: the ids recorded, the claim time), then one row
 -- per claimed task (kind 1).  Every CTE above must be referenced to run.
@@ -170,12 +172,12 @@ SELECT 0 AS kind, coalesce(array_agg(id), '{}') AS done_ids, now() AS started_at
        NULL::integer AS priority, NULL::integer AS attempts, NULL::integer AS max_attempts,
        NULL::timestamptz AS run_at, NULL::timestamptz AS created_at,
        NULL::timestamptz AS cancel_requested_at, NULL::bigint AS workflow_id,
-       NULL::integer AS snoozes, NULL::jsonb AS meta, NULL::text[] AS tags
+       NULL::integer AS snoozes, NULL::jsonb AS meta, NULL::text[] AS tags, NULL::text AS key
 FROM done
 UNION ALL
 SELECT 1, NULL, NULL, NULL, NULL, NULL, c.id, c.name, c.args, c.kwargs, c.priority, c.attempts,
        c.max_attempts, c.run_at, c.created_at, c.cancel_requested_at, c.workflow_id, c.snoozes,
-       c.meta, c.tags
+       c.meta, c.tags, c.key
 FROM claimed AS c;
 
 -- name: release_tasks
@@ -331,10 +333,10 @@ RETURNING t.id;
 -- which costs both sides far less than an array of text literals.
 WITH inserted AS (
     INSERT INTO pgtq_tasks (queue, name, args, kwargs, priority, max_attempts, run_at, key,
-                            meta, tags)
+                            meta, tags, limited)
     SELECT %(queue)s, %(name)s, item.a, coalesce(item.k, '{}'), %(priority)s,
            %(max_attempts)s, coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'),
-           %(key)s, %(meta)s::jsonb, %(tags)s::text[]
+           %(key)s, %(meta)s::jsonb, %(tags)s::text[], %(limited)s
     FROM ROWS FROM (jsonb_array_elements(%(args)s::jsonb),
                     jsonb_array_elements(%(kwargs)s::jsonb))
          WITH ORDINALITY AS item(a, k, n)

@@ -65,7 +65,7 @@ WITH spec AS (
 ), inserted AS (
     INSERT INTO pgtq_tasks (id, queue, name, args, kwargs, priority, max_attempts, run_at,
                             state, workflow_id, waiting_for, run_on_failure, pass_result,
-                            tags)
+                            tags, limited)
     SELECT ids.id, s.t ->> 'queue', s.t ->> 'name', s.t -> 'args', s.t -> 'kwargs',
            (s.t ->> 'priority')::int, (s.t ->> 'max_attempts')::int,
            coalesce((s.t ->> 'run_at')::timestamptz,
@@ -73,7 +73,8 @@ WITH spec AS (
            CASE WHEN coalesce(w.n, 0) > 0 THEN 'waiting' ELSE 'queued' END,
            (SELECT id FROM workflow), coalesce(w.n, 0),
            (s.t ->> 'run_on_failure')::boolean, s.t ->> 'pass_result',
-           array(SELECT jsonb_array_elements_text(s.t -> 'tags'))
+           array(SELECT jsonb_array_elements_text(s.t -> 'tags')),
+           coalesce((s.t ->> 'limited')::boolean, false)
     FROM spec AS s
     JOIN ids ON ids.n = s.n
     LEFT JOIN waits AS w ON w.child = s.n
