@@ -373,6 +373,8 @@ WITH marked AS (
     WHERE id IN (
         SELECT id FROM pgtq_tasks
         WHERE state = 'queued' AND NOT limited AND queue = ANY(%(queues)s)
+          -- (No scan at all for a worker without limited handlers.)
+          AND cardinality(%(limited)s::text[]) + cardinality(%(key_only)s::text[]) > 0
           AND (name = ANY(%(limited)s::text[])
                OR (key IS NOT NULL AND name = ANY(%(key_only)s::text[])))
         LIMIT %(batch)s
