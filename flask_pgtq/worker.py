@@ -368,9 +368,10 @@ class Worker:
                     self.stop(f"max tasks ({self.max_tasks}) reached")
                     break
             released, self._released = self._released, False
-            if released and self._inbox.empty() and not self.stop_requests:
-                # Threads idle and dependents just released (a chain's next
-                # step): claim at once, without waiting for the NOTIFY.
+            if released and not self._running and not self.stop_requests:
+                # Nothing left to run and dependents just released (a chain's
+                # next step): claim at once, without waiting for the NOTIFY.
+                # (A busy worker claims with its next round anyway.)
                 continue
             # Finished tasks, new tasks and signals all end the wait early.
             self._wait(self._next_wait())
