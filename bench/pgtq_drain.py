@@ -137,7 +137,14 @@ class Queue:
         )
 
     def queued(self) -> int:
-        return int(self.value("SELECT count(*) FROM pgtq_tasks WHERE state = 'queued'"))
+        # Queued tasks sit in two partial indexes, by the "limited" mark
+        # (schema version 9): a count over each, not a scan of the table.
+        return int(
+            self.value(
+                "SELECT (SELECT count(*) FROM pgtq_tasks WHERE state = 'queued' AND NOT limited)"
+                " + (SELECT count(*) FROM pgtq_tasks WHERE state = 'queued' AND limited)"
+            )
+        )
 
     def running(self) -> int:
         return int(self.value("SELECT count(*) FROM pgtq_tasks WHERE state = 'running'"))

@@ -218,7 +218,8 @@ class FlaskPgtq(PostgresSystem):
     def busy(self) -> bool:
         return bool(
             self._probe().value(
-                "SELECT EXISTS (SELECT 1 FROM pgtq_tasks WHERE state = 'queued')"
+                "SELECT EXISTS (SELECT 1 FROM pgtq_tasks WHERE state = 'queued' AND NOT limited)"
+                " OR EXISTS (SELECT 1 FROM pgtq_tasks WHERE state = 'queued' AND limited)"
                 " OR EXISTS (SELECT 1 FROM pgtq_tasks WHERE state = 'running')"
             )
         )
