@@ -33,6 +33,12 @@ T = TypeVar("T")
 #: side), saving their parsing and planning: the push and the worker's round.
 PREPARED = frozenset({"push_task", "finish_and_claim"})
 
+#: Sent before each statement on a pooled connection, in the same implicit
+#: transaction: no JIT compilation.  Estimates grow with the table, and past
+#: jit_above_cost PostgreSQL compiled the worker's round on every run: 80 to
+#: 150 ms of a 13 ms round with 2,000,000 tasks in the table.
+NO_JIT = "SET LOCAL jit = off; "
+
 
 def _fetch(cur: Any) -> list[dict[str, Any]]:
     if cur.description is None:
@@ -120,9 +126,9 @@ class TaskStore:
                     pooled.prepared.add(name)
                 # On any error the pool discards the connection, with what
                 # it prepared: no borrower inherits a half-known state.
-                cur.execute(execute, params)
+                cur.execute(NO_JIT + execute, params)
             else:
-                cur.execute(queries.get(name), params)
+                cur.execute(NO_JIT + queries.get(name), params)
             return fetch(cur)
 
     def _tasks(self, name: str, params: dict[str, Any], conn: Any = None) -> list[Task]:
@@ -543,7 +549,7 @@ class TaskStore:
                 continue
             with self.db.connection() as conn, conn.cursor() as cur:
                 cur.execute(
-                    queries.get("prune_tasks"),
+                    NO_JIT + queries.get("prune_tasks"),
                     {"states": states, "keep": keep, "batch": config.prune_batch, "queue": None},
                 )
                 deleted += cur.rowcount

@@ -167,7 +167,7 @@ WITH durability AS (
 -- per claimed task (kind 1).  Every CTE above must be referenced to run.
 SELECT 0 AS kind, coalesce(array_agg(id), '{}') AS done_ids, now() AS started_at,
        (SELECT count(*) FROM woken) AS woken, (SELECT setting FROM durability) AS durability,
-       (SELECT finished FROM ended) AS workflows_finished,
+       current_setting('jit') AS jit, (SELECT finished FROM ended) AS workflows_finished,
        NULL::bigint AS id, NULL::text AS name, NULL::text AS args, NULL::text AS kwargs,
        NULL::integer AS priority, NULL::integer AS attempts, NULL::integer AS max_attempts,
        NULL::timestamptz AS run_at, NULL::timestamptz AS created_at,
@@ -175,8 +175,8 @@ SELECT 0 AS kind, coalesce(array_agg(id), '{}') AS done_ids, now() AS started_at
        NULL::integer AS snoozes, NULL::jsonb AS meta, NULL::text[] AS tags, NULL::text AS key
 FROM done
 UNION ALL
-SELECT 1, NULL, NULL, NULL, NULL, NULL, c.id, c.name, c.args, c.kwargs, c.priority, c.attempts,
-       c.max_attempts, c.run_at, c.created_at, c.cancel_requested_at, c.workflow_id, c.snoozes,
+SELECT 1, NULL, NULL, NULL, NULL, NULL, NULL, c.id, c.name, c.args, c.kwargs, c.priority,
+       c.attempts, c.max_attempts, c.run_at, c.created_at, c.cancel_requested_at, c.workflow_id, c.snoozes,
        c.meta, c.tags, c.key
 FROM claimed AS c;
 
