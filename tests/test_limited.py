@@ -4,6 +4,8 @@ when limits change."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask_pgtq import PgTq, chain
 from flask_pgtq.queue import new_owner_id
 from tests.helpers import poll_until, sql_all, sql_one
@@ -15,6 +17,22 @@ def marks(dsn: str) -> dict[str, list[bool]]:
     for name, limited in sql_all(dsn, "SELECT name, limited FROM pgtq_tasks ORDER BY id"):
         found.setdefault(name.rsplit(".", 1)[-1], []).append(limited)
     return found
+
+
+def run_all_marked(dsn: str, start_worker: Any, limited: bool) -> None:
+    """Mark every task *limited* (as an older push or another app would
+    have), start a worker, wait for every task to succeed."""
+    total = sql_one(dsn, "SELECT count(*) FROM pgtq_tasks")[0]
+    sql_all(dsn, "UPDATE pgtq_tasks SET limited = %s RETURNING 1", (limited,))
+    start_worker("--concurrency", "3")
+    poll_until(
+        lambda: (
+            sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE state = 'succeeded'")[0] == total
+        ),
+        30,
+        0.05,
+        "every task to run",
+    )
 
 
 def test_a_push_marks_the_tasks_of_limited_handlers(standalone_q: PgTq, dsn: str) -> None:
@@ -56,14 +74,7 @@ def test_unmarked_tasks_of_a_limited_handler_are_marked_and_run_within_the_limit
     from tests.worker_app import exclusive
 
     ids = [exclusive.push(f"m{i}").id for i in range(3)]
-    sql_one(dsn, "UPDATE pgtq_tasks SET limited = false RETURNING 1")
-    start_worker("--concurrency", "3")
-    poll_until(
-        lambda: sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE state = 'succeeded'")[0] == 3,
-        30,
-        0.05,
-        "the three tasks to run",
-    )
+    run_all_marked(dsn, start_worker, False)
     events = [r["event"] for r in runs(dsn) if r["tag"].startswith("m")]
     assert events == ["started", "finished"] * 3  # never two at once
     assert sorted(sql_all(dsn, "SELECT id FROM pgtq_tasks WHERE limited")) == [(i,) for i in ids]
@@ -78,14 +89,7 @@ def test_marked_tasks_of_a_handler_no_longer_limited_are_unmarked_and_run(
     from tests.worker_app import mark
 
     ids = [mark.push(f"u{i}").id for i in range(3)]
-    sql_one(dsn, "UPDATE pgtq_tasks SET limited = true RETURNING 1")
-    start_worker("--concurrency", "2")
-    poll_until(
-        lambda: sql_one(dsn, "SELECT count(*) FROM pgtq_tasks WHERE state = 'succeeded'")[0] == 3,
-        30,
-        0.05,
-        "the three tasks to run",
-    )
+    run_all_marked(dsn, start_worker, True)
     assert sql_all(dsn, "SELECT id FROM pgtq_tasks WHERE limited") == []
     assert sorted(r["task_id"] for r in runs(dsn)) == ids
 

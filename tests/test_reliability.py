@@ -436,21 +436,28 @@ def test_claim_uses_the_ready_index_with_a_large_history(dsn, db):
         from flask_pgtq import queries
 
         cur.execute(
-            "EXPLAIN " + queries.get("finish_and_claim"),
-            {
-                "owner": "00000000-0000-0000-0000-000000000000",
-                "outcomes": "[]",
-                "durable": False,
-                "queue": "default",
-                "limit": 5,
-                "prefetch": 20,
-                "limited": [],
-                "key_only": [],
-            },
+            "EXPLAIN " + queries.get("finish_and_claim"), round_params(limit=5, prefetch=20)
         )
         plan = "\n".join(row[0] for row in cur.fetchall())
     assert "pgtq_tasks_ready" in plan, plan
     assert "Seq Scan" not in plan, plan
+
+
+def round_params(**values: Any) -> dict[str, Any]:
+    """Parameters of the worker's round (finish_and_claim): no outcomes, a
+    claim of *values* (default: nothing) from queue "default"."""
+    params = {
+        "owner": "00000000-0000-0000-0000-000000000000",
+        "outcomes": "[]",
+        "durable": False,
+        "queue": "default",
+        "limit": 0,
+        "prefetch": 0,
+        "limited": [],
+        "key_only": [],
+    }
+    params.update(values)
+    return params
 
 
 def test_the_plain_claim_never_reads_a_limited_backlog(dsn, db):
@@ -469,16 +476,7 @@ def test_the_plain_claim_never_reads_a_limited_backlog(dsn, db):
         cur.execute("BEGIN")
         cur.execute(
             "EXPLAIN (ANALYZE, TIMING OFF) " + queries.get("finish_and_claim"),
-            {
-                "owner": "00000000-0000-0000-0000-000000000000",
-                "outcomes": "[]",
-                "durable": False,
-                "queue": "default",
-                "limit": 5,
-                "prefetch": 20,
-                "limited": ["capped"],
-                "key_only": [],
-            },
+            round_params(limit=5, prefetch=20, limited=["capped"]),
         )
         plan = "\n".join(row[0] for row in cur.fetchall())
         cur.execute("ROLLBACK")
@@ -702,21 +700,7 @@ def test_the_worker_round_runs_without_jit(dsn, prepared):
     q = PgTq(dsn=dsn, prepared_statements=prepared)
     try:
         store = q.app_queue().store
-        rows = store._execute(
-            "finish_and_claim",
-            {
-                "owner": "00000000-0000-0000-0000-000000000000",
-                "outcomes": "[]",
-                "durable": False,
-                "queue": "default",
-                "limit": 0,
-                "prefetch": 0,
-                "limited": [],
-                "key_only": [],
-            },
-            None,
-            queue_module._named,
-        )
+        rows = store._execute("finish_and_claim", round_params(), None, queue_module._named)
         assert rows[0].jit == "off"
         # Only for that statement: the connection's own setting is left alone.
         with store.db.connection() as conn, conn.cursor() as cur:
