@@ -1,8 +1,7 @@
 import re
 from pathlib import Path
 
-from setuptools import find_packages
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 #: The version is written once, in flask_pgtq/__init__.py.
