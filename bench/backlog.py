@@ -68,6 +68,14 @@ CONFIGS = {
 }
 
 
+def log_sample(label: str, done: int, item: dict[str, Any]) -> None:
+    """One progress line of a through or retention run."""
+    log(
+        f"  {label}: {done:,} done, table {mib(item['total_bytes'])} MiB,"
+        f" dead {item['n_dead_tup']:,}, autovacuum {item['autovacuum_count']}"
+    )
+
+
 def cleanup() -> None:
     PROCS.cleanup()
     while SERVERS:
@@ -231,10 +239,7 @@ def run_retention(
                 if now >= next_sample:
                     item = sample("during", done, t0)
                     next_sample = now + opts.sample_every
-                    log(
-                        f"  {label}: {done:,} done, table {mib(item['total_bytes'])} MiB,"
-                        f" dead {item['n_dead_tup']:,}, autovacuum {item['autovacuum_count']}"
-                    )
+                    log_sample(label, done, item)
                 if done >= total:
                     break
                 if now > deadline:
@@ -412,10 +417,7 @@ def run_through(
                 if now >= next_sample:
                     item = sample("during", done)
                     next_sample = now + opts.sample_every
-                    log(
-                        f"  {label}: {done:,} done, table {mib(item['total_bytes'])} MiB,"
-                        f" dead {item['n_dead_tup']:,}, autovacuum {item['autovacuum_count']}"
-                    )
+                    log_sample(label, done, item)
                 if done >= total:
                     break
                 if done != moved[1]:
