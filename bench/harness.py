@@ -226,6 +226,18 @@ def drop_database(name: str) -> None:
         conn.close()
 
 
+def sql(dbname: str, query: str, params: object = None) -> list[tuple[Any, ...]]:
+    """Run one statement on database *dbname* (autocommit); its rows, if any."""
+    conn = psycopg2.connect(libpq_dsn(dbname))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
 def checkpoint() -> None:
     """Flush dirty buffers now, so that a checkpoint is less likely mid-measurement."""
     conn = admin_connect()

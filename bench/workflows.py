@@ -29,8 +29,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import psycopg2
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -64,14 +62,7 @@ APP = textwrap.dedent(
 
 
 def sql(query: str, params: object = None) -> list[tuple]:
-    conn = psycopg2.connect(DSN)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
+    return harness.sql("bench_workflows", query, params)
 
 
 def env() -> dict[str, str]:
