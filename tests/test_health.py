@@ -7,7 +7,6 @@ import json
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,11 +24,9 @@ from tests.workers import runs
 
 
 @pytest.fixture
-def app(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    monkeypatch.setenv("PGTQ_TEST_APP_DSN", dsn)
-    app = worker_app.create_app()
-    with app.app_context():
-        yield app
+def app(served_app: Flask) -> Flask:
+    """The app the workers serve (conftest's ``served_app``)."""
+    return served_app
 
 
 def free_port() -> int:

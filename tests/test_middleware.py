@@ -9,7 +9,7 @@ event to ``test_runs``.  Then in-process runs: ``Task.run``/``drain`` and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -33,11 +33,9 @@ FULL_RUN = [
 
 
 @pytest.fixture
-def app(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    monkeypatch.setenv("PGTQ_TEST_APP_DSN", dsn)
-    app = worker_app.create_app()
-    with app.app_context():
-        yield app
+def app(served_app: Flask) -> Flask:
+    """The app the workers serve (conftest's ``served_app``)."""
+    return served_app
 
 
 def final(task: Task) -> Task:

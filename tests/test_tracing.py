@@ -51,11 +51,9 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 
 
 @pytest.fixture
-def app(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    monkeypatch.setenv("PGTQ_TEST_APP_DSN", dsn)
-    app = worker_app.create_app()
-    with app.app_context():
-        yield app
+def app(served_app: Flask) -> Flask:
+    """The app the workers serve (conftest's ``served_app``)."""
+    return served_app
 
 
 def hex_id(value: int, digits: int = 16) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import threading
-from collections.abc import Iterator
 
 import psycopg2
 import pytest
@@ -42,11 +41,9 @@ from tests.workers import runs
 
 
 @pytest.fixture
-def app(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    monkeypatch.setenv("PGTQ_TEST_APP_DSN", dsn)
-    app = worker_app.create_app()
-    with app.app_context():
-        yield app
+def app(served_app: Flask) -> Flask:
+    """The app the workers serve (conftest's ``served_app``)."""
+    return served_app
 
 
 def test_a_chain_passes_each_result_to_the_next_step(app, dsn, start_worker):
