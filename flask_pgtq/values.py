@@ -291,11 +291,6 @@ class Limit:
         key are not limited at all (the plain claim takes them)."""
         return self.by_key and self.concurrency is None and self.rate is None
 
-    def holds(self, key: str | None) -> bool:
-        """Whether a task with *key* is within these limits (a task without
-        a key of a handler limited per key only is not)."""
-        return not self.key_only or key is not None
-
     @classmethod
     def build(
         cls,
@@ -409,5 +404,6 @@ class Insert:
 
 def held_back(limit: Limit | None, key: str | None) -> bool:
     """Whether a task of a handler with *limit* and with *key* is claimed
-    only by the limited claim (stored as ``pgtq_tasks.limited``)."""
-    return limit is not None and limit.holds(key)
+    only by the limited claim (stored as ``pgtq_tasks.limited``): a task
+    without a key of a handler limited per key only is not limited at all."""
+    return limit is not None and (key is not None or not limit.key_only)
