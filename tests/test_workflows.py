@@ -338,6 +338,60 @@ def test_the_last_two_parents_ending_at_once_release_the_child_exactly_once(app,
     store.on_workflows_finished = None
 
 
+def test_the_release_finds_dependents_by_index_whatever_plan_it_kept(app, dsn):
+    # PL/pgSQL keeps a generic plan of a statement after five runs.  The
+    # release's statements first run in rounds without dependents (an
+    # empty pgtq_dependencies): they must still look a chord's members and
+    # callback up by index once the tables are large, not read them whole
+    # on every round (schema 11; a chord drained at 62 % of the plain rate).
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            for i in range(8):
+                cur.execute(
+                    "SELECT pgtq_tasks_ended(ARRAY[%s]::bigint[], ARRAY['succeeded'], "
+                    "ARRAY[NULL]::bigint[])",
+                    (-1 - i,),
+                )
+            cur.execute(
+                "INSERT INTO pgtq_dependencies (child_id, position, parent_id) "
+                "SELECT -g, 0, -g FROM generate_series(100, 20099) AS g"
+            )
+            c = chord([wf_member.s(str(i)) for i in range(40)], wf_collect.s("cb")).push(
+                connection=conn
+            )
+            cur.execute("ANALYZE pgtq_tasks, pgtq_dependencies")
+
+            def seq_scans() -> list[int]:
+                cur.execute(
+                    "SELECT relname, seq_scan FROM pg_stat_xact_user_tables "
+                    "WHERE relname IN ('pgtq_tasks', 'pgtq_dependencies') ORDER BY relname"
+                )
+                return [n for _, n in cur.fetchall()]
+
+            members = [t.id for t in c.tasks[:40]]
+            for start in range(0, 40, 4):
+                ids = members[start : start + 4]
+                cur.execute(
+                    "UPDATE pgtq_tasks SET state = 'succeeded', result = '\"r\"', "
+                    "finished_at = now() WHERE id = ANY(%s)",
+                    (ids,),
+                )
+                before = seq_scans()
+                cur.execute(
+                    "SELECT pgtq_tasks_ended(%s, %s, %s)",
+                    (ids, ["succeeded"] * 4, [c.id] * 4),
+                )
+                assert cur.fetchone() == ([],)
+                assert seq_scans() == before, start
+            callback = c.tasks[40].id
+            cur.execute("SELECT state, waiting_for FROM pgtq_tasks WHERE id = %s", (callback,))
+            assert cur.fetchone() == ("queued", 0)
+    finally:
+        conn.rollback()
+        conn.close()
+
+
 # -- operations -------------------------------------------------------------------
 
 
