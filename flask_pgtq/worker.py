@@ -351,6 +351,13 @@ class Worker:
                 self.scheduler.tick()
                 if self.config.listen:
                     self.listener.ensure()
+                    if self.listener.connected:
+                        # What arrived so far was sent at commits that the
+                        # round's snapshot will see: read it now, so that it
+                        # does not wake the worker for a round that finds
+                        # nothing (a chain's next step, claimed at once, is
+                        # announced by the commit that released it).
+                        self._take_notifications()
                 got = self._round()
                 self._failures = 0
             except DatabaseError as exc:
@@ -678,15 +685,19 @@ class Worker:
         # it again for what happens from here on.
         self._woken = False
         if len(fds) > 1 and fds[1] in ready:
-            for channel, payload in self.listener.drain():
-                if channel == queries.CANCEL_REQUESTS and payload.isdigit():
-                    self._cancels.add(int(payload))
-                elif channel == queries.NEW_TASKS:
-                    self.limits.wake_all()
-                elif channel == queries.CONTROL and payload == "schedules":
-                    self.scheduler.changed()
+            self._take_notifications()
         elif not ready and listen:
             self.listener.check()
+
+    def _take_notifications(self) -> None:
+        """Act on the notifications that arrived (without waiting)."""
+        for channel, payload in self.listener.drain():
+            if channel == queries.CANCEL_REQUESTS and payload.isdigit():
+                self._cancels.add(int(payload))
+            elif channel == queries.NEW_TASKS:
+                self.limits.wake_all()
+            elif channel == queries.CONTROL and payload == "schedules":
+                self.scheduler.changed()
 
     def _backoff(self, doing: str, exc: BaseException) -> None:
         self._failures += 1
