@@ -387,6 +387,15 @@ def test_the_release_finds_dependents_by_index_whatever_plan_it_kept(app, dsn):
             callback = c.tasks[40].id
             cur.execute("SELECT state, waiting_for FROM pgtq_tasks WHERE id = %s", (callback,))
             assert cur.fetchone() == ("queued", 0)
+            # The callback's arguments at its claim (schema 12), past the
+            # five runs after which PL/pgSQL keeps a plan: by index too.
+            cur.execute("SELECT t::text FROM pgtq_tasks AS t WHERE id = %s", (callback,))
+            (row,) = cur.fetchone()
+            for _ in range(8):
+                before = seq_scans()
+                cur.execute("SELECT pgtq_claim_args(%s::pgtq_tasks)", (row,))
+                assert cur.fetchone() == ([["r"] * 40, "cb"],)
+                assert seq_scans() == before
     finally:
         conn.rollback()
         conn.close()
