@@ -6,6 +6,7 @@ duplicate execution must trace to an attempt whose worker was killed.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import random
@@ -708,3 +709,63 @@ def test_the_worker_round_runs_without_jit(dsn, prepared):
             assert cur.fetchone()[0] is True
     finally:
         q.close()
+
+
+def test_the_worker_round_keeps_index_plans_made_on_an_empty_table(dsn, db):
+    # A prepared round's generic plan is made after five runs and kept:
+    # made while pgtq_tasks was empty (a new deployment, a table filling
+    # faster than autovacuum analyzes it), it read the whole table for each
+    # outcome once the backlog came (a 2-process drain at 700 tasks/s).  The
+    # round is sent as a worker sends it (queue.sent): with sequential scans
+    # priced out.  Counted in one transaction: pg_stat_xact_user_tables.
+    from flask_pgtq import queries
+
+    prepare, execute = queries.prepared("finish_and_claim")
+    owner = "00000000-0000-0000-0000-000000000001"
+    with db.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute(prepare)
+        for _ in range(8):
+            cur.execute(queue_module.sent("finish_and_claim", execute), round_params(limit=1))
+        cur.execute(
+            "INSERT INTO pgtq_tasks (queue, name, args) "
+            "SELECT 'default', 'job', jsonb_build_array(g) FROM generate_series(1, 20000) AS g"
+        )
+
+        def seq_scans() -> int:
+            cur.execute(
+                "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'pgtq_tasks'"
+            )
+            return int(cur.fetchone()[0])
+
+        outcomes: list[dict[str, Any]] = []
+        for _ in range(4):
+            before = seq_scans()
+            cur.execute(
+                queue_module.sent("finish_and_claim", execute),
+                round_params(
+                    owner=owner,
+                    outcomes=json.dumps(outcomes),
+                    durable=bool(outcomes),
+                    limit=1,
+                    prefetch=199,
+                ),
+            )
+            rows = cur.fetchall()
+            assert seq_scans() == before
+            claimed = [row for row in rows if row[0] == 1]
+            assert len(claimed) == 200
+            outcomes = [
+                {
+                    "id": row[7],
+                    "attempt": row[12],
+                    "state": "succeeded",
+                    "result": "1",
+                    "error": None,
+                    "delay": 0,
+                    "snooze": False,
+                    "meta": None,
+                }
+                for row in claimed
+            ]
+        cur.execute("ROLLBACK")

@@ -60,9 +60,11 @@ LIMIT 1;
 -- name: lock_limit
 -- Serialise claims of one limited handler across all workers, until commit.
 -- (No JIT: the claim's estimates grow with the table, and compiling it
--- would cost more than running it.)
+-- would cost more than running it.  No sequential scan: its reads are by
+-- index, as the worker's round (queue.BY_INDEX).)
 BEGIN;
 SET LOCAL jit = off;
+SET LOCAL enable_seqscan = off;
 INSERT INTO pgtq_limits (name) VALUES (%(name)s)
 ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name;
 
