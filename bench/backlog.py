@@ -392,13 +392,7 @@ def run_through(
         return item
 
     def total_bytes() -> int:
-        # Succeeded tasks live in pgtq_tasks_succeeded (schema 13).
-        return int(
-            queue.value(
-                "SELECT pg_total_relation_size('pgtq_tasks')"
-                " + coalesce(pg_total_relation_size(to_regclass('pgtq_tasks_succeeded')), 0)"
-            )
-        )
+        return int(queue.value("SELECT pg_total_relation_size('pgtq_tasks')"))
 
     try:
         sample("before", 0)

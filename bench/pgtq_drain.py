@@ -2,9 +2,8 @@
 the table.  Shared by bench/backlog.py, bench/scaleout.py and bench/concurrency.py.
 
 Progress is read from the database, never from the workers: the number of
-succeeded tasks (index scans of ``pgtq_tasks_finished`` and, from schema 13,
-``pgtq_tasks_succeeded_finished``), or, when retention deletes them, what is
-still queued.
+succeeded tasks (an index scan of ``pgtq_tasks_finished``), or, when retention
+deletes them, what is still queued.
 """
 
 from __future__ import annotations

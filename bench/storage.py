@@ -8,14 +8,13 @@ interleaved, and prints per design the rate of the claim + outcome rounds,
 the server CPU they cost per task (the backend's utime + stime from
 /proc, so run it on the database's machine) and their WAL bytes per task:
 
-* ``update``: the design before schema 13; success is an UPDATE of the
-  task's row, which stays in ``pgtq_tasks`` until retention deletes it;
+* ``update``: today's design; success is an UPDATE of the task's row, which
+  stays in ``pgtq_tasks`` until retention deletes it;
 * ``update, no finished index``: the same without ``pgtq_tasks_finished``
   (what the retention index costs the outcome);
 * ``move to archive``: delete-on-success; the outcome deletes the row and
   inserts it, whole, into an archive table of the same columns (primary key
-  and a ``finished_at`` index, as retention would need): schema 13's
-  design (``pgtq_tasks_succeeded``), without its partial indexes;
+  and a ``finished_at`` index, as retention would need);
 * ``move to results``: the same into a narrow table (id, queue, name,
   state, result, attempts and times): what succeeded tasks would keep if
   their arguments went with them.

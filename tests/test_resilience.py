@@ -238,8 +238,7 @@ def test_an_outcome_that_always_times_out_ends_failed_and_the_worker_goes_on(
     served_app, dsn, start_worker
 ):
     # A transient error that never passes for one outcome: a trigger makes
-    # recording it (a success, moved to pgtq_tasks_succeeded) outlast the
-    # statement timeout, every time.
+    # recording it outlast the statement timeout, every time.
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute(
             """
@@ -248,7 +247,7 @@ def test_an_outcome_that_always_times_out_ends_failed_and_the_worker_goes_on(
                 IF NEW.result = '"slow-poison"'::jsonb THEN PERFORM pg_sleep(1); END IF;
                 RETURN NEW;
             END $$;
-            CREATE TRIGGER slow_poison BEFORE INSERT ON pgtq_tasks_succeeded
+            CREATE TRIGGER slow_poison BEFORE UPDATE ON pgtq_tasks
             FOR EACH ROW EXECUTE FUNCTION slow_poison();
             """
         )

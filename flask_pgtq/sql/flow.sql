@@ -252,7 +252,7 @@ WITH RECURSIVE lim AS (
         started_at = now(),
         finished_at = NULL
     FROM picked
-    WHERE t.id = picked.id AND t.state = 'queued'
+    WHERE t.id = picked.id
     -- The columns of finish_and_claim's claimed rows (what a run needs,
     -- arguments as text, with what the task's parents give it first).
     RETURNING t.id, t.name,

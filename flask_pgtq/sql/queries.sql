@@ -58,8 +58,8 @@ WITH durability AS (
     FROM jsonb_to_recordset(%(outcomes)s::jsonb)
         AS o(id bigint, attempt integer, state text, result text, error text, delay float8,
              snooze boolean, meta text)
-), updated AS (
-    UPDATE ONLY pgtq_tasks AS t
+), done AS (
+    UPDATE pgtq_tasks AS t
     SET state = o.state,
         result = o.result::jsonb,
         -- A snooze is not a failure: the last failure's error stays.
@@ -85,45 +85,7 @@ WITH durability AS (
       AND t.attempts = o.attempt
       AND t.locked_by = %(owner)s
       AND t.state = 'running'
-      AND o.state <> 'succeeded'
     RETURNING t.id, t.state, t.workflow_id
-), succeeded AS (
-    -- The successes, by id (a jsonb object): the move below reads the
-    -- worker's running tasks and looks each up here, without a join.  A
-    -- join's plan goes by statistics, and those of a table filled since its
-    -- last ANALYZE say "one row": the plan kept then compared every running
-    -- task of the worker with every outcome (a drain 3 times slower).
-    SELECT coalesce(jsonb_object_agg(o.id::text, jsonb_build_object(
-               'attempt', o.attempt, 'result', o.result, 'error', o.error, 'meta', o.meta)),
-               '{}') AS by_id
-    FROM outcome AS o
-    WHERE o.state = 'succeeded'
-), moved AS (
-    -- A success moves the row to pgtq_tasks_succeeded (migration 0013),
-    -- fenced like the update above.
-    DELETE FROM ONLY pgtq_tasks AS t
-    WHERE t.locked_by = %(owner)s
-      AND t.state = 'running'
-      AND t.attempts = ((SELECT by_id FROM succeeded) -> t.id::text ->> 'attempt')::int
-    RETURNING t.*, (SELECT by_id FROM succeeded) -> t.id::text AS outcome
-), archived AS (
-    -- Every column, by name: what the update would have written.
-    INSERT INTO pgtq_tasks_succeeded (
-        id, queue, name, args, kwargs, state, priority, attempts, max_attempts, run_at,
-        created_at, started_at, finished_at, locked_by, result, error, progress, history,
-        cancel_requested_at, unique_key, unique_until, snoozes, key, workflow_id, waiting_for,
-        run_on_failure, pass_result, meta, tags, limited)
-    SELECT id, queue, name, args, kwargs, 'succeeded', priority, attempts, max_attempts, run_at,
-           created_at, started_at, now(), NULL, (outcome ->> 'result')::jsonb,
-           outcome ->> 'error', progress, history, cancel_requested_at, unique_key, unique_until,
-           snoozes, key, workflow_id, waiting_for, run_on_failure, pass_result,
-           coalesce((outcome ->> 'meta')::jsonb, meta), tags, limited
-    FROM moved
-    RETURNING id, state, workflow_id
-), done AS (
-    SELECT id, state, workflow_id FROM updated
-    UNION ALL
-    SELECT id, state, workflow_id FROM archived
 ), ended AS (
     SELECT pgtq_tasks_ended(array_agg(id), array_agg(state), array_agg(workflow_id)) AS finished
     FROM done WHERE state <> 'queued'
@@ -189,9 +151,7 @@ WITH durability AS (
         started_at = now(),
         finished_at = NULL
     FROM picked
-    -- (The state, true of every picked row, keeps pgtq_tasks_succeeded out
-    -- of the plan.)
-    WHERE t.id = picked.id AND t.state = 'queued'
+    WHERE t.id = picked.id
     -- What a run needs and the worker does not know already (the queue, the
     -- owner, the state and now() it does); not history, result, error or
     -- progress.  Arguments as text: one json.loads each in the worker is
