@@ -565,7 +565,7 @@ class TaskStore:
                 continue
             with self.db.connection() as conn, conn.cursor() as cur:
                 cur.execute(
-                    NO_JIT + queries.get("prune_tasks"),
+                    sent("prune_tasks", queries.get("prune_tasks")),
                     {"states": states, "keep": keep, "batch": config.prune_batch, "queue": None},
                 )
                 deleted += cur.rowcount

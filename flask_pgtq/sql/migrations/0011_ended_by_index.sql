@@ -53,64 +53,60 @@ BEGIN
     all_ids := ids;
     all_states := states;
     all_workflows := workflows;
+    -- 1. Cancel the doomed descendants (none without dependents: the walk
+    --    starts from the ended tasks' dependency rows, by index).
+    IF EXISTS (SELECT 1 FROM unnest(states) AS s WHERE s <> 'succeeded') THEN
+        WITH RECURSIVE doomed(id, root, root_state) AS (
+            SELECT d.child_id, e.id, e.state
+            FROM unnest(ids, states) AS e(id, state)
+            JOIN pgtq_dependencies AS d ON d.parent_id = e.id
+            JOIN pgtq_tasks AS c ON c.id = d.child_id
+            WHERE e.state <> 'succeeded' AND c.state = 'waiting' AND NOT c.run_on_failure
+            UNION
+            SELECT d.child_id, doomed.root, doomed.root_state
+            FROM doomed
+            JOIN pgtq_dependencies AS d ON d.parent_id = doomed.id
+            JOIN pgtq_tasks AS c ON c.id = d.child_id
+            WHERE c.state = 'waiting' AND NOT c.run_on_failure
+        ), first AS (
+            SELECT DISTINCT ON (id) id, root, root_state FROM doomed ORDER BY id, root
+        )
+        SELECT coalesce(array_agg(id), '{}'), coalesce(array_agg(root), '{}'),
+               coalesce(array_agg(root_state), '{}')
+        INTO doomed_ids, doomed_roots, doomed_states
+        FROM first;
+        PERFORM 1 FROM pgtq_tasks AS t
+        WHERE t.id = ANY(doomed_ids) AND t.state = 'waiting'
+        ORDER BY t.id FOR UPDATE OF t;
+        WITH changed AS (
+            UPDATE pgtq_tasks AS t
+            SET state = 'cancelled',
+                finished_at = now(),
+                error = 'dependency ' || x.root || ' ' || x.root_state
+            FROM unnest(doomed_ids, doomed_roots, doomed_states) AS x(id, root, root_state)
+            WHERE t.id = x.id AND t.state = 'waiting'
+            RETURNING t.id, t.workflow_id
+        )
+        SELECT coalesce(array_agg(id), '{}'), coalesce(array_agg(workflow_id), '{}')
+        INTO cancelled_ids, cancelled_workflows
+        FROM changed;
+        IF cardinality(cancelled_ids) > 0 THEN
+            PERFORM pg_notify('pgtq_done', CASE WHEN length(f.ids) < 7900 THEN f.ids ELSE '' END)
+            FROM (SELECT array_to_string(cancelled_ids, ',') AS ids) AS f;
+            all_ids := all_ids || cancelled_ids;
+            all_states := all_states || array_fill('cancelled'::text,
+                                                   ARRAY[cardinality(cancelled_ids)]);
+            all_workflows := all_workflows || cancelled_workflows;
+        END IF;
+    END IF;
+    -- 2. Count the ended parents (the cancelled ones included) off their
+    --    waiting children: pgtq_dependencies read once, by parent.
     SELECT coalesce(array_agg(h.child_id ORDER BY h.child_id), '{}'),
            coalesce(array_agg(h.n ORDER BY h.child_id), '{}')
     INTO child_ids, child_hits
     FROM (SELECT d.child_id, count(*) AS n FROM pgtq_dependencies AS d
-          WHERE d.parent_id = ANY(ids) GROUP BY d.child_id) AS h;
+          WHERE d.parent_id = ANY(all_ids) GROUP BY d.child_id) AS h;
     IF cardinality(child_ids) > 0 THEN
-        -- 1. Cancel the doomed descendants.
-        IF EXISTS (SELECT 1 FROM unnest(states) AS s WHERE s <> 'succeeded') THEN
-            WITH RECURSIVE doomed(id, root, root_state) AS (
-                SELECT d.child_id, e.id, e.state
-                FROM unnest(ids, states) AS e(id, state)
-                JOIN pgtq_dependencies AS d ON d.parent_id = e.id
-                JOIN pgtq_tasks AS c ON c.id = d.child_id
-                WHERE e.state <> 'succeeded' AND c.state = 'waiting' AND NOT c.run_on_failure
-                UNION
-                SELECT d.child_id, doomed.root, doomed.root_state
-                FROM doomed
-                JOIN pgtq_dependencies AS d ON d.parent_id = doomed.id
-                JOIN pgtq_tasks AS c ON c.id = d.child_id
-                WHERE c.state = 'waiting' AND NOT c.run_on_failure
-            ), first AS (
-                SELECT DISTINCT ON (id) id, root, root_state FROM doomed ORDER BY id, root
-            )
-            SELECT coalesce(array_agg(id), '{}'), coalesce(array_agg(root), '{}'),
-                   coalesce(array_agg(root_state), '{}')
-            INTO doomed_ids, doomed_roots, doomed_states
-            FROM first;
-            PERFORM 1 FROM pgtq_tasks AS t
-            WHERE t.id = ANY(doomed_ids) AND t.state = 'waiting'
-            ORDER BY t.id FOR UPDATE OF t;
-            WITH changed AS (
-                UPDATE pgtq_tasks AS t
-                SET state = 'cancelled',
-                    finished_at = now(),
-                    error = 'dependency ' || x.root || ' ' || x.root_state
-                FROM unnest(doomed_ids, doomed_roots, doomed_states) AS x(id, root, root_state)
-                WHERE t.id = x.id AND t.state = 'waiting'
-                RETURNING t.id, t.workflow_id
-            )
-            SELECT coalesce(array_agg(id), '{}'), coalesce(array_agg(workflow_id), '{}')
-            INTO cancelled_ids, cancelled_workflows
-            FROM changed;
-            IF cardinality(cancelled_ids) > 0 THEN
-                PERFORM pg_notify('pgtq_done', CASE WHEN length(f.ids) < 7900 THEN f.ids ELSE '' END)
-                FROM (SELECT array_to_string(cancelled_ids, ',') AS ids) AS f;
-                all_ids := all_ids || cancelled_ids;
-                all_states := all_states || array_fill('cancelled'::text,
-                                                       ARRAY[cardinality(cancelled_ids)]);
-                all_workflows := all_workflows || cancelled_workflows;
-                -- The cancelled count off their own children too.
-                SELECT coalesce(array_agg(h.child_id ORDER BY h.child_id), '{}'),
-                       coalesce(array_agg(h.n ORDER BY h.child_id), '{}')
-                INTO child_ids, child_hits
-                FROM (SELECT d.child_id, count(*) AS n FROM pgtq_dependencies AS d
-                      WHERE d.parent_id = ANY(all_ids) GROUP BY d.child_id) AS h;
-            END IF;
-        END IF;
-        -- 2. Count the ended parents off their waiting children.
         PERFORM 1 FROM pgtq_tasks AS t
         WHERE t.id = ANY(child_ids) AND t.state = 'waiting'
         ORDER BY t.id FOR UPDATE OF t;
