@@ -366,8 +366,15 @@ def test_rescue_fails_a_task_with_no_attempt_left(q: PgTq, dsn: str) -> None:
 
     job.push()
     task = q.pop()
+    # (The lease of the owner of this task: another test's expired worker
+    # row may still be there.)
     poll_until(
-        lambda: sql_one(dsn, "SELECT count(*) FROM pgtq_workers WHERE lease_expires_at < now()")[0],
+        lambda: sql_one(
+            dsn,
+            "SELECT count(*) FROM pgtq_workers WHERE lease_expires_at < now() "
+            "AND id = (SELECT locked_by FROM pgtq_tasks WHERE id = %s)",
+            (task.id,),
+        )[0],
         5,
         0.05,
         "the lease to expire",
