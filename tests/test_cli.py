@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskCliRunner
 
-from flask_pgtq import PgTq, schema
+from flask_pgtq import PgTq, schema, worker
 from tests.helpers import sql_all
 
 PASSWORD = "canary-Pa55word"
@@ -117,6 +118,27 @@ def test_burst_worker_runs_ready_tasks_then_exits(
     assert result.exit_code == 0, result.output
     rows = sql_all(dsn, "SELECT id, state, result FROM pgtq_tasks ORDER BY id")
     assert rows == [*[(i, "succeeded", 2 * n) for n, i in enumerate(ids)], (later, "queued", None)]
+
+
+def test_the_worker_shortens_the_thread_switch_interval_while_it_runs(
+    app: Flask, q: PgTq, runner: FlaskCliRunner
+) -> None:
+    """Handler threads hold the GIL for at most 0.5 ms before the main thread
+    (which sends the rounds) gets it; the interpreter's own interval is
+    restored when the worker returns."""
+    seen: list[float] = []
+
+    @q.handler()
+    def interval() -> None:
+        seen.append(sys.getswitchinterval())
+
+    before = sys.getswitchinterval()
+    with app.app_context():
+        q.push("interval")
+    result = runner.invoke(args=["pgtq", "worker", "--burst"])
+    assert result.exit_code == 0, result.output
+    assert seen == [worker.SWITCH_INTERVAL] and worker.SWITCH_INTERVAL < before
+    assert sys.getswitchinterval() == before
 
 
 def test_burst_worker_serves_the_queues_given(
