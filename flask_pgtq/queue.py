@@ -384,15 +384,15 @@ class TaskStore:
         :return: the ids whose outcome was recorded (any other had been taken
             from *owner*: lease lost), and the claimed tasks, best first.
         """
-        batch = [o.as_json() for o in outcomes]
+        texts = [o.as_json_text() for o in outcomes]
         if excluded is None:
             excluded = limits
         rows = self._execute(
             "finish_and_claim",
             {
                 "owner": owner,
-                "outcomes": json.dumps(batch) if batch else "[]",
-                "durable": bool(batch),
+                "outcomes": "[" + ",".join(texts) + "]",
+                "durable": bool(texts),
                 "queue": queue,
                 "limit": limit,
                 "prefetch": prefetch,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -344,6 +344,8 @@ class Outcome:
     exception: BaseException | None = None
     #: A snooze (``queued`` without spending the attempt), not a retry.
     snooze: bool = False
+    #: :meth:`as_json_text`, once made (not copied by ``dataclasses.replace``).
+    _text: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.error is not None:
@@ -362,6 +364,14 @@ class Outcome:
             "snooze": self.snooze,
             "meta": json.dumps(self.task.meta) if self.task.meta_changed else None,
         }
+
+    def as_json_text(self) -> str:
+        """:meth:`as_json` as JSON text, made once: a worker's handler thread
+        makes it when the attempt ends, so that the thread sending the round
+        only joins the texts."""
+        if self._text is None:
+            self._text = json.dumps(self.as_json())
+        return self._text
 
 
 @dataclass(frozen=True)

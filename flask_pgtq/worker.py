@@ -623,6 +623,7 @@ class Worker:
         self._slots.release()
         if outcome is None:
             return
+        outcome.as_json_text()  # here, not in the thread that sends the round
         self._outcomes.add(outcome)
         # The main thread flushes in batches: wake it when the tasks
         # waiting here run low (none left, or half the prefetch, so that
