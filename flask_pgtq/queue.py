@@ -96,6 +96,20 @@ def _decode_arguments(args: str, kwargs: str) -> tuple[Any, Any]:
         }
 
 
+def decode_claimed(task: Task) -> None:
+    """Decode a claimed task's arguments, read as JSON text (a worker does
+    it in the handler thread that runs the task, not in the thread that
+    sends the rounds).  Undecodable ones set :attr:`~flask_pgtq.Task.problem`:
+    the task is then failed without running.  Idempotent."""
+    if task._encoded is None:
+        return
+    (args, kwargs), task._encoded = _decode_arguments(*task._encoded), None
+    if args is None:
+        task.args, task.problem = [], kwargs["problem"]
+    else:
+        task.args, task.kwargs = args, kwargs
+
+
 def new_owner_id() -> str:
     """A fresh id for a worker (or a process that pops)."""
     return str(uuid.uuid4())
@@ -371,6 +385,7 @@ class TaskStore:
         limits: Sequence[Limit] = (),
         excluded: Sequence[Limit] | None = None,
         prefetch: int = 0,
+        decode: bool = True,
     ) -> tuple[set[int], list[Task]]:
         """Record *outcomes* and claim up to *limit* tasks of *queue*, in one
         round trip.
@@ -380,6 +395,8 @@ class TaskStore:
         never claimed by the plain claim, except those without a key of a
         handler limited per key only.  Up to *prefetch* more tasks are
         claimed to wait for a thread, among those with an attempt to spare.
+        Without *decode*, the tasks' arguments are left for
+        :func:`decode_claimed`.
 
         :return: the ids whose outcome was recorded (any other had been taken
             from *owner*: lease lost), and the claimed tasks, best first.
@@ -411,7 +428,7 @@ class TaskStore:
                 self._workflows_finished(row.workflows_finished)
             else:
                 claimed.append(row)
-        tasks = self._claimed_tasks(owner, queue, claimed, started_at)
+        tasks = self._claimed_tasks(owner, queue, claimed, started_at, decode)
         for lim in limits:
             # Per-key limits spread a handler's tasks over many keys: claim
             # ahead for them too, as the plain claim does.
@@ -423,16 +440,23 @@ class TaskStore:
         return done, tasks
 
     def _claimed_tasks(
-        self, owner: str, queue: str, rows: Sequence[Any], started_at: datetime | None
+        self,
+        owner: str,
+        queue: str,
+        rows: Sequence[Any],
+        started_at: datetime | None,
+        decode: bool = True,
     ) -> list[Task]:
         """The tasks of claimed rows (the columns finish_and_claim returns),
-        running for *owner* since *started_at*."""
+        running for *owner* since *started_at*; their arguments decoded
+        unless not *decode*."""
         tasks = [
             Task(
                 row.id,
                 row.name,
                 queue,
-                *_decode_arguments(row.args, row.kwargs),
+                [],
+                {},
                 State.RUNNING,
                 row.priority,
                 row.attempts,
@@ -448,12 +472,13 @@ class TaskStore:
                 tags=row.tags,
                 key=row.key,
                 _backend=self.backend,
+                _encoded=(row.args, row.kwargs),
             )
             for row in rows
         ]
-        for task in tasks:
-            if task.args is None:
-                task.args, task.problem = [], task.kwargs.pop("problem")
+        if decode:
+            for task in tasks:
+                decode_claimed(task)
         return tasks
 
     def _claim_limited(self, owner: str, queue: str, limit: int, lim: Limit) -> list[Task]:

@@ -102,6 +102,10 @@ class Task:
     #: decoded), or ``None``; a worker fails such a task without running it.
     problem: str | None = field(default=None, repr=False)
     _backend: Backend | None = field(default=None, repr=False)
+    #: A claimed task's arguments as the JSON texts read (args, kwargs),
+    #: until the worker's handler thread decodes them
+    #: (:func:`flask_pgtq.queue.decode_claimed`); ``None`` once decoded.
+    _encoded: tuple[str, str] | None = field(default=None, repr=False)
 
     @classmethod
     def from_row(cls, row: dict[str, Any], backend: Backend | None = None) -> Task:

@@ -55,7 +55,7 @@ from .listener import Listener
 from .outcomes import Outcomes
 from .pacing import LimitTimer, Prefetch
 from .periodic import Schedule, Scheduler
-from .queue import new_owner_id
+from .queue import decode_claimed, new_owner_id
 from .runner import Runner
 from .schedules import stored_for
 from .task import State, Task
@@ -438,7 +438,14 @@ class Worker:
             now = min(share, max(free - got, 0))
             try:
                 accepted, tasks = self.store.finish_and_claim(
-                    self.id, outcomes, queue, now, limits, self.limits.limits, share - now
+                    self.id,
+                    outcomes,
+                    queue,
+                    now,
+                    limits,
+                    self.limits.limits,
+                    share - now,
+                    decode=False,  # by the handler thread that runs the task
                 )
             except BaseException as exc:
                 self._outcomes.refused(outcomes, exc)
@@ -600,6 +607,7 @@ class Worker:
                 self._slots.release()
                 return
             self._started.add(task.id)
+            decode_claimed(task)
             handler = self.runner.handlers.get(task.name)
             if handler is not None and handler.is_async:
                 self.event_loop.submit(task, self._finished)
