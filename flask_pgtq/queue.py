@@ -396,7 +396,7 @@ class TaskStore:
         handler limited per key only.  Up to *prefetch* more tasks are
         claimed to wait for a thread, among those with an attempt to spare.
         Without *decode*, the tasks' arguments are left for
-        :func:`decode_claimed`.
+        ``decode_claimed()``.
 
         :return: the ids whose outcome was recorded (any other had been taken
             from *owner*: lease lost), and the claimed tasks, best first.

@@ -104,7 +104,7 @@ class Task:
     _backend: Backend | None = field(default=None, repr=False)
     #: A claimed task's arguments as the JSON texts read (args, kwargs),
     #: until the worker's handler thread decodes them
-    #: (:func:`flask_pgtq.queue.decode_claimed`); ``None`` once decoded.
+    #: (``flask_pgtq.queue.decode_claimed()``); ``None`` once decoded.
     _encoded: tuple[str, str] | None = field(default=None, repr=False)
 
     @classmethod
