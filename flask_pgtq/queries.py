@@ -17,8 +17,9 @@ from psycopg2 import sql
 from .exceptions import PgTqError
 
 #: NOTIFY channels, the names the ``pg_notify`` calls in ``sql/`` use:
-#: new tasks (payload: the queue), cancel requests (payload: the task id)
-#: and tasks that reached a final state (payload: ids, comma-separated).
+#: new tasks (payload: the queue; sent by each statement that queues tasks,
+#: once per queue), cancel requests (payload: the task id) and tasks that
+#: reached a final state (payload: ids, comma-separated).
 NEW_TASKS = "pgtq"
 CANCEL_REQUESTS = "pgtq_cancel"
 FINISHED = "pgtq_done"

@@ -97,7 +97,7 @@ def test_push_many_is_one_statement_and_one_notify(q: PgTq, dsn: str) -> None:
         job.push_many([(n,) for n in range(500)])
         assert select.select([listener], [], [], 5)[0]
         listener.poll()
-        # One statement fires the statement-level trigger once: one NOTIFY.
+        # One statement, one NOTIFY (its queue).
         assert [n.payload for n in listener.notifies] == ["default"]
     finally:
         listener.close()
@@ -117,3 +117,69 @@ def test_batch_signal_carries_ids_and_arguments(q: PgTq) -> None:
         {"name": "job", "queue": "default", "ids": ids, "args": [[1], [2]], "kwargs": [{}, {}]}
     ]
     assert all(t.state is State.SUCCEEDED for t in q.drain())
+
+
+def test_every_statement_that_queues_tasks_wakes_listeners(q: PgTq, dsn: str) -> None:
+    """Each push statement sends NOTIFY pgtq with the queue of the tasks it
+    queued (schema 13: no trigger), once per queue; a task that waits for
+    others sends none until it is released."""
+    import datetime as dt
+
+    from flask_pgtq import chain
+
+    @q.handler()
+    def job(n: int = 0) -> int:
+        return n
+
+    @q.handler(queue="other")
+    def elsewhere(n: int = 0) -> int:
+        return n
+
+    listener = psycopg2.connect(dsn)
+    listener.autocommit = True
+    listener.cursor().execute("LISTEN pgtq")
+
+    def heard() -> list[str]:
+        assert select.select([listener], [], [], 5)[0], "no notification"
+        listener.poll()
+        payloads = [n.payload for n in listener.notifies]
+        listener.notifies.clear()
+        return payloads
+
+    store = q.app_queue().store
+    try:
+        job.push(1)
+        assert heard() == ["default"]
+        elsewhere.push(1)
+        assert heard() == ["other"]
+        job.options(delay=3600).push(2)
+        assert heard() == ["default"]
+        job.push_many([(n,) for n in range(300)])
+        assert heard() == ["default"]
+        first = job.options(unique_key="k").push(3)
+        assert heard() == ["default"]
+        again = job.options(unique_key="k").push(4)
+        assert again.id == first.id and not again.is_new
+        chain(job.s(5), elsewhere.s()).push()
+        # The chain's second step waits: only its first step's queue.
+        assert heard() == ["default"]
+        fired = store.fire_periodic(
+            "every-minute",
+            dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+            {
+                "queue": "other",
+                "name": "elsewhere",
+                "args": "[]",
+                "kwargs": "{}",
+                "priority": 0,
+                "max_attempts": 1,
+                "tags": [],
+                "limited": False,
+            },
+        )
+        assert fired is not None
+        assert heard() == ["other"]
+        # Nothing more was sent (the unique push that found its holder).
+        assert not select.select([listener], [], [], 0.2)[0]
+    finally:
+        listener.close()

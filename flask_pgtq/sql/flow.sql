@@ -43,7 +43,9 @@ WITH replaced AS (
     DO NOTHING
     RETURNING *
 )
-SELECT true AS is_new, * FROM inserted
+-- (A new task wakes listening workers: NOTIFY pgtq, the queue.)
+SELECT true AS is_new, inserted.*
+FROM inserted, LATERAL (SELECT pg_notify('pgtq', inserted.queue)) AS notified
 UNION ALL
 SELECT false AS is_new, * FROM replaced
 UNION ALL
@@ -293,7 +295,7 @@ WITH fired AS (
     WHERE schedule = %(schedule)s AND fire_at < %(fire_at)s - interval '2 days'
       AND EXISTS (SELECT 1 FROM fired)
 )
-SELECT id FROM task;
+SELECT id, pg_notify('pgtq', %(queue)s) AS notified FROM task;
 
 -- name: cancel_task
 -- Task %(id)s, the tasks %(ids)s, or every task of workflow %(workflow_id)s:

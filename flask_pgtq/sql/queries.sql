@@ -21,15 +21,20 @@ SELECT version FROM pgtq_schema_version;
 INSERT INTO pgtq_schema_version (version, name) VALUES (%(version)s, %(name)s);
 
 -- name: push_task
-INSERT INTO pgtq_tasks (queue, name, args, kwargs, priority, max_attempts, run_at, key, meta,
-                        tags, limited)
-VALUES (
-    %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s, %(max_attempts)s,
-    coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'), %(key)s, %(meta)s::jsonb,
-    %(tags)s::text[], %(limited)s
+-- Listening workers are woken by a NOTIFY on pgtq whose payload is the
+-- queue, sent at commit (as by every statement that queues tasks).
+WITH inserted AS (
+    INSERT INTO pgtq_tasks (queue, name, args, kwargs, priority, max_attempts, run_at, key,
+                            meta, tags, limited)
+    VALUES (
+        %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s,
+        %(max_attempts)s, coalesce(%(run_at)s, now() + %(delay)s * interval '1 second'),
+        %(key)s, %(meta)s::jsonb, %(tags)s::text[], %(limited)s
+    )
+    -- Only what the database decides (a new task is always queued, attempt 0).
+    RETURNING id, run_at, created_at
 )
--- Only what the database decides (a new task is always queued, attempt 0).
-RETURNING id, run_at, created_at;
+SELECT id, run_at, created_at, pg_notify('pgtq', %(queue)s) AS notified FROM inserted;
 
 -- name: get_task
 SELECT * FROM pgtq_tasks WHERE id = %(id)s;
@@ -343,7 +348,9 @@ WITH inserted AS (
     ORDER BY item.n
     RETURNING id
 )
-SELECT array_agg(id ORDER BY id) AS ids FROM inserted;
+SELECT array_agg(id ORDER BY id) AS ids,
+       (SELECT pg_notify('pgtq', %(queue)s)) AS notified
+FROM inserted;
 
 -- name: set_progress
 -- Fenced like an outcome: only the attempt that holds the task may write.

@@ -80,7 +80,7 @@ WITH spec AS (
     LEFT JOIN waits AS w ON w.child = s.n
     WHERE (SELECT ok FROM ok)
     ORDER BY s.n
-    RETURNING id, state, run_at
+    RETURNING id, state, run_at, queue
 ), deps AS (
     INSERT INTO pgtq_dependencies (child_id, position, parent_id)
     SELECT c.id, i.position, p.id
@@ -98,7 +98,10 @@ SELECT (SELECT ok FROM ok) AS ok,
        array(SELECT run_at FROM inserted ORDER BY id) AS run_ats,
        now() AS created_at,
        (SELECT coalesce(jsonb_agg(jsonb_build_object('id', id, 'state', state) ORDER BY id), '[]')
-        FROM problem) AS problems;
+        FROM problem) AS problems,
+       -- Queued tasks wake listening workers: NOTIFY pgtq, once per queue.
+       (SELECT count(pg_notify('pgtq', q.queue))
+        FROM (SELECT DISTINCT queue FROM inserted WHERE state = 'queued') AS q) AS notified;
 
 -- name: get_workflow
 SELECT * FROM pgtq_workflows WHERE id = %(id)s;
