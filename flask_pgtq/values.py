@@ -7,6 +7,8 @@ from the modules that use them to this one, never back.
 from __future__ import annotations
 
 import json
+import json.encoder
+import math
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -21,6 +23,9 @@ from .task import State, Task
 
 if TYPE_CHECKING:
     from .config import Config
+
+#: A str as a JSON string literal (the C encoder ``json.dumps`` uses).
+_json_string = json.encoder.encode_basestring_ascii
 
 
 @dataclass(frozen=True)
@@ -368,9 +373,22 @@ class Outcome:
     def as_json_text(self) -> str:
         """:meth:`as_json` as JSON text, made once: a worker's handler thread
         makes it when the attempt ends, so that the thread sending the round
-        only joins the texts."""
+        only joins the texts.  Written out rather than through
+        ``json.dumps`` of the dict, which cost a round 3 µs per outcome."""
         if self._text is None:
-            self._text = json.dumps(self.as_json())
+            task, delay = self.task, float(self.delay)
+            if not math.isfinite(delay):
+                self._text = json.dumps(self.as_json())
+                return self._text
+            result, error = self.result, self.error
+            self._text = (
+                f'{{"id":{int(task.id)},"attempt":{int(task.attempts)},'
+                f'"state":"{self.state.value}",'
+                f'"result":{"null" if result is None else _json_string(result)},'
+                f'"error":{"null" if error is None else _json_string(error)},'
+                f'"delay":{delay!r},"snooze":{"true" if self.snooze else "false"},'
+                f'"meta":{_json_string(json.dumps(task.meta)) if task.meta_changed else "null"}}}'
+            )
         return self._text
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from flask_pgtq import ArgumentsNotSerializable, PayloadTooLarge
+from flask_pgtq import ArgumentsNotSerializable, PayloadTooLarge, State, Task
 from flask_pgtq.codec import (
     MAX_DEPTH,
     NotStorable,
@@ -15,6 +16,7 @@ from flask_pgtq.codec import (
     encode_batch,
     storable_text,
 )
+from flask_pgtq.values import Outcome
 
 
 def nested(depth: int) -> Any:
@@ -90,3 +92,32 @@ def test_storable_text_shows_what_postgresql_cannot_store() -> None:
     assert storable_text("plain") == "plain"
     assert storable_text("a\x00b") == "a\\x00b"
     assert storable_text("\ud800!") == "\\ud800!"
+
+
+@pytest.mark.parametrize(
+    ("state", "result", "error", "delay", "snooze", "meta"),
+    [
+        (State.SUCCEEDED, "42", None, 0.0, False, None),
+        (State.SUCCEEDED, '{"a": [1, "é\\u2028"]}', None, 0.0, False, {"trace": 'x"y'}),
+        (State.QUEUED, None, 'Traceback "quoted"\n\tline é ✓ \U0001f600', 12.5, False, None),
+        (State.QUEUED, None, "snoozed", 3, True, None),
+        (State.FAILED, None, "bad \\ back\x01slash", 0.0, False, {}),
+        (State.QUEUED, None, "nan delay", float("nan"), False, None),
+    ],
+)
+def test_an_outcome_as_json_text_says_what_as_json_says(
+    state: State, result: str | None, error: str | None, delay: float, snooze: bool, meta: Any
+) -> None:
+    """The worker sends outcomes as JSON text written out by hand: it must
+    decode to exactly the dict the outcome statement was written for."""
+    task = Task(7, "job", "default", [], {}, State.RUNNING, attempts=2)
+    if meta is not None:
+        task.meta, task.meta_changed = meta, True
+    outcome = Outcome(task, state, result=result, error=error, delay=delay, snooze=snooze)
+    decoded = json.loads(outcome.as_json_text())
+    expected = outcome.as_json()
+    if delay != delay:
+        assert decoded["delay"] != decoded["delay"]
+        decoded.pop("delay"), expected.pop("delay")
+    assert decoded == expected
+    assert outcome.as_json_text() is outcome.as_json_text()
