@@ -711,6 +711,48 @@ def test_the_worker_round_runs_without_jit(dsn, prepared):
         q.close()
 
 
+def test_the_claim_reads_the_ready_index_in_order_behind_a_large_backlog(dsn, db):
+    # 100,000 queued tasks of one handler, analyzed: "name <> ALL(the paused
+    # handlers)" then looks false for nearly every row (one name, an array
+    # not known when planning), so the planner expected one task and chose
+    # a bitmap scan of every queued task plus a sort, on disk, per round:
+    # ~100 ms for a round of 200, a 100,000-task drain at 7,700/s instead of
+    # 29,000/s.  The round is sent as a worker sends it (queue.sent) and
+    # planned with its parameters, as the worker's rounds were; it must read
+    # the ready index in order, about as many entries as it claims.
+    from flask_pgtq import queries
+
+    prepare, execute = queries.prepared("finish_and_claim")
+    with db.cursor() as cur:
+        # Pushed over a minute and a half, one after the other (as by
+        # batches of push_many): run_at grows with the id.
+        cur.execute(
+            "INSERT INTO pgtq_tasks (queue, name, args, run_at) "
+            "SELECT 'default', 'job', jsonb_build_array(g), "
+            "       now() - interval '1 hour' + g * interval '1 ms' "
+            "FROM generate_series(1, 100000) AS g"
+        )
+        cur.execute("ANALYZE pgtq_tasks")
+        cur.execute("BEGIN")
+        cur.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        cur.execute(prepare)
+
+        def fetched() -> int:
+            cur.execute(
+                "SELECT idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname = 'pgtq_tasks'"
+            )
+            return int(cur.fetchone()[0])
+
+        before = fetched()
+        cur.execute(
+            queue_module.sent("finish_and_claim", execute),
+            round_params(owner="00000000-0000-0000-0000-000000000002", limit=1, prefetch=199),
+        )
+        assert len([row for row in cur.fetchall() if row[0] == 1]) == 200
+        assert fetched() - before < 2_000
+        cur.execute("ROLLBACK")
+
+
 def test_the_worker_round_keeps_index_plans_made_on_an_empty_table(dsn, db):
     # A prepared round's generic plan is made after five runs and kept:
     # made while pgtq_tasks was empty (a new deployment, a table filling
