@@ -451,7 +451,7 @@ class TaskStore:
             room = limit - len(tasks) + (prefetch if lim.by_key else 0)
             if room <= 0:
                 continue
-            tasks += self._claim_limited(owner, queue, room, lim)
+            tasks += self._claim_limited(owner, queue, room, lim, decode)
         tasks.sort(key=lambda t: (-t.priority, t.run_at, t.id))
         return done, tasks
 
@@ -497,7 +497,9 @@ class TaskStore:
                 decode_claimed(task)
         return tasks
 
-    def _claim_limited(self, owner: str, queue: str, limit: int, lim: Limit) -> list[Task]:
+    def _claim_limited(
+        self, owner: str, queue: str, limit: int, lim: Limit, decode: bool = True
+    ) -> list[Task]:
         params = {
             "owner": owner,
             "queue": queue,
@@ -525,7 +527,7 @@ class TaskStore:
                 with contextlib.suppress(Exception):
                     conn.rollback()
                 raise
-        return self._claimed_tasks(owner, queue, rows, rows[0].started_at if rows else None)
+        return self._claimed_tasks(owner, queue, rows, rows[0].started_at if rows else None, decode)
 
     def sync_limited(
         self, queues: Sequence[str], limits: Sequence[Limit], batch: int = 5000

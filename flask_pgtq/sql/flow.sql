@@ -62,11 +62,13 @@ LIMIT 1;
 -- name: lock_limit
 -- Serialise claims of one limited handler across all workers, until commit.
 -- (No JIT: the claim's estimates grow with the table, and compiling it
--- would cost more than running it.  No sequential scan: its reads are by
--- index, as the worker's round (queue.BY_INDEX).)
+-- would cost more than running it.  No sequential or bitmap scan: its
+-- reads are by index, in the claim's order, as the worker's round
+-- (queue.BY_INDEX).)
 BEGIN;
 SET LOCAL jit = off;
 SET LOCAL enable_seqscan = off;
+SET LOCAL enable_bitmapscan = off;
 INSERT INTO pgtq_limits (name) VALUES (%(name)s)
 ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name;
 
