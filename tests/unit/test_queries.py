@@ -24,6 +24,9 @@ def test_listen_quotes_channel_names() -> None:
 
 def test_prepared_statements_number_parameters_in_order_of_use() -> None:
     prepare, execute = queries.prepared("push_task")
-    assert prepare.startswith("PREPARE pgtq_push_task AS INSERT")
+    assert prepare.startswith("PREPARE pgtq_push_task AS ")
+    assert "INSERT INTO pgtq_tasks" in prepare
     assert "$1" in prepare and "%(" not in prepare
+    # A parameter used twice (the queue, also the NOTIFY's payload) is one $n.
+    assert "pg_notify('pgtq', $1)" in prepare
     assert execute.startswith("EXECUTE pgtq_push_task(%(queue)s, %(name)s, %(args)s")
