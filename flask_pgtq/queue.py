@@ -518,15 +518,14 @@ class TaskStore:
             "scan": 4 * limit + 64,
         }
         with self.db.connection() as conn, conn.cursor() as cur:
-            try:
-                cur.execute(queries.get("lock_limit"), params)
-                cur.execute(queries.get("claim_limited_tasks"), params)
-                rows = _named(cur)
-                cur.execute(queries.get("commit"))
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    conn.rollback()
-                raise
+            # One message, so one implicit transaction (the connection is
+            # in autocommit): the lock, then the claim, committed together;
+            # the rows are the claim's, the last statement's.  On an error
+            # the server rolls it all back.
+            cur.execute(
+                queries.get("lock_limit") + "\n" + queries.get("claim_limited_tasks"), params
+            )
+            rows = _named(cur)
         return self._claimed_tasks(owner, queue, rows, rows[0].started_at if rows else None, decode)
 
     def sync_limited(

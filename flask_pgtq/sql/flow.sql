@@ -61,11 +61,13 @@ LIMIT 1;
 
 -- name: lock_limit
 -- Serialise claims of one limited handler across all workers, until commit.
+-- Sent with claim_limited_tasks after it, in one message on an autocommit
+-- connection: one implicit transaction, one round trip (it was three:
+-- BEGIN and this, the claim, COMMIT).
 -- (No JIT: the claim's estimates grow with the table, and compiling it
 -- would cost more than running it.  No sequential or bitmap scan: its
 -- reads are by index, in the claim's order, as the worker's round
 -- (queue.BY_INDEX).)
-BEGIN;
 SET LOCAL jit = off;
 SET LOCAL enable_seqscan = off;
 SET LOCAL enable_bitmapscan = off;
@@ -271,9 +273,6 @@ WITH RECURSIVE lim AS (
     WHERE name = %(name)s AND %(rate)s::int IS NOT NULL
 )
 SELECT * FROM claimed;
-
--- name: commit
-COMMIT;
 
 -- name: fire_periodic
 -- One task per (schedule, fire time), however many workers try: the task's
