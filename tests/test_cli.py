@@ -141,6 +141,34 @@ def test_the_worker_shortens_the_thread_switch_interval_while_it_runs(
     assert sys.getswitchinterval() == before
 
 
+def test_an_outcome_that_cannot_be_encoded_fails_its_task_not_the_worker(
+    app: Flask, q: PgTq, runner: FlaskCliRunner, dsn: str
+) -> None:
+    """A middleware left meta that is not JSON: the handler thread, which
+    encodes outcomes, must not die of it; the attempt is recorded as failed
+    and the next task runs."""
+
+    @q.middleware
+    def bad_meta(task, call_next):  # type: ignore[no-untyped-def]
+        if task.args == [1, 1]:
+            task.meta, task.meta_changed = {"not json": object()}, True
+        return call_next()
+
+    with app.app_context():
+        bad = q.push("add", 1, 1).id
+        good = q.push("add", 2, 2).id
+    result = runner.invoke(args=["pgtq", "worker", "--burst"])
+    assert result.exit_code == 0, result.output
+    rows = {
+        i: (state, error)
+        for i, state, error in sql_all(dsn, "SELECT id, state, error FROM pgtq_tasks")
+    }
+    assert rows[good] == ("succeeded", None)
+    assert rows[bad][0] == "failed"
+    assert "meta could not be stored as JSON" in rows[bad][1]
+    assert "(succeeded) is recorded as failed" in rows[bad][1]
+
+
 def test_burst_worker_serves_the_queues_given(
     app: Flask, q: PgTq, runner: FlaskCliRunner, dsn: str
 ) -> None:
