@@ -47,6 +47,8 @@ def encode(value: Any, max_bytes: int | None = None) -> str:
     :raises NotStorable: the value cannot be stored faithfully (see the
         module's rules); the message says what is wrong and where.
     """
+    if value is None:  # what most handlers return: no encoder call
+        return "null"
     try:
         text = dumps(value)
     except RecursionError:

@@ -7,7 +7,6 @@ returns) and gives back :class:`~flask_pgtq.task.Task` objects.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import json
@@ -84,17 +83,23 @@ def _tuples(cur: Any) -> list[tuple[Any, ...]]:
 
 
 @functools.cache
-def _row_type(columns: tuple[str, ...]) -> Any:
-    return collections.namedtuple("Row", columns)
+def _positions(columns: tuple[str, ...]) -> dict[str, int]:
+    return {name: i for i, name in enumerate(columns)}
 
 
-def _named(cur: Any) -> list[Any]:
-    """Rows as named tuples, read by column name (cheaper than dicts on the
-    worker's hot path: the tuple type is made once per column list)."""
+#: The columns of a claimed task's row (finish_and_claim, claim_limited_tasks).
+CLAIMED_COLUMNS = (
+    "id", "name", "args", "kwargs", "priority", "attempts", "max_attempts", "run_at",
+    "created_at", "cancel_requested_at", "snoozes", "workflow_id", "meta", "tags", "key",
+)  # fmt: skip
+
+
+def _indexed(cur: Any) -> tuple[dict[str, int], list[tuple[Any, ...]]]:
+    """Rows as plain tuples, with each column's position by name (cheaper
+    than dicts or named tuples on the worker's hot path)."""
     if cur.description is None:
-        return []
-    make = _row_type(tuple(d.name for d in cur.description))._make
-    return [make(row) for row in cur.fetchall()]
+        return {}, []
+    return _positions(tuple(d.name for d in cur.description)), cur.fetchall()
 
 
 def _decode_arguments(args: str, kwargs: str) -> tuple[Any, Any]:
@@ -420,7 +425,7 @@ class TaskStore:
         texts = [o.as_json_text() for o in outcomes]
         if excluded is None:
             excluded = limits
-        rows = self._execute(
+        at, rows = self._execute(
             "finish_and_claim",
             {
                 "owner": owner,
@@ -433,18 +438,19 @@ class TaskStore:
                 "key_only": [lim.name for lim in excluded if lim.key_only],
             },
             None,
-            _named,
+            _indexed,
         )
         done: set[int] = set()
         started_at = None
+        kind = at.get("kind")
         claimed = []
         for row in rows:
-            if row.kind == 0:
-                done, started_at = set(row.done_ids), row.started_at
-                self._workflows_finished(row.workflows_finished)
+            if row[kind] == 0:
+                done, started_at = set(row[at["done_ids"]]), row[at["started_at"]]
+                self._workflows_finished(row[at["workflows_finished"]])
             else:
                 claimed.append(row)
-        tasks = self._claimed_tasks(owner, queue, claimed, started_at, decode)
+        tasks = self._claimed_tasks(owner, queue, at, claimed, started_at, decode)
         for lim in limits:
             # Per-key limits spread a handler's tasks over many keys: claim
             # ahead for them too, as the plain claim does.
@@ -459,36 +465,44 @@ class TaskStore:
         self,
         owner: str,
         queue: str,
-        rows: Sequence[Any],
+        at: dict[str, int],
+        rows: Sequence[tuple[Any, ...]],
         started_at: datetime | None,
         decode: bool = True,
     ) -> list[Task]:
-        """The tasks of claimed rows (the columns finish_and_claim returns),
-        running for *owner* since *started_at*; their arguments decoded
-        unless not *decode*."""
+        """The tasks of claimed rows (the columns finish_and_claim returns,
+        at the positions *at* gives), running for *owner* since
+        *started_at*; their arguments decoded unless not *decode*."""
+        if not rows:
+            return []
+        (
+            id_, name, args, kwargs, priority, attempts, max_attempts, run_at, created_at,
+            cancel_requested_at, snoozes, workflow_id, meta, tags, key,
+        ) = map(at.__getitem__, CLAIMED_COLUMNS)  # fmt: skip
+        backend = self.backend
         tasks = [
             Task(
-                row.id,
-                row.name,
+                row[id_],
+                row[name],
                 queue,
                 [],
                 {},
                 State.RUNNING,
-                row.priority,
-                row.attempts,
-                row.max_attempts,
-                row.run_at,
-                row.created_at,
+                row[priority],
+                row[attempts],
+                row[max_attempts],
+                row[run_at],
+                row[created_at],
                 started_at,
                 locked_by=owner,
-                cancel_requested_at=row.cancel_requested_at,
-                snoozes=row.snoozes,
-                workflow_id=row.workflow_id,
-                meta=row.meta,
-                tags=row.tags,
-                key=row.key,
-                _backend=self.backend,
-                _encoded=(row.args, row.kwargs),
+                cancel_requested_at=row[cancel_requested_at],
+                snoozes=row[snoozes],
+                workflow_id=row[workflow_id],
+                meta=row[meta],
+                tags=row[tags],
+                key=row[key],
+                _backend=backend,
+                _encoded=(row[args], row[kwargs]),
             )
             for row in rows
         ]
@@ -525,8 +539,9 @@ class TaskStore:
             cur.execute(
                 queries.get("lock_limit") + "\n" + queries.get("claim_limited_tasks"), params
             )
-            rows = _named(cur)
-        return self._claimed_tasks(owner, queue, rows, rows[0].started_at if rows else None, decode)
+            at, rows = _indexed(cur)
+        started_at = rows[0][at["started_at"]] if rows else None
+        return self._claimed_tasks(owner, queue, at, rows, started_at, decode)
 
     def sync_limited(
         self, queues: Sequence[str], limits: Sequence[Limit], batch: int = 5000

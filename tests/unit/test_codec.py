@@ -54,6 +54,12 @@ def test_what_is_stored_comes_back_the_same() -> None:
     assert json.loads(text) == value
 
 
+@pytest.mark.parametrize("value", [None, 0, "", [], {}, False])
+def test_empty_results_are_encoded_as_json_says(value: Any) -> None:
+    # None has a shortcut (what most handlers return); the rest use the encoder.
+    assert encode(value, 10) == json.dumps(value, separators=(",", ":"))
+
+
 def test_the_size_limit_counts_bytes_of_json() -> None:
     assert encode("x" * 8, max_bytes=10) == '"xxxxxxxx"'
     with pytest.raises(PayloadTooLarge):
