@@ -701,8 +701,8 @@ def test_the_worker_round_runs_without_jit(dsn, prepared):
     q = PgTq(dsn=dsn, prepared_statements=prepared)
     try:
         store = q.app_queue().store
-        rows = store._execute("finish_and_claim", round_params(), None, queue_module._named)
-        assert rows[0].jit == "off"
+        at, rows = store._execute("finish_and_claim", round_params(), None, queue_module._indexed)
+        assert rows[0][at["jit"]] == "off"
         # Only for that statement: the connection's own setting is left alone.
         with store.db.connection() as conn, conn.cursor() as cur:
             cur.execute("SELECT setting = reset_val FROM pg_settings WHERE name = 'jit'")
