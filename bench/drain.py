@@ -196,6 +196,15 @@ class Drain:
             bodies=done,
             per_worker=_per_worker(records, before, self.procs),
         )
+        load = self.result.get("load", {})
+        if done and "server_cpu_s" in load:
+            # CPU per task run, by side (the window runs to the last body,
+            # so work a system defers past it, such as pgqueuer's log
+            # flush, is not counted).
+            self.result["cpu_us_per_task"] = {
+                side: round(load[f"{side}_cpu_s"] * 1e6 / done, 1)
+                for side in ("server", "kernel", "client")
+            }
         if not complete:
             error = self.exited_error()
             if error is not None:

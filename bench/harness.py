@@ -435,19 +435,21 @@ class CpuWatch:
     much else was running."""
 
     def __init__(self) -> None:
-        self.roots = {os.getpid(), 2} | _service_pids()  # 2: kernel threads
+        self.services = _service_pids()
+        self.roots = {os.getpid(), 2} | self.services  # 2: kernel threads
         self._t0 = 0.0
         self._s0: dict[int, tuple[int, int]] = {}
 
-    def _ours(self, pid: int, table: dict[int, tuple[int, int]]) -> bool:
+    def _root(self, pid: int, table: dict[int, tuple[int, int]]) -> int | None:
+        """The root of ours that *pid* descends from, or ``None``."""
         for _ in range(64):
             if pid in self.roots:
-                return True
+                return pid
             parent = table.get(pid)
             if parent is None or parent[0] in (0, pid):
-                return False
+                return None
             pid = parent[0]
-        return False
+        return None
 
     def start(self) -> None:
         self._t0 = time.monotonic()
@@ -456,16 +458,28 @@ class CpuWatch:
     def stop(self) -> dict[str, float]:
         table = _process_table()
         wall = max(1e-6, time.monotonic() - self._t0)
-        ours = foreign = 0
+        ours = foreign = servers = kernel = 0
         for pid, (_, ticks) in table.items():
             used = max(0, ticks - self._s0.get(pid, (0, 0))[1])
-            if self._ours(pid, table):
-                ours += used
-            else:
+            root = self._root(pid, table)
+            if root is None:
                 foreign += used
+                continue
+            ours += used
+            if root in self.services:
+                servers += used
+            elif root == 2:
+                kernel += used
         return {
             "bench_cores": round(ours / CLOCK_TICKS / wall, 2),
             "foreign_cores": round(foreign / CLOCK_TICKS / wall, 2),
+            # CPU seconds of the benchmark's part, split: the PostgreSQL and
+            # Redis servers (every backend), kernel threads (I/O, WAL
+            # flushes), and the rest (workers, the harness and its pushes).
+            # Ticks of processes that exited inside the window are lost.
+            "server_cpu_s": round(servers / CLOCK_TICKS, 3),
+            "kernel_cpu_s": round(kernel / CLOCK_TICKS, 3),
+            "client_cpu_s": round((ours - servers - kernel) / CLOCK_TICKS, 3),
         }
 
     def wait_quiet(self, max_wait: float, threshold: float = 0.15) -> dict[str, float]:

@@ -248,6 +248,12 @@ def _brief(result: dict[str, Any]) -> str:
         text += f" (other processes: {foreign} cores)"
     if result.get("rss", {}).get("max_process_mib"):
         text += f", peak RSS {result['rss']['max_process_mib']} MiB"
+    cpu = result.get("cpu_us_per_task")
+    if cpu:
+        text += (
+            f", CPU per task: servers {cpu['server']} µs, kernel {cpu['kernel']} µs, "
+            f"workers and harness {cpu['client']} µs"
+        )
     if result.get("error"):
         text += f" [{result['error'][:300]}]"
     return text
