@@ -55,6 +55,17 @@ BY_INDEX = frozenset({"finish_and_claim", "rescue_tasks", "release_tasks"})
 INDEX_SCANS_ONLY = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; "
 
 
+#: Most tasks a claim under per-key limits takes ahead of the free threads
+#: (of the worker's prefetch).  Such a claim ranks the front of the
+#: handler's ready tasks by key, a front that grows with what it is asked
+#: for, and walks every key when the front holds too few keys with room;
+#: tasks claimed ahead also hold their key's slots while they wait.  With
+#: 1,000 ahead (PGTQ_PREFETCH's default), a drain over 1,000 keys at
+#: key_concurrency=1 ran at 51-58 % of a plain drain; at most 500, 59-64 %
+#: (bench/keys.py).
+KEYED_AHEAD = 500
+
+
 #: Statements that read no table (they insert the rows they are given):
 #: never costly enough to be compiled, so sent without :data:`NO_JIT`,
 #: whose round of parsing was ~5 % of a single push.
@@ -453,8 +464,8 @@ class TaskStore:
         tasks = self._claimed_tasks(owner, queue, at, claimed, started_at, decode)
         for lim in limits:
             # Per-key limits spread a handler's tasks over many keys: claim
-            # ahead for them too, as the plain claim does.
-            room = limit - len(tasks) + (prefetch if lim.by_key else 0)
+            # ahead for them too, as the plain claim does (up to KEYED_AHEAD).
+            room = limit - len(tasks) + (min(prefetch, KEYED_AHEAD) if lim.by_key else 0)
             if room <= 0:
                 continue
             tasks += self._claim_limited(owner, queue, room, lim, decode)
